@@ -1,0 +1,40 @@
+# DMSC lab. Every target needs root except help; see README.md.
+PY := .venv/bin/python
+ARGS ?=
+BENCH_SCRIPTS := $(sort $(wildcard bench/bench_*.py))
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-unit lab demo bench bench-forwarder clean distclean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## install apt packages and the .venv (idempotent; a no-op when nothing changed)
+	@bash scripts/setup.sh
+
+test: setup ## run every test (unit + network namespace + Mininet); needs root
+	$(PY) -m pytest tests -ra $(ARGS)
+
+test-unit: setup ## run only the tests that need no namespaces or Mininet
+	$(PY) -m pytest tests -ra -m "not netns and not mininet" $(ARGS)
+
+lab: setup ## start the fat-tree lab (make lab ARGS="...")
+	$(PY) topologies/fat_tree.py $(ARGS)
+
+demo: setup ## start the fat-tree lab and run its scripted demo
+	$(PY) topologies/fat_tree.py --demo
+
+bench: setup ## run every bench/bench_*.py (each writes bench/results/<name>.json)
+	@test -n "$(BENCH_SCRIPTS)" || { echo "bench: no bench/bench_*.py scripts found" >&2; exit 1; }
+	@mkdir -p bench/results
+	@set -e; for s in $(BENCH_SCRIPTS); do echo "bench: $$s"; $(PY) $$s; done
+
+bench-forwarder: setup ## run bench/bench_forwarder.py only
+	@mkdir -p bench/results
+	$(PY) bench/bench_forwarder.py
+
+clean: ## remove namespaces, links and processes left by crashed runs (by their records)
+	@if [ -x $(PY) ]; then $(PY) -m topologies.clean $(ARGS); else python3 -m topologies.clean $(ARGS); fi
+
+distclean: clean ## clean, then remove .venv
+	rm -rf .venv *.egg-info

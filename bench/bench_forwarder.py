@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Forwarder benchmark: one DMSC hop against kernel IPv4 forwarding, same path, same generator.
+
+Topology (network namespaces, veth):   g --- r --- s      plus a direct link g2 --- s2
+  * throughput: trafgen in g sends as fast as it can (pinned to CPU 0); r runs the DMSC
+    forwarder (pinned to CPU 1) or kernel IPv4 forwarding; frames/s = rise of s's
+    interface rx counter over the measurement window.
+  * latency: one process holds raw sockets in g and s (same clock); a frame is sent
+    every 2 ms and timestamped on arrival. Added latency = sample - median of the same
+    measurement over the direct link g2 - s2.
+  * memory: VmRSS of the idle forwarder.
+
+Writes bench/results/forwarder.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from forwarder.names import Name  # noqa: E402
+from forwarder.wire import ETHERTYPE, Packet, PacketType  # noqa: E402
+from topologies.fwd_net import ForwarderNet, intf_between, wait_for  # noqa: E402
+from topologies.netns import NetnsNetwork  # noqa: E402
+from topologies.nsenter import socket_in  # noqa: E402
+from topologies.records import new_run_dir  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+
+
+def mac_bytes(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def dmsc_frame(dst_mac: bytes, src_mac: bytes, payload_len: int, seq: int = 0) -> bytes:
+    pkt = Packet(PacketType.REQUEST, Name.parse("/bench/sink"), Name.parse("/node/g"),
+                 b"\x5a" * payload_len, flow_id=1, seq=seq).encode()
+    frame = dst_mac + src_mac + ETHERTYPE.to_bytes(2, "big") + pkt
+    return frame.ljust(60, b"\0")
+
+
+def udp_frame(dst_mac: bytes, src_mac: bytes, src_ip: str, dst_ip: str, payload_len: int) -> bytes:
+    udp_len = 8 + payload_len
+    total = 20 + udp_len
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0x4000, 64, 17, 0,
+                      socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+    csum = _ip_checksum(hdr)
+    hdr = hdr[:10] + struct.pack("!H", csum) + hdr[12:]
+    udp = struct.pack("!HHHH", 40000, 9, udp_len, 0) + b"\x5a" * payload_len
+    return (dst_mac + src_mac + b"\x08\x00" + hdr + udp).ljust(60, b"\0")
+
+
+def _ip_checksum(b: bytes) -> int:
+    s = sum(int.from_bytes(b[i:i + 2], "big") for i in range(0, len(b), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def trafgen_conf(path: Path, frame: bytes) -> None:
+    path.write_text("{ " + ", ".join(f"0x{b:02x}" for b in frame) + " }\n")
+
+
+def rx_packets(net: NetnsNetwork, node: str, intf: str) -> int:
+    out = net.node(node).cmd(["cat", f"/sys/class/net/{intf}/statistics/rx_packets"]).stdout
+    return int(out)
+
+
+def measure_fps(net: NetnsNetwork, frame: bytes, g_intf: str, s_intf: str, work: Path,
+                warmup: float, window: float) -> dict:
+    conf = work / f"frame-{len(frame)}-{frame[12:14].hex()}.cfg"
+    trafgen_conf(conf, frame)
+    g = net.node("g")
+    gen = g.popen(["taskset", "-c", "0", "trafgen", "--dev", g_intf, "--conf", str(conf),
+                   "--cpus", "1", "--no-sock-mem", "--num", "0"], f"trafgen-{conf.stem}")
+    try:
+        time.sleep(warmup)  # the generator needs a moment to reach full rate
+        tx0 = int(g.cmd(["cat", f"/sys/class/net/{g_intf}/statistics/tx_packets"]).stdout)
+        rx0, t0 = rx_packets(net, "s", s_intf), time.monotonic()
+        time.sleep(window)
+        rx1, t1 = rx_packets(net, "s", s_intf), time.monotonic()
+        tx1 = int(g.cmd(["cat", f"/sys/class/net/{g_intf}/statistics/tx_packets"]).stdout)
+    finally:
+        gen.send_signal(signal.SIGINT)  # trafgen's clean stop; SIGTERM is slow
+        try:
+            gen.wait(15)
+        except subprocess.TimeoutExpired:
+            gen.kill()
+            gen.wait(5)
+    dt = t1 - t0
+    return {"fps": round((rx1 - rx0) / dt), "offered_fps": round((tx1 - tx0) / dt),
+            "window_s": round(dt, 3)}
+
+
+def measure_latency(net: NetnsNetwork, src: str, src_intf: str, dst: str, dst_intf: str,
+                    make_frame, proto: int, samples: int) -> list:
+    """One-way latency samples (us) between two raw sockets held by this process.
+
+    The receiver busy-polls (non-blocking recv in a loop), so the measuring
+    process's own wake-up is not part of the sample; the same method is used
+    for every path compared."""
+    tx = socket_in(net.node(src).netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
+    tx.bind((src_intf, 0))
+    rx = socket_in(net.node(dst).netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    rx.bind((dst_intf, proto))
+    rx.setblocking(False)
+    out = []
+    clock = time.perf_counter_ns
+    try:
+        for i in range(samples + 50):
+            frame = make_frame(i)
+            t0 = clock()
+            tx.send(frame)
+            deadline = t0 + 1_000_000_000
+            got = None
+            while clock() < deadline:
+                try:
+                    _, addr = rx.recvfrom(65536)
+                except BlockingIOError:
+                    continue
+                if addr[2] != socket.PACKET_OUTGOING:
+                    got = clock()
+                    break
+            if got is not None and i >= 50:  # the first 50 warm caches and flow tables
+                out.append((got - t0) / 1000.0)
+            time.sleep(0.002)
+    finally:
+        tx.close()
+        rx.close()
+    return out
+
+
+def pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))] if v else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--window", type=float, default=3.0, help="seconds measured per throughput point")
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--samples", type=int, default=2000, help="latency samples per path")
+    ap.add_argument("--out", type=Path, default=RESULTS / "forwarder.json")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench_forwarder: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    run = new_run_dir("bench-forwarder")
+    result: dict = {"bench": "forwarder", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                             "python": platform.python_version()},
+                    "method": __doc__.strip().splitlines()[0], "run_dir": str(run)}
+    with NetnsNetwork(run) as net:
+        for n in ("g", "r", "s", "g2", "s2"):
+            net.add_node(n)
+        l1 = net.add_link("g", "r")
+        l2 = net.add_link("r", "s")
+        l3 = net.add_link("g2", "s2")
+        g_if, rg_if, rs_if, s_if = l1.intf_a, l1.intf_b, l2.intf_a, l2.intf_b
+        fn = ForwarderNet(net)
+        fwd = fn.add("r", faces=[{"name": rg_if, "interface": rg_if}, {"name": rs_if, "interface": rs_if}],
+                     routes=[{"prefix": "/bench", "face": rs_if}, {"prefix": "/node/g", "face": rg_if}],
+                     roles=["sr"], log_level="warning")
+        fwd.start()
+        pid = int((fwd.workdir / "forwarder.pid").read_text())
+        subprocess.run(["taskset", "-p", "-c", "1", str(pid)], check=True, capture_output=True)
+        time.sleep(0.5)
+        rss_kb = int(next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if l.startswith("VmRSS")).split()[1])
+        result["rss_mb_idle"] = round(rss_kb / 1024, 1)
+        print(f"idle forwarder RSS {result['rss_mb_idle']} MB", flush=True)
+
+        g_mac, r_mac = mac_bytes(net.node("g").mac(g_if)), mac_bytes(net.node("r").mac(rg_if))
+        for size in (64, 1000):
+            res = measure_fps(net, dmsc_frame(r_mac, g_mac, size), g_if, s_if, run, args.warmup, args.window)
+            result[f"dmsc_fps_{size}"] = res["fps"]
+            result[f"dmsc_offered_fps_{size}"] = res["offered_fps"]
+            print(f"DMSC {size}-byte payload: {res['fps']} frames/s forwarded "
+                  f"(offered {res['offered_fps']})", flush=True)
+        counters = fwd.counters()
+        result["forwarder_drops_during_bench"] = counters["drops"]
+
+        # Latency through the forwarder at low load, then over the direct link.
+        s2_mac = mac_bytes(net.node("s2").mac(l3.intf_b))
+        g2_mac = mac_bytes(net.node("g2").mac(l3.intf_a))
+        through = measure_latency(net, "g", g_if, "s", s_if,
+                                  lambda i: dmsc_frame(r_mac, g_mac, 64, seq=i), ETHERTYPE, args.samples)
+        direct = measure_latency(net, "g2", l3.intf_a, "s2", l3.intf_b,
+                                 lambda i: dmsc_frame(s2_mac, g2_mac, 64, seq=i), ETHERTYPE, args.samples)
+        base = statistics.median(direct)
+        added = [x - base for x in through]
+        result.update({"hop_latency_us_p50": round(pct(added, 0.5), 1),
+                       "hop_latency_us_p99": round(pct(added, 0.99), 1),
+                       "path_latency_us_p50": round(pct(through, 0.5), 1),
+                       "direct_link_latency_us_p50": round(base, 1),
+                       "latency_samples": len(added)})
+        print(f"added latency of one DMSC hop: p50 {result['hop_latency_us_p50']} us, "
+              f"p99 {result['hop_latency_us_p99']} us (direct link p50 {base:.1f} us)", flush=True)
+        fwd.stop()
+
+        # Kernel IPv4 forwarding on the same nodes and links, same generator.
+        net.node("g").add_addr(g_if, "10.77.1.1/24")
+        net.node("r").add_addr(rg_if, "10.77.1.254/24")
+        net.node("r").add_addr(rs_if, "10.77.2.254/24")
+        net.node("s").add_addr(s_if, "10.77.2.1/24")
+        net.node("r").cmd(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        net.node("g").cmd(["ip", "route", "add", "10.77.2.0/24", "via", "10.77.1.254"])
+        net.node("s").cmd(["ip", "route", "add", "10.77.1.0/24", "via", "10.77.2.254"])
+        # Resolve ARP for r's next hop so no frame waits on neighbour discovery.
+        net.node("r").cmd(["ping", "-c", "1", "-W", "1", "10.77.2.1"], check=False)
+        net.node("g").cmd(["ping", "-c", "1", "-W", "1", "10.77.1.254"], check=False)
+        res = measure_fps(net, udp_frame(r_mac, g_mac, "10.77.1.1", "10.77.2.1", 64), g_if, s_if, run,
+                          args.warmup, args.window)
+        result["kernel_fps_64"] = res["fps"]
+        result["kernel_offered_fps_64"] = res["offered_fps"]
+        print(f"kernel IPv4 forwarding, 64-byte UDP payload: {res['fps']} frames/s "
+              f"(offered {res['offered_fps']})", flush=True)
+        kern = measure_latency(net, "g", g_if, "s", s_if,
+                               lambda i: udp_frame(r_mac, g_mac, "10.77.1.1", "10.77.2.1", 64),
+                               0x0800, min(args.samples, 1000))
+        result["kernel_hop_latency_us_p50"] = round(pct([x - base for x in kern], 0.5), 1)
+    result["dmsc_vs_kernel_fps_64"] = round(result["dmsc_fps_64"] / max(1, result["kernel_fps_64"]), 3)
+    result["targets"] = {"dmsc_fps_64": ">= 100000", "hop_latency_us_p50": "< 20",
+                         "rss_mb_idle": "< 30"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Forwarder configuration: a YAML file, validated before anything starts.
+
+Every problem is reported as one ConfigError naming the field, so a lab of 200
+nodes fails at launch with a readable line instead of a traceback per node.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .names import InvalidName, Name
+
+ROLES = ("sg", "sr")
+FACE_TYPES = ("ether", "udp")
+ORIGINS = ("static", "scsc")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; str() is the one-line message shown to the user."""
+
+
+@dataclass
+class FaceConfig:
+    name: str
+    type: str = "ether"
+    interface: Optional[str] = None
+    mtu: int = 1500
+    local: Optional[Tuple[str, int]] = None
+    remote: Optional[Tuple[str, int]] = None
+
+
+@dataclass
+class RouteConfig:
+    prefix: Name
+    face: str
+    cost: int = 1
+    priority: int = 0
+    instance: Optional[str] = None
+
+
+@dataclass
+class HttpService:
+    prefix: Name
+    backend: Tuple[str, int]
+    cost: int = 0
+
+
+@dataclass
+class NodeConfig:
+    node: Name
+    roles: Tuple[str, ...] = ROLES
+    workdir: Path = Path(".")
+    faces: List[FaceConfig] = field(default_factory=list)
+    routes: List[RouteConfig] = field(default_factory=list)
+    rules: List[Dict[str, Any]] = field(default_factory=list)
+    local_socket: Optional[Path] = None
+    management: str = ""
+    http_proxy: Optional[Tuple[str, int]] = None
+    http_services: List[HttpService] = field(default_factory=list)
+    host_map: Dict[str, str] = field(default_factory=dict)
+    hop_limit: int = 32
+    flow_idle_s: float = 30.0
+    log_level: str = "info"
+    pcap: bool = False
+
+    @property
+    def mgmt_socket(self) -> Optional[Path]:
+        return Path(self.management[5:]) if self.management.startswith("unix:") else None
+
+
+def _addr(value: Any, where: str) -> Tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
+    host, _, port = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        p = int(port)
+        if not 0 <= p <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not a numeric IP address and port") from None
+    return host.strip("[]"), p
+
+
+def _name(value: Any, where: str) -> Name:
+    try:
+        return Name.parse(value)
+    except InvalidName as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _int(d: dict, key: str, where: str, default: int, lo: int, hi: int) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ConfigError(f"{where}.{key}: expected an integer in {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _check_keys(d: Any, allowed: set, where: str) -> dict:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    unknown = set(d) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+    return d
+
+
+TOP_KEYS = {"node", "roles", "workdir", "faces", "routes", "rules", "local_socket", "management",
+            "http_proxy", "http_services", "host_map", "hop_limit", "flow_idle_s", "log_level",
+            "pcap"}
+
+
+def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
+    """Validate a mapping (as loaded from YAML) into a NodeConfig."""
+    d = _check_keys(data if data is not None else {}, TOP_KEYS, "config")
+    if "node" not in d:
+        raise ConfigError("config: 'node' (the node's own name, e.g. /node/a) is required")
+    node = _name(d["node"], "node")
+    if len(node) == 0:
+        raise ConfigError("node: the node name needs at least one component")
+    roles = d.get("roles", list(ROLES))
+    if isinstance(roles, str):
+        roles = [roles]
+    if not isinstance(roles, list) or not roles or any(r not in ROLES for r in roles):
+        raise ConfigError(f"roles: expected a non-empty list of {ROLES}, got {roles!r}")
+    workdir = Path(d.get("workdir") or base_dir)
+    cfg = NodeConfig(node=node, roles=tuple(roles), workdir=workdir)
+    cfg.hop_limit = _int(d, "hop_limit", "config", 32, 1, 255)
+    idle = d.get("flow_idle_s", 30.0)
+    if not isinstance(idle, (int, float)) or idle <= 0:
+        raise ConfigError(f"flow_idle_s: expected a positive number, got {idle!r}")
+    cfg.flow_idle_s = float(idle)
+    cfg.log_level = str(d.get("log_level", "info")).lower()
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
+    cfg.pcap = bool(d.get("pcap", False))
+
+    faces = d.get("faces") or []
+    if not isinstance(faces, list):
+        raise ConfigError("faces: expected a list")
+    seen = set()
+    for i, f in enumerate(faces):
+        where = f"faces[{i}]"
+        _check_keys(f, {"name", "type", "interface", "mtu", "local", "remote"}, where)
+        ftype = f.get("type", "ether")
+        if ftype not in FACE_TYPES:
+            raise ConfigError(f"{where}.type: {ftype!r} is not one of {FACE_TYPES}")
+        fname = f.get("name") or f.get("interface")
+        if not fname or not isinstance(fname, str):
+            raise ConfigError(f"{where}: a face needs a name (or an interface)")
+        if fname in seen:
+            raise ConfigError(f"{where}.name: duplicate face name {fname!r}")
+        seen.add(fname)
+        fc = FaceConfig(name=fname, type=ftype, mtu=_int(f, "mtu", where, 1500, 68, 65535))
+        if ftype == "ether":
+            fc.interface = f.get("interface") or fname
+            if len(fc.interface) > 15:
+                raise ConfigError(f"{where}.interface: {fc.interface!r} is longer than 15 characters")
+        else:
+            fc.local = _addr(f.get("local", f"0.0.0.0:{6464}"), f"{where}.local")
+            if "remote" not in f:
+                raise ConfigError(f"{where}.remote: a UDP face needs the peer's HOST:PORT")
+            fc.remote = _addr(f["remote"], f"{where}.remote")
+        cfg.faces.append(fc)
+
+    routes = d.get("routes") or []
+    if not isinstance(routes, list):
+        raise ConfigError("routes: expected a list")
+    for i, r in enumerate(routes):
+        where = f"routes[{i}]"
+        _check_keys(r, {"prefix", "face", "cost", "priority", "instance"}, where)
+        if "prefix" not in r or "face" not in r:
+            raise ConfigError(f"{where}: a route needs a prefix and a face")
+        if r["face"] not in seen:
+            raise ConfigError(f"{where}.face: no face named {r['face']!r} (faces: {sorted(seen)})")
+        inst = r.get("instance")
+        cfg.routes.append(RouteConfig(_name(r["prefix"], f"{where}.prefix"), r["face"],
+                                      _int(r, "cost", where, 1, 0, 65535),
+                                      _int(r, "priority", where, 0, 0, 255),
+                                      _name(inst, f"{where}.instance").text if inst else None))
+
+    rules = d.get("rules") or []
+    if not isinstance(rules, list):
+        raise ConfigError("rules: expected a list")
+    from .strategy import Rule  # local import: config must not pull the pipeline in
+    for i, r in enumerate(rules):
+        try:
+            Rule.from_json(r if isinstance(r, dict) else {})
+        except (ValueError, TypeError, InvalidName) as exc:
+            raise ConfigError(f"rules[{i}]: {exc}") from None
+        cfg.rules.append(r)
+
+    sock = d.get("local_socket")
+    if "sg" in cfg.roles:
+        cfg.local_socket = Path(sock) if sock else workdir / "app.sock"
+    elif sock:
+        raise ConfigError("local_socket: only a Service Gateway (role sg) accepts applications")
+    mgmt = d.get("management") or f"unix:{workdir / 'mgmt.sock'}"
+    if not isinstance(mgmt, str) or not (mgmt.startswith("unix:") or mgmt.startswith("tcp:")):
+        raise ConfigError(f"management: expected unix:/path or tcp:HOST:PORT, got {mgmt!r}")
+    if mgmt.startswith("tcp:"):
+        _addr(mgmt[4:], "management")
+    cfg.management = mgmt
+    if len(str(cfg.local_socket or "")) > 100 or len(mgmt) > 105:
+        raise ConfigError("local_socket/management: Unix socket paths must be under 108 bytes; "
+                          "use a shorter workdir")
+
+    if d.get("http_proxy") is not None:
+        if "sg" not in cfg.roles:
+            raise ConfigError("http_proxy: only a Service Gateway (role sg) runs the HTTP proxy")
+        cfg.http_proxy = _addr(d["http_proxy"], "http_proxy")
+    for i, s in enumerate(d.get("http_services") or []):
+        where = f"http_services[{i}]"
+        _check_keys(s, {"prefix", "backend", "cost"}, where)
+        if "prefix" not in s or "backend" not in s:
+            raise ConfigError(f"{where}: needs a prefix and a backend HOST:PORT")
+        if "sg" not in cfg.roles:
+            raise ConfigError(f"{where}: only a Service Gateway (role sg) hosts services")
+        cfg.http_services.append(HttpService(_name(s["prefix"], f"{where}.prefix"),
+                                             _addr(s["backend"], f"{where}.backend"),
+                                             _int(s, "cost", where, 0, 0, 65535)))
+    hm = d.get("host_map") or {}
+    if not isinstance(hm, dict):
+        raise ConfigError("host_map: expected a mapping of host name to prefix")
+    for host, prefix in hm.items():
+        _name(prefix, f"host_map[{host}]")
+    cfg.host_map = {str(k): str(v) for k, v in hm.items()}
+    return cfg
+
+
+def load(path: os.PathLike) -> NodeConfig:
+    import yaml
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    try:
+        return parse(data, p.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None

@@ -1,0 +1,401 @@
+"""The forwarder process: sockets, timers and child adapters around the pipeline.
+
+One thread runs the event loop and owns the pipeline. The management server
+runs in its own thread and hands work to the loop through `call_soon_wait`, so
+nothing but the loop ever touches a table.
+"""
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import logging
+import os
+import queue
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from . import wire
+from .config import NodeConfig
+from .facetable import ETHER, LOCAL, UDP
+from .io_faces import EtherFace, FaceIO, LocalFace, LocalListener, UdpFace, UdpSocket
+from .names import Name
+from .pipeline import Control, Delivered, Forwarder, Registered, Send
+from .rib import Route
+from .strategy import Rule
+
+log = logging.getLogger("dmsc.forwarder")
+TICK_S = 0.1
+
+
+class Daemon:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.core = Forwarder(cfg.node, roles=cfg.roles, hop_limit=cfg.hop_limit,
+                              flow_idle=cfg.flow_idle_s)
+        self.sel = selectors.DefaultSelector()
+        self.io: Dict[int, FaceIO] = {}
+        self.udp_sockets: Dict[Tuple[str, int], UdpSocket] = {}
+        self.listener: Optional[LocalListener] = None
+        self.started = time.time()
+        self._timers: List[Tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._calls: "queue.Queue[Callable[[], None]]" = queue.Queue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._running = False
+        self._waiters: Dict[Tuple[int, int], Callable[[wire.Packet, float], None]] = {}
+        self.children: List[subprocess.Popen] = []
+        self.control_handler: Optional[Callable[[int, wire.Packet, float], None]] = None
+        self.tx_errors: Dict[str, int] = {}
+        self._dirty: set = set()  # ring faces with frames written but not yet kicked
+
+    # ------------------------------------------------------------------ setup
+    def open(self) -> None:
+        """Open every socket; raises OSError with the face named on failure."""
+        now = time.time()
+        for fc in self.cfg.faces:
+            if fc.type == "ether":
+                face = self.core.add_face(ETHER, fc.name, fc.mtu)
+                try:
+                    io = EtherFace(face.face_id, fc.interface, fc.mtu)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"face {fc.name}: cannot open interface "
+                                             f"{fc.interface}: {exc.strerror}") from None
+                face.up = io.carrier()
+            else:
+                face = self.core.add_face(UDP, fc.name, fc.mtu)
+                us = self.udp_sockets.get(fc.local)
+                io = UdpFace(face.face_id, fc.local, fc.remote, us.sock if us else None)
+                if us is None:
+                    us = self.udp_sockets[fc.local] = UdpSocket(io.sock)
+                    self.sel.register(us, selectors.EVENT_READ, ("udp", us))
+                us.faces[fc.remote] = io
+            self.io[face.face_id] = io
+            if fc.type == "ether":
+                self.sel.register(io, selectors.EVENT_READ, ("ether", io))
+        for r in self.cfg.routes:
+            face = self.core.faces.by_name(r.face)
+            self.core.add_route(Route(r.prefix, face.face_id, r.cost, r.priority, "static",
+                                      r.instance), now)
+        for rd in self.cfg.rules:
+            self.core.set_rule(Rule.from_json(rd))
+        if self.cfg.local_socket is not None:
+            self.listener = LocalListener(self.cfg.local_socket)
+            self.sel.register(self.listener, selectors.EVENT_READ, ("listen", self.listener))
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self.every(TICK_S, self._tick)
+
+    def start_children(self, python: str = sys.executable) -> None:
+        """HTTP adapters run as child processes that die with the forwarder."""
+        sock = str(self.cfg.local_socket)
+        work = self.cfg.workdir
+        if self.cfg.http_proxy:
+            host, port = self.cfg.http_proxy
+            argv = [python, "-m", "forwarder.http_proxy", "--socket", sock,
+                    "--listen", f"{host}:{port}"]
+            for h, p in self.cfg.host_map.items():
+                argv += ["--map", f"{h}={p}"]
+            self._spawn(argv, work / "http_proxy.log")
+        for i, svc in enumerate(self.cfg.http_services):
+            argv = [python, "-m", "forwarder.http_backend", "--socket", sock,
+                    "--prefix", svc.prefix.text, "--backend", f"{svc.backend[0]}:{svc.backend[1]}",
+                    "--cost", str(svc.cost)]
+            self._spawn(argv, work / f"http_backend{i}.log")
+
+    def _spawn(self, argv: List[str], logfile) -> None:
+        out = open(logfile, "ab")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent, cwd=os.getcwd())
+        out.close()
+        log.info("started %s (pid %d), log %s", argv[2], proc.pid, logfile)
+        self.children.append(proc)
+
+    # ----------------------------------------------------------------- timers
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
+
+    def every(self, period: float, fn: Callable[[], None]) -> None:
+        def again() -> None:
+            fn()
+            self.call_later(period, again)
+        self.call_later(period, again)
+
+    def call_soon_wait(self, fn: Callable[[], object], timeout: float = 5.0) -> object:
+        """Run fn on the loop thread and return its result (from another thread)."""
+        done = threading.Event()
+        box: list = []
+
+        def run() -> None:
+            try:
+                box.append((True, fn()))
+            except Exception as exc:  # handed back to the caller's thread
+                box.append((False, exc))
+            done.set()
+        self._calls.put(run)
+        try:
+            self._wake_w.send(b"x")
+        except BlockingIOError:
+            pass
+        if not done.wait(timeout):
+            raise TimeoutError("the forwarder loop did not answer")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    # ------------------------------------------------------------------- loop
+    def run(self) -> None:
+        self._running = True
+        log.info("forwarder %s up: roles %s, faces %s, local socket %s, management %s",
+                 self.cfg.node, ",".join(self.cfg.roles),
+                 ", ".join(f.name for f in self.cfg.faces) or "none",
+                 self.cfg.local_socket, self.cfg.management)
+        select = self.sel.select
+        while self._running:
+            timeout = 0.5
+            if self._timers:
+                timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
+            for key, mask in select(timeout):
+                kind, obj = key.data
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(obj)
+                if not mask & selectors.EVENT_READ:
+                    continue
+                if kind == "ether":
+                    self._read_ether(obj)
+                elif kind == "udp":
+                    self._read_udp(obj)
+                elif kind == "local":
+                    self._read_local(obj)
+                elif kind == "listen":
+                    self._accept()
+                elif kind == "wake":
+                    self._drain_calls()
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, fn = heapq.heappop(self._timers)
+                try:
+                    fn()
+                except Exception:
+                    log.exception("timer failed")
+            if self._dirty:
+                self._kick()
+
+    def _kick(self) -> None:
+        for io in self._dirty:
+            io.kick()
+        self._dirty.clear()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def close(self) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 2.0
+        for proc in self.children:
+            try:
+                proc.wait(max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for io in self.io.values():
+            io.close()
+        if self.listener:
+            self.listener.close()
+
+    def _drain_calls(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            fn()
+
+    # -------------------------------------------------------------------- I/O
+    def _read_ether(self, io: EtherFace) -> None:
+        """The hot loop: flow-table hits go straight from RX ring to TX ring."""
+        fast, receive = self.core.fast_forward, self.core.receive
+        ios, dirty, faces = self.io, self._dirty, self.core.counters.faces
+        fid = io.face_id
+        now = time.time()
+        for frame in io.read_batch():
+            hit = fast(fid, frame, now, 14)
+            if hit is None:
+                mac = frame[6:12]
+                if mac != io.peer_mac:
+                    io.learn(mac)
+                self._act(receive(fid, frame[14:], now))
+                continue
+            out_id, hop, length = hit
+            out = ios.get(out_id)
+            if out is not None and out.forward(frame, hop, length, 14):
+                dirty.add(out)
+                fc = faces[out_id]
+                fc.tx_packets += 1
+                fc.tx_bytes += length
+                continue
+            data = bytearray(frame[14:14 + length])
+            data[3] = hop
+            self._act((Send(out_id, bytes(data), 0),))
+
+    def _read_udp(self, us: UdpSocket) -> None:
+        now = time.time()
+        for data, addr in us.read_batch():
+            io = us.faces.get(addr)
+            if io is None:
+                self.core.counters.drop(0, "udp_unknown_peer")
+                continue
+            self._act(self.core.receive(io.face_id, data, now))
+
+    def _accept(self) -> None:
+        conn = self.listener.accept()
+        if conn is None:
+            return
+        face = self.core.add_face(LOCAL, f"app{conn.fileno()}", mtu=65535)
+        face.name = f"app-{face.face_id}"
+        io = LocalFace(face.face_id, conn)
+        self.io[face.face_id] = io
+        self.sel.register(io, selectors.EVENT_READ, ("local", io))
+
+    def _read_local(self, io: LocalFace) -> None:
+        batch = io.read_batch()
+        now = time.time()
+        for data in batch or ():
+            self._act(self.core.receive(io.face_id, data, now))
+        if batch is None:
+            self._close_local(io, now)
+
+    def _close_local(self, io: LocalFace, now: float) -> None:
+        face = self.core.faces.get(io.face_id)
+        self._unregister(io)
+        io.close()
+        self.io.pop(io.face_id, None)
+        self._act(self.core.remove_face(io.face_id, now))
+        if face is not None and face.app_name is not None:
+            log.info("application %s left", face.app_name)
+
+    def _unregister(self, io: FaceIO) -> None:
+        try:
+            self.sel.unregister(io)
+        except (KeyError, ValueError):
+            pass
+
+    def _act(self, actions) -> None:
+        for a in actions:
+            if type(a) is Send:
+                io = self.io.get(a.face_id)
+                if io is None:
+                    self.core.counters.drop(a.face_id, "no_io")
+                    continue
+                res = io.send(a.data, a.priority)
+                fc = self.core.counters.faces[a.face_id]
+                if res == "sent":
+                    fc.tx_packets += 1
+                    fc.tx_bytes += len(a.data)
+                    if io.batched:
+                        self._dirty.add(io)
+                elif res == "queued":
+                    self._want_flush(io)
+                else:
+                    self.core.counters.drop(a.face_id, res)
+            elif type(a) is Delivered:
+                p = a.packet
+                cb = self._waiters.pop((p.flow_id, p.seq), None)
+                if cb is not None:
+                    cb(p, a.time)
+            elif type(a) is Control:
+                if self.control_handler is not None:
+                    self.control_handler(a.face_id, a.packet, time.time())
+                else:
+                    self.core.counters.drop(a.face_id, "no_routing")
+            elif type(a) is Registered:
+                log.info("prefix %s %s", a.prefix, "registered" if a.added else "withdrawn")
+
+    def _want_flush(self, io: FaceIO) -> None:
+        """Ask for a write event; UDP faces share a socket and simply drop instead."""
+        if isinstance(io, UdpFace):
+            return
+        key = self.sel.get_key(io)
+        if not key.events & selectors.EVENT_WRITE:
+            self.sel.modify(io, selectors.EVENT_READ | selectors.EVENT_WRITE, key.data)
+
+    def _flush(self, io: FaceIO) -> None:
+        fc = self.core.counters.faces[io.face_id]
+        fc.tx_packets += io.flush()
+        face = self.core.faces.get(io.face_id)
+        if face is not None:
+            face.queued = io.queued
+        if io.queued == 0:
+            key = self.sel.get_key(io)
+            self.sel.modify(io, selectors.EVENT_READ, key.data)
+
+    def _tick(self) -> None:
+        now = time.time()
+        self.core.tick(now)
+        for fid, io in list(self.io.items()):
+            if isinstance(io, EtherFace):
+                lost = io.kernel_drops()
+                if lost:
+                    fc = self.core.counters.faces[fid]
+                    fc.drops["kernel_rx_overrun"] += lost
+                    self.core.counters.drops["kernel_rx_overrun"] += lost
+                up = io.carrier()
+                face = self.core.faces.get(fid)
+                if face is not None and face.up != up:
+                    log.warning("face %s carrier %s", face.name, "up" if up else "down")
+                    self.core.set_face_state(fid, up, now)
+                    if not up:
+                        io.learn(b"\xff" * 6)
+        for proc in self.children:
+            if proc.poll() is not None and not getattr(proc, "_reported", False):
+                proc._reported = True
+                log.error("adapter %s exited with %s", proc.args[2], proc.returncode)
+
+    # ------------------------------------------------------- node's own pings
+    def echo(self, dst: Name, hop_limit: int, telemetry: bool, timeout: float,
+             on_done: Callable[[Optional[wire.Packet], float], None], size: int = 0) -> None:
+        """Send an ECHO_REQUEST from the node itself; on_done(reply or None, rtt_s)."""
+        now = time.time()
+        flow = self.core.next_flow_id()
+        body = wire.EchoBody(time.time_ns(), flow, b"\0" * size)
+        pkt = wire.Packet(wire.PacketType.ECHO_REQUEST, dst=dst, src=self.core.name,
+                          payload=body.encode(), flags=wire.Flag.TELEMETRY if telemetry else 0,
+                          hop_limit=hop_limit, flow_id=flow, seq=1)
+        sent_at = time.monotonic()
+        finished = []
+
+        def got(reply: wire.Packet, t: float) -> None:
+            if not finished:
+                finished.append(1)
+                on_done(reply, time.monotonic() - sent_at)
+
+        def expire() -> None:
+            if not finished:
+                finished.append(1)
+                self._waiters.pop((flow, 1), None)
+                on_done(None, timeout)
+        self._waiters[(flow, 1)] = got
+        self.call_later(timeout, expire)
+        self._act(self.core.originate(pkt, now))
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

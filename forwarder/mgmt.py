@@ -1,0 +1,358 @@
+"""Management endpoint: JSON (and Prometheus text) over HTTP on a Unix or TCP socket.
+
+A Unix socket in the node's work folder is reachable from the root namespace
+whatever network namespace the forwarder lives in, which is what `forwarder.ctl`
+uses; TCP serves the SCSC and scrapers on the management network.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socketserver
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+from urllib.parse import parse_qs, urlparse
+
+from .names import InvalidName, Name
+from .rib import Route
+from .strategy import Rule
+from .wire import HopRecord, NackBody, PacketType, TlvType
+
+log = logging.getLogger("dmsc.mgmt")
+
+
+class BadRequest(ValueError):
+    """Answered with 400 and the message."""
+
+
+class Views:
+    """Read and change the daemon's state; every method runs on the loop thread."""
+
+    def __init__(self, daemon) -> None:
+        self.d = daemon
+
+    @property
+    def core(self):
+        return self.d.core
+
+    def status(self) -> dict:
+        core, now = self.core, time.time()
+        faces = []
+        for f in core.faces:
+            io = self.d.io.get(f.face_id)
+            faces.append({"id": f.face_id, "name": f.name, "kind": f.kind, "up": f.up, "mtu": f.mtu,
+                          "app": f.app_name.text if f.app_name else None,
+                          "peer_mac": io.peer_mac.hex(":") if hasattr(io, "peer_mac") else None,
+                          "queued": getattr(io, "queued", 0)})
+        return {"node": core.name.text, "roles": sorted(core.roles), "pid": os.getpid(),
+                "uptime_s": round(now - self.d.started, 3), "faces": faces,
+                "fib_entries": len(core.fib), "rib_routes": len(core.rib),
+                "flows": len(core.flows), "rules": len(core.strategy),
+                "fib_changed_at": core.fib_changed_at, "fib_digest": self.fib_digest(),
+                "local_prefixes": sorted({r.prefix.text for r in core.local_prefixes()}),
+                "drops": dict(core.counters.drops)}
+
+    def fib_digest(self) -> str:
+        """Digest of the FIB's prefixes, so a poller can tell when nodes agree on reachability."""
+        h = hashlib.sha256()
+        for e in self.core.fib.entries():
+            h.update(e.prefix.wire + b"\0")
+        return h.hexdigest()[:16]
+
+    def fib(self) -> dict:
+        return {"entries": [self._entry(e) for e in self.core.fib.entries()]}
+
+    def _entry(self, e) -> dict:
+        d = e.to_json()
+        for nh in d["nexthops"]:
+            f = self.core.faces.get(nh["face"])
+            nh["face_name"] = f.name if f else None
+            nh["up"] = bool(f and f.up)
+        return d
+
+    def rib(self) -> dict:
+        return {"routes": [self._route(r) for r in self.core.rib]}
+
+    def _route(self, r: Route) -> dict:
+        d = r.to_json()
+        f = self.core.faces.get(r.face_id)
+        d["face_name"] = f.name if f else None
+        return d
+
+    def flows(self) -> dict:
+        now = time.time()
+        out = []
+        for e in self.core.flows.entries():
+            d = e.to_json(now)
+            f = self.core.faces.get(e.face_id)
+            d["face_name"] = f.name if f else None
+            out.append(d)
+        return {"flows": out, "idle_timeout_s": self.core.flows.idle_timeout}
+
+    def strategy(self) -> dict:
+        return {"rules": [r.to_json() for r in self.core.strategy.rules()]}
+
+    def counters(self) -> dict:
+        names = {f.face_id: f.name for f in self.core.faces}
+        d = self.core.counters.to_json(names)
+        d["tx_errors"] = dict(self.d.tx_errors)
+        return d
+
+    def metrics(self) -> str:
+        names = {f.face_id: f.name for f in self.core.faces}
+        return self.core.counters.prometheus(self.core.name.text, names)
+
+    def add_route(self, body: dict) -> dict:
+        prefix = _name(body.get("prefix"))
+        face = self.core.faces.by_name(str(body.get("face")))
+        if face is None:
+            raise BadRequest(f"no face named {body.get('face')!r}")
+        try:
+            route = Route(prefix, face.face_id, int(body.get("cost", 1)), int(body.get("priority", 0)),
+                          str(body.get("origin", "static")), body.get("instance"))
+            self.core.add_route(route, time.time())
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(str(exc)) from None
+        return {"added": self._route(route)}
+
+    def del_route(self, q: dict) -> dict:
+        prefix = _name(q.get("prefix"))
+        face = self.core.faces.by_name(str(q.get("face")))
+        if face is None:
+            raise BadRequest(f"no face named {q.get('face')!r}")
+        ok = self.core.remove_route(prefix, q.get("origin", "static"), face.face_id, time.time(),
+                                    q.get("instance"))
+        if not ok:
+            raise BadRequest(f"no {q.get('origin', 'static')} route {prefix} via {face.name}")
+        return {"removed": prefix.text}
+
+    def set_rule(self, body: dict) -> dict:
+        try:
+            rule = Rule.from_json(body)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(str(exc)) from None
+        self.core.set_rule(rule)
+        return {"rule": rule.to_json()}
+
+    def del_rule(self, q: dict) -> dict:
+        prefix = _name(q.get("prefix"))
+        if not self.core.remove_rule(prefix):
+            raise BadRequest(f"no rule for {prefix}")
+        return {"removed": prefix.text}
+
+
+def _name(value: Any) -> Name:
+    if not isinstance(value, str):
+        raise BadRequest("a name is required (e.g. /shop/cart)")
+    try:
+        n = Name.parse(value)
+    except InvalidName as exc:
+        raise BadRequest(str(exc)) from None
+    return n
+
+
+def describe_reply(core, reply, rtt_s: float) -> dict:
+    """Turn an echo reply or NACK into the JSON a ping reports."""
+    if reply is None:
+        return {"ok": False, "error": "timeout", "rtt_ms": round(rtt_s * 1000, 3)}
+    hops = [HopRecord.decode(v) for t, v in reply.tlvs if t == TlvType.HOP_RECORD]
+    hop_names = [core.names_seen.get(h.node_hash, f"#{h.node_hash:08x}") for h in hops]
+    if reply.type == PacketType.NACK:
+        body = NackBody.decode(reply.payload)
+        return {"ok": False, "error": "nack", "reason": _reason(body.reason),
+                "from": reply.src.text, "rtt_ms": round(rtt_s * 1000, 3)}
+    forward = sum(1 for h in hops if h.out_face != 0xFFFF) if hops else None
+    return {"ok": True, "responder": reply.src.text, "rtt_ms": round(rtt_s * 1000, 3),
+            "hops": _forward_hops(hops), "hop_records": hop_names,
+            "forward_hop_records": forward}
+
+
+def _forward_hops(hops) -> Optional[int]:
+    """Forwarding hops up to the responder (records before the responder's own)."""
+    for i, h in enumerate(hops):
+        if h.out_face == 0xFFFF:
+            return i
+    return None
+
+
+def _reason(code: int) -> str:
+    from .wire import NackReason
+    try:
+        return NackReason(code).name.lower()
+    except ValueError:
+        return f"reason_{code}"
+
+
+class Api:
+    """HTTP routes to Views calls, executed on the daemon loop."""
+
+    def __init__(self, daemon) -> None:
+        self.d = daemon
+        self.views = Views(daemon)
+
+    def handle(self, method: str, path: str, query: dict, body: Optional[dict]) -> Tuple[int, Any]:
+        v = self.views
+        gets: Dict[str, Callable[[], Any]] = {
+            "/status": v.status, "/fib": v.fib, "/rib": v.rib, "/flows": v.flows,
+            "/strategy": v.strategy, "/counters": v.counters, "/metrics": v.metrics}
+        if method == "GET" and path in gets:
+            return 200, self.d.call_soon_wait(gets[path])
+        if method == "GET" and path == "/lookup":
+            n = _name(query.get("name"))
+            return 200, self.d.call_soon_wait(lambda: self._lookup(n))
+        if method == "POST" and path == "/ping":
+            return 200, self.ping(body or {})
+        if method == "POST" and path == "/trace":
+            return 200, self.trace(body or {})
+        if method == "POST" and path == "/routes":
+            return 200, self.d.call_soon_wait(lambda: v.add_route(body or {}))
+        if method == "DELETE" and path == "/routes":
+            return 200, self.d.call_soon_wait(lambda: v.del_route(query))
+        if method == "POST" and path == "/strategy":
+            return 200, self.d.call_soon_wait(lambda: v.set_rule(body or {}))
+        if method == "DELETE" and path == "/strategy":
+            return 200, self.d.call_soon_wait(lambda: v.del_rule(query))
+        return 404, {"error": f"no such endpoint: {method} {path}"}
+
+    def _lookup(self, n: Name) -> dict:
+        core = self.d.core
+        e = core.fib.lookup(n)
+        r = core.strategy.lookup_wire(n.wire, bytes(n.bounds()), len(n)) if len(n) else None
+        return {"name": n.text, "fib": self.views._entry(e) if e else None,
+                "rule": r.to_json() if r else None}
+
+    def _echo(self, name: Name, hop_limit: int, telemetry: bool, timeout: float, size: int = 0):
+        done = threading.Event()
+        box: list = []
+
+        def finished(reply, rtt):
+            box.append((reply, rtt))
+            done.set()
+        self.d.call_soon_wait(lambda: self.d.echo(name, hop_limit, telemetry, timeout, finished, size))
+        done.wait(timeout + 2.0)
+        reply, rtt = box[0] if box else (None, timeout)
+        return self.d.call_soon_wait(lambda: describe_reply(self.d.core, reply, rtt))
+
+    def ping(self, body: dict) -> dict:
+        name = _name(body.get("name"))
+        count = _bounded(body, "count", 1, 1, 10000)
+        timeout = float(body.get("timeout", 1.0))
+        interval = float(body.get("interval", 0.2))
+        size = _bounded(body, "size", 0, 0, 1400)
+        if not 0 < timeout <= 30 or not 0 <= interval <= 10:
+            raise BadRequest("timeout must be in (0, 30] s and interval in [0, 10] s")
+        results = []
+        for i in range(count):
+            if i:
+                time.sleep(interval)
+            results.append(self._echo(name, self.d.core.hop_limit, True, timeout, size))
+        ok = [r["rtt_ms"] for r in results if r["ok"]]
+        return {"name": name.text, "sent": count, "received": len(ok), "results": results,
+                "rtt_ms_min": min(ok) if ok else None, "rtt_ms_avg": sum(ok) / len(ok) if ok else None,
+                "rtt_ms_max": max(ok) if ok else None}
+
+    def trace(self, body: dict) -> dict:
+        """Hop by hop, like traceroute: each hop limit expires one node further."""
+        name = _name(body.get("name"))
+        max_hops = _bounded(body, "max_hops", 16, 1, 64)
+        timeout = float(body.get("timeout", 1.0))
+        hops = []
+        for hl in range(2, max_hops + 2):
+            r = self._echo(name, hl, False, timeout)
+            if r["ok"]:
+                hops.append({"hop": hl - 1, "node": r["responder"], "rtt_ms": r["rtt_ms"],
+                             "reached": True})
+                return {"name": name.text, "reached": True, "hops": hops}
+            if r.get("reason") == "hop_limit_exceeded":
+                hops.append({"hop": hl - 1, "node": r["from"], "rtt_ms": r["rtt_ms"], "reached": False})
+                continue
+            hops.append({"hop": hl - 1, "node": r.get("from"), "error": r.get("reason") or r["error"],
+                         "rtt_ms": r["rtt_ms"], "reached": False})
+            return {"name": name.text, "reached": False, "hops": hops}
+        return {"name": name.text, "reached": False, "hops": hops}
+
+
+def _bounded(body: dict, key: str, default: int, lo: int, hi: int) -> int:
+    v = body.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise BadRequest(f"{key} must be an integer in {lo}..{hi}")
+    return v
+
+
+def _make_handler(api: Api):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):  # keep the forwarder log readable
+            log.debug("mgmt " + fmt, *args)
+
+        def address_string(self):
+            return "mgmt"
+
+        def _serve(self, method: str) -> None:
+            url = urlparse(self.path)
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            body = None
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                if length:
+                    body = json.loads(self.rfile.read(length))
+                    if not isinstance(body, dict):
+                        raise BadRequest("the request body must be a JSON object")
+                status, result = api.handle(method, url.path, query, body)
+            except BadRequest as exc:
+                status, result = 400, {"error": str(exc)}
+            except json.JSONDecodeError as exc:
+                status, result = 400, {"error": f"invalid JSON: {exc}"}
+            except Exception as exc:  # reported to the client, logged here
+                log.exception("management request failed")
+                status, result = 500, {"error": f"{type(exc).__name__}: {exc}"}
+            if isinstance(result, str):
+                data, ctype = result.encode(), "text/plain; version=0.0.4"
+            else:
+                data, ctype = json.dumps(result, indent=1).encode(), "application/json"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._serve("GET")
+
+        def do_POST(self):
+            self._serve("POST")
+
+        def do_DELETE(self):
+            self._serve("DELETE")
+    return Handler
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve(daemon, endpoint: str) -> socketserver.BaseServer:
+    """Start the management server in a thread; endpoint is unix:/path or tcp:host:port."""
+    handler = _make_handler(Api(daemon))
+    if endpoint.startswith("unix:"):
+        path = Path(endpoint[5:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+        server = _UnixServer(str(path), handler)
+    else:
+        host, _, port = endpoint[4:].rpartition(":")
+        server = _TcpServer((host, int(port)), handler)
+    threading.Thread(target=server.serve_forever, name="mgmt", daemon=True).start()
+    return server

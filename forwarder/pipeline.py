@@ -1,0 +1,490 @@
+"""The forwarding pipeline: a pure object fed with (face, bytes, time).
+
+`Forwarder.receive` returns actions (Send, Control, Delivered, Registered) and
+never touches a socket or a clock, so every decision it makes can be tested and
+benchmarked without the kernel. The order of the stages follows the DMSC router
+pipeline: validation, data flow table, forwarding strategy, FIB.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+
+from . import wire
+from .counters import Counters, PrefixCounters
+from .facetable import ETHER, LOCAL, SELF, SELF_FACE, UDP, FaceInfo, FaceTable
+from .fib import Fib, FibEntry
+from .flows import FlowEntry, FlowTable
+from .names import InvalidName, Name
+from .rib import Rib, Route
+from .strategy import Rule, StrategyTable
+from .wire import (HEADER, HEADER_LEN, DecodeError, NackReason, Packet, PacketType,
+                   RegisterBody, RegisterResult)
+
+FORWARDABLE = frozenset((1, 2, 3, 4, 5))
+_NACK_REASON_NAMES = {int(r): r.name.lower() for r in NackReason}
+_FAST = struct.Struct("!IHH8xHH8xBB")
+_FAST_WORDS = frozenset((1 << 16) | (t << 8) for t in FORWARDABLE)  # version 1, no flags
+PENDING_TIMEOUT = 30.0
+APP_COMPONENT = b"_app"
+
+
+class Send(NamedTuple):
+    face_id: int
+    data: bytes
+    priority: int = 0
+
+
+class Control(NamedTuple):
+    """A hello, LSA or ACK for the routing module."""
+    face_id: int
+    packet: Packet
+
+
+class Delivered(NamedTuple):
+    """A packet addressed to the node itself (echo replies, NACKs for its pings)."""
+    packet: Packet
+    time: float
+
+
+class Registered(NamedTuple):
+    """The set of locally originated prefixes changed (routing announces them)."""
+    prefix: Name
+    added: bool
+
+
+Action = Union[Send, Control, Delivered, Registered]
+
+
+class Forwarder:
+    """One node's data plane. Roles: 'sg' accepts local applications, 'sr' routes."""
+
+    def __init__(self, node_name: Union[str, Name], roles=("sg", "sr"),
+                 hop_limit: int = wire.DEFAULT_HOP_LIMIT, flow_idle: float = 30.0,
+                 seed: Optional[int] = None) -> None:
+        self.name = Name.parse(node_name)
+        if len(self.name) == 0:
+            raise ValueError("the node name must have at least one component")
+        self.roles = frozenset(roles)
+        self.hop_limit = hop_limit
+        self.faces = FaceTable()
+        self.rib = Rib()
+        self.fib = Fib()
+        self.flows = FlowTable(flow_idle)
+        self.strategy = StrategyTable(seed)
+        self.counters = Counters()
+        self.fib_changed_at: Optional[float] = None
+        self._apps = 0
+        self._flow_ids = 0
+        self._pending: Dict[Tuple[bytes, int, int], Tuple[PrefixCounters, float]] = {}
+        self.names_seen: Dict[int, str] = {self.name.hash32: self.name.text}
+        self._install(Route(self.name, SELF_FACE, cost=0, origin="connected",
+                            instance=self.name.text), 0.0)
+
+    # ------------------------------------------------------------------ faces
+    def add_face(self, kind: str, name: str, mtu: int = 1500, **kw) -> FaceInfo:
+        if kind not in (ETHER, UDP, LOCAL):
+            raise ValueError(f"unknown face kind {kind!r}")
+        return self.faces.add(kind, name, mtu, **kw)
+
+    def set_face_state(self, face_id: int, up: bool, now: float) -> None:
+        """Carrier change: routes through a down face stay in the FIB but are skipped."""
+        face = self.faces.get(face_id)
+        if face is None or face.up == up:
+            return
+        face.up = up
+        self.fib.generation += 1
+        self.fib_changed_at = now
+
+    def remove_face(self, face_id: int, now: float) -> List[Action]:
+        face = self.faces.remove(face_id)
+        actions: List[Action] = []
+        for prefix in self.rib.remove_face(face_id):
+            self.fib.set(prefix, self.rib.routes(prefix))
+            self.fib_changed_at = now
+            if face is not None and face.kind == LOCAL and prefix != face.app_name:
+                actions.append(Registered(prefix, False))
+        self.flows.remove_face(face_id)
+        return actions
+
+    # ----------------------------------------------------------------- routes
+    def _install(self, route: Route, now: float) -> None:
+        self.rib.add(route)
+        self.fib.set(route.prefix, self.rib.routes(route.prefix))
+        self.fib_changed_at = now
+
+    def add_route(self, route: Route, now: float) -> None:
+        if route.face_id not in self.faces:
+            raise ValueError(f"no face {route.face_id}")
+        self._install(route, now)
+
+    def remove_route(self, prefix: Name, origin: str, face_id: int, now: float,
+                     instance: Optional[str] = None) -> bool:
+        if not self.rib.remove(prefix, origin, face_id, instance):
+            return False
+        self.fib.set(prefix, self.rib.routes(prefix))
+        self.fib_changed_at = now
+        return True
+
+    def replace_routes(self, origin: str, routes: List[Route], now: float) -> None:
+        """Install a whole routing-protocol run at once."""
+        for prefix in self.rib.replace_origin(origin, routes):
+            self.fib.set(prefix, self.rib.routes(prefix))
+        self.fib_changed_at = now
+
+    def set_rule(self, rule: Rule) -> None:
+        self.strategy.set(rule)
+
+    def remove_rule(self, prefix: Name) -> bool:
+        return self.strategy.remove(prefix)
+
+    @property
+    def generation(self) -> int:
+        return self.fib.generation + self.strategy.generation
+
+    # -------------------------------------------------------------- receiving
+    def receive(self, face_id: int, data, now: float) -> List[Action]:
+        """Process one packet (without its Ethernet header) that arrived on a face."""
+        face = self.faces.get(face_id)
+        if face is not None and face.network:
+            fast = self.fast_forward(face_id, data, now)
+            if fast is not None:
+                out = bytearray(data[:fast[2]])
+                out[3] = fast[1]
+                return [Send(fast[0], bytes(out), 0)]
+        n = len(data)
+        fc = self.counters.faces[face_id]
+        fc.rx_packets += 1
+        fc.rx_bytes += n
+        if face is None:
+            self.counters.drop(face_id, "unknown_face")
+            return []
+        try:
+            h = wire.validate(data, names_checked=self._known_names(data, n))
+        except DecodeError as exc:
+            self.counters.drop(face_id, exc.reason)
+            return []
+        t = h.type
+        if t in wire.LOCAL_ONLY_TYPES:
+            if face.kind != LOCAL:
+                self.counters.drop(face_id, "local_only")
+                return []
+            return self._local_control(face, wire.decode(data), now)
+        if t in wire.CONTROL_TYPES:
+            if face.kind == LOCAL:
+                self.counters.drop(face_id, "control_from_app")
+                return []
+            return [Control(face_id, wire.decode(data))]
+        if face.kind == LOCAL and not self._source_allowed(face, data, h):
+            self.counters.drop(face_id, "spoofed_source")
+            return []
+        return self._forward(face_id, data, h, now)
+
+    def _known_names(self, data, n: int) -> bool:
+        """True when the name block equals that of a flow already validated."""
+        if n < HEADER_LEN:
+            return False
+        end = HEADER_LEN + data[28] + data[29]
+        return end <= n and bytes(data[20:end]) in self.flows._flows
+
+    def originate(self, packet: Packet, now: float) -> List[Action]:
+        """Send a packet made by the node itself (a ping, a NACK, an echo reply)."""
+        data = packet.encode()
+        h = wire.validate(data)
+        self.counters.faces[SELF_FACE].rx_packets += 1
+        return self._forward(SELF_FACE, data, h, now)
+
+    def next_flow_id(self) -> int:
+        self._flow_ids = (self._flow_ids + 1) & 0xFFFFFFFF
+        return self._flow_ids
+
+    # -------------------------------------------------------------- fast path
+    def fast_forward(self, face_id: int, data: bytes, now: float,
+                     offset: int = 0) -> Optional[Tuple[int, int, int]]:
+        """Flow-table hit from one network face to another: (out face, new hop limit, length).
+
+        The packet starts at data[offset] (14 when data is a whole Ethernet frame).
+        The caller writes the packet's `length` bytes with byte 3 replaced by the new
+        hop limit. None means "take the full pipeline" (receive), never a drop:
+        anything unusual (a miss, changed tables, telemetry, TLVs, hop limit, MTU, a
+        rate limit) goes there.
+        """
+        n = len(data) - offset
+        if n < HEADER_LEN:
+            return None
+        word, total, hlen, fidx, fcnt, dlen, slen = _FAST.unpack_from(data, offset)
+        names_end = HEADER_LEN + dlen + slen
+        if (word >> 8) not in _FAST_WORDS or hlen != names_end or total > n or hlen > total \
+                or fidx >= fcnt:
+            return None
+        fe = self.flows._flows.get(data[offset + 20:offset + names_end])
+        if fe is None or fe.generation != self.fib.generation + self.strategy.generation:
+            return None
+        out = fe.out
+        hop = word & 0xFF
+        if (out is None or not out.up or out.face_id == face_id or hop <= 1
+                or total > out.mtu or fe.rule is not None):
+            return None
+        fe.last_used = now
+        fe.packets += 1
+        fe.bytes += total
+        fc = self.counters.faces[face_id]
+        fc.rx_packets += 1
+        fc.rx_bytes += n
+        return out.face_id, hop - 1, total
+
+    # -------------------------------------------------------------- slow path
+    def _forward(self, in_face: int, data, h: wire.Header, now: float) -> List[Action]:
+        total = h.total_length
+        names_end = HEADER_LEN + h.dst_len + h.src_len
+        key = bytes(data[20:names_end])
+        dst_wire = bytes(data[HEADER_LEN:HEADER_LEN + h.dst_len])
+        rule = self.strategy.lookup_wire(dst_wire, h.dst_bounds, h.dst_ncomp)
+        entry = self.fib.lookup_wire(dst_wire, h.dst_bounds, h.dst_ncomp)
+        prefix_text = entry.prefix.text if entry is not None else ""
+        pc = self.counters.prefixes[prefix_text] if entry is not None else None
+
+        if rule is not None and rule.deny:
+            return self._refuse(in_face, data, h, NackReason.DENIED, now, prefix_text)
+        if rule is not None and rule.bucket is not None and not rule.bucket.take(now):
+            return self._refuse(in_face, data, h, NackReason.RATE_LIMITED, now, prefix_text)
+
+        fe = self.flows.get(key)
+        route = None
+        gen = self.generation
+        if fe is not None and fe.generation != gen:
+            # Tables changed since the flow was pinned: keep the choice if still valid.
+            cands = self._candidates(entry, in_face)
+            keep = next((r for r in cands if r.face_id == fe.face_id), None)
+            if keep is None:
+                self.flows._flows.pop(key, None)
+                fe = None
+            else:
+                fe.generation, fe.rule = gen, rule
+        if fe is not None and (fe.face_id != in_face or not self.faces.faces[in_face].network):
+            out_face = fe.face_id
+        else:
+            if entry is None:
+                return self._refuse(in_face, data, h, NackReason.NO_ROUTE, now, "")
+            cands = self._candidates(entry, in_face)
+            if not cands:
+                if any(r.face_id == in_face for r in entry.nexthops):
+                    self.counters.drop(in_face, "loop", prefix_text)
+                reason = (NackReason.INSTANCE_UNREACHABLE if entry.nexthops
+                          else NackReason.NO_ROUTE)
+                return self._refuse(in_face, data, h, reason, now, prefix_text)
+            route = self._choose(rule, cands, key)
+            out_face = route.face_id
+            prio = self._priority(rule, data, h, names_end)
+            fe = FlowEntry(out_face, gen, now, now, rule, prio, self.faces.faces[out_face],
+                           dst=Name.from_wire(dst_wire).text,
+                           src=Name.from_wire(bytes(data[HEADER_LEN + h.dst_len:names_end])).text)
+            if h.type != 3 or self.faces.faces[out_face].kind != LOCAL:
+                self.flows.put(key, fe)
+
+        face = self.faces.faces[out_face]
+        if pc is not None:
+            pc.packets += 1
+            pc.bytes += total
+        in_kind = self.faces.faces[in_face].kind if in_face in self.faces else ""
+        if h.type == 1 and in_kind == LOCAL and pc is not None:
+            src_wire = bytes(data[HEADER_LEN + h.dst_len:names_end])
+            pc.requests += 1
+            self._pending[(src_wire, h.flow_id, h.seq)] = (pc, now)
+        if face.kind == SELF or (h.type == 3 and face.kind == LOCAL):
+            return self._at_self(in_face, data, h, now)
+        if face.network:
+            if h.hop_limit <= 1:
+                return self._refuse(in_face, data, h, NackReason.HOP_LIMIT_EXCEEDED, now,
+                                    prefix_text)
+            out = bytearray(data[:total])
+            out[3] = h.hop_limit - 1
+            if h.flags & wire.Flag.TELEMETRY:
+                out = self._add_hop_record(out, h, in_face, out_face, now)
+            if len(out) > face.mtu:
+                return self._refuse(in_face, data, h, NackReason.TOO_BIG, now, prefix_text)
+        else:
+            out = bytearray(data[:total])
+            if h.type in (2, 5) and self._pending:
+                self._observe_response(data, h.dst_len, now)
+        fe.last_used = now
+        fe.packets += 1
+        fe.bytes += total
+        return [Send(out_face, bytes(out), fe.priority)]
+
+    def _candidates(self, entry: Optional[FibEntry], in_face: int) -> List[Route]:
+        if entry is None:
+            return []
+        faces = self.faces.faces
+        # Never back out of the network face a packet came in on (loop prevention);
+        # the node itself and local applications may reach their own prefixes.
+        skip = in_face if in_face in faces and faces[in_face].network else None
+        return [r for r in entry.nexthops
+                if r.face_id != skip and r.face_id in faces and faces[r.face_id].up]
+
+    def _choose(self, rule: Optional[Rule], cands: List[Route], key: bytes) -> Route:
+        if rule is not None and rule.weights:
+            picked = self.strategy.choose(rule, cands, self._face_name)
+            if picked is not None:
+                return picked
+        best = cands[0].rank
+        group = [r for r in cands if r.rank == best]
+        if len(group) == 1:
+            return group[0]
+        return group[zlib.crc32(key) % len(group)]  # per (dst, src) flow, stable across runs
+
+    def _face_name(self, face_id: int) -> str:
+        f = self.faces.get(face_id)
+        return f.name if f else str(face_id)
+
+    @staticmethod
+    def _priority(rule: Optional[Rule], data, h: wire.Header, names_end: int) -> int:
+        if rule is not None and rule.priority is not None:
+            return rule.priority
+        if h.header_length > names_end:
+            for t, v in wire.parse_tlvs(data, names_end, h.header_length):
+                if t == wire.TlvType.PRIORITY:
+                    return min(v[0], 7)
+        return 0
+
+    def _add_hop_record(self, out: bytearray, h: wire.Header, in_face: int, out_face: int,
+                        now: float) -> bytearray:
+        face = self.faces.faces.get(out_face)
+        rec = wire.HopRecord(self.name.hash32, in_face, out_face, int(now * 1e9),
+                             face.queued if face else 0, face.util_permille if face else 0)
+        tlv = wire.TLV_HEADER.pack(wire.TlvType.HOP_RECORD, wire.HOP.size) + rec.encode()
+        hl = h.header_length
+        if h.total_length + len(tlv) > wire.MAX_PACKET or _count_tlvs(out, h) >= wire.MAX_TLVS:
+            return out  # no room: forward unchanged rather than drop
+        out[hl:hl] = tlv
+        struct.pack_into("!HH", out, 4, h.total_length + len(tlv), hl + len(tlv))
+        return out
+
+    def _observe_response(self, data, dlen: int, now: float) -> None:
+        t = data[1]
+        flow, seq = struct.unpack_from("!II", data, 8)
+        item = self._pending.pop((bytes(data[HEADER_LEN:HEADER_LEN + dlen]), flow, seq), None)
+        if item is None:
+            return
+        pc, start = item
+        if t == 2:
+            pc.responses += 1
+            pc.latency.observe((now - start) * 1e6)
+        else:
+            pc.nacks += 1
+
+    # ------------------------------------------------------------------ self
+    def _at_self(self, in_face: int, data, h: wire.Header, now: float) -> List[Action]:
+        pkt = wire.decode(data)
+        self.names_seen.setdefault(pkt.src.hash32, pkt.src.text)
+        if pkt.type == PacketType.ECHO_REQUEST:
+            tlvs = [(t, v) for t, v in pkt.tlvs if t == wire.TlvType.HOP_RECORD]
+            if pkt.flags & wire.Flag.TELEMETRY:
+                tlvs.append((wire.TlvType.HOP_RECORD, wire.HopRecord(
+                    self.name.hash32, in_face, wire.NO_FACE, int(now * 1e9)).encode()))
+            reply = Packet(PacketType.ECHO_REPLY, dst=pkt.src, src=self.name,
+                           payload=pkt.payload, flags=pkt.flags, hop_limit=self.hop_limit,
+                           flow_id=pkt.flow_id, seq=pkt.seq, tlvs=tlvs)
+            return self.originate(reply, now)
+        if pkt.type == PacketType.REQUEST:
+            return self._refuse(in_face, data, h, NackReason.NO_ROUTE, now, self.name.text)
+        return [Delivered(pkt, now)]
+
+    def _refuse(self, in_face: int, data, h: wire.Header, reason: NackReason, now: float,
+                prefix: str) -> List[Action]:
+        rname = _NACK_REASON_NAMES[int(reason)]
+        self.counters.drop(in_face, rname, prefix)
+        if h.type == PacketType.NACK or h.type in wire.CONTROL_TYPES:
+            return []
+        try:
+            src = Name.from_wire(bytes(data[HEADER_LEN + h.dst_len:HEADER_LEN + h.dst_len + h.src_len]))
+            dst = Name.from_wire(bytes(data[HEADER_LEN:HEADER_LEN + h.dst_len]))
+        except InvalidName:
+            return []
+        if src == self.name and in_face == SELF_FACE and h.type != PacketType.ECHO_REQUEST:
+            return []
+        self.counters.nacks_sent[rname] += 1
+        nack = Packet(PacketType.NACK, dst=src, src=self.name,
+                      payload=wire.NackBody(int(reason), h.type, dst).encode(),
+                      hop_limit=self.hop_limit, flow_id=h.flow_id, seq=h.seq)
+        if src == self.name:  # our own ping was refused here
+            return [Delivered(nack, now)]
+        return self.originate(nack, now)
+
+    # ------------------------------------------------------------- local apps
+    def _source_allowed(self, face: FaceInfo, data, h: wire.Header) -> bool:
+        app = face.app_name
+        if app is None:
+            return False
+        src = Name.from_wire(bytes(data[HEADER_LEN + h.dst_len:HEADER_LEN + h.dst_len + h.src_len]))
+        if app.is_prefix_of(src):
+            return True
+        return any(r.prefix.is_prefix_of(src) for r in self._app_routes(face.face_id))
+
+    def _app_routes(self, face_id: int) -> List[Route]:
+        return [r for r in self.rib if r.face_id == face_id and r.origin == "connected"]
+
+    def _local_control(self, face: FaceInfo, pkt: Packet, now: float) -> List[Action]:
+        if pkt.type == PacketType.ATTACH:
+            if "sg" not in self.roles:
+                self.counters.drop(face.face_id, "not_a_gateway")
+                return []
+            if face.app_name is None:
+                self._apps += 1
+                face.app_name = self.name.append(APP_COMPONENT, str(self._apps))
+                self._install(Route(face.app_name, face.face_id, cost=0, origin="connected",
+                                    instance=self.name.text), now)
+            reply = Packet(PacketType.ATTACH, dst=face.app_name, src=wire.LOCAL_NAME,
+                           seq=pkt.seq)
+            return [Send(face.face_id, reply.encode())]
+        if face.app_name is None:
+            self.counters.drop(face.face_id, "not_attached")
+            return []
+        if pkt.type == PacketType.REGISTER:
+            status, msg = self._register(face, pkt, now)
+            res = Packet(PacketType.REGISTER_RESULT, dst=face.app_name, src=pkt.dst,
+                         seq=pkt.seq, payload=RegisterResult(status, msg).encode())
+            actions: List[Action] = [Send(face.face_id, res.encode())]
+            if status == RegisterResult.ACCEPTED:
+                actions.append(Registered(pkt.dst, True))
+            return actions
+        if pkt.type == PacketType.UNREGISTER:
+            removed = self.remove_route(pkt.dst, "connected", face.face_id, now,
+                                        instance=self.name.text)
+            return [Registered(pkt.dst, False)] if removed else []
+        self.counters.drop(face.face_id, "bad_type")
+        return []
+
+    def _register(self, face: FaceInfo, pkt: Packet, now: float) -> Tuple[int, str]:
+        prefix = pkt.dst
+        if prefix[0] == b"_dmsc" or (self.name.is_prefix_of(prefix) and len(prefix) > len(self.name)
+                                     and prefix[len(self.name)] == APP_COMPONENT):
+            return RegisterResult.RESERVED, f"{prefix.text} is reserved"
+        try:
+            body = RegisterBody.decode(pkt.payload)
+        except DecodeError as exc:
+            return RegisterResult.INVALID, str(exc)
+        self._install(Route(prefix, face.face_id, cost=body.cost, origin="connected",
+                            instance=self.name.text), now)
+        return RegisterResult.ACCEPTED, f"{prefix.text} registered on {self.name.text}"
+
+    # ----------------------------------------------------------------- timers
+    def tick(self, now: float) -> None:
+        """Expire idle flows, stale pending requests and expired rules."""
+        self.flows.expire(now)
+        self.strategy.expire(now)
+        if self._pending:
+            limit = now - PENDING_TIMEOUT
+            for k in [k for k, (_, t) in self._pending.items() if t < limit]:
+                del self._pending[k]
+
+    def local_prefixes(self) -> List[Route]:
+        """Prefixes this node originates (registered by its applications)."""
+        return [r for r in self.rib if r.origin == "connected" and r.face_id != SELF_FACE
+                and not (self.faces.get(r.face_id) and self.faces.get(r.face_id).app_name == r.prefix)]
+
+
+def _count_tlvs(out: bytearray, h: wire.Header) -> int:
+    start = HEADER_LEN + h.dst_len + h.src_len
+    return len(wire.parse_tlvs(out, start, h.header_length))

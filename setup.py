@@ -1,0 +1,31 @@
+"""Packaging for the DMSC lab: installed editable into .venv by scripts/setup.sh.
+
+Dependencies are pinned exactly so every machine (developer, CI, container)
+runs the same versions; bump them deliberately.  The pins need Python 3.11
+(hypothesis 6.170 requires >= 3.11); Debian 12's /usr/bin/python3 is 3.11.
+Mininet itself comes from Debian (python3 --system-site-packages), not PyPI.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dmsc-lab",
+    version="0.1.0",
+    description="Emulation lab for Distributed Micro-Service Communication (name-based service routing)",
+    python_requires=">=3.9,<3.12",
+    packages=find_packages(include=[
+        "forwarder", "forwarder.*",
+        "controller", "controller.*",
+        "topologies", "topologies.*",
+        "experiments", "experiments.*",
+    ]),
+    install_requires=[
+        "scapy==2.8.0",
+        "PyYAML==6.0.4",
+        "pyroute2==0.9.7",
+        "cryptography==50.0.2",
+        "hypothesis==6.170.17",
+        "pytest==9.2.0",
+        "pytest-timeout==2.4.0",
+    ],
+)

@@ -1,0 +1,292 @@
+"""A small harness for real Linux network namespaces, without Mininet.
+
+Integration tests and benchmarks use it to build a few nodes joined by veth
+pairs and run the forwarder (or anything else) inside them.  Everything it
+creates is written to the run folder's ``records.jsonl`` *before* it is
+created (processes right after they start), so ``python -m topologies.clean``
+can undo a run whose owner was killed with ``kill -9``.
+
+Standard library plus the ``ip`` command (iproute2) only.
+
+Example::
+
+    with NetnsNetwork(new_run_dir("test-x")) as net:
+        a, b = net.add_node("a"), net.add_node("b")
+        link = net.add_link("a", "b")
+        a.add_addr(link.intf_a, "10.0.0.1/30")
+        b.add_addr(link.intf_b, "10.0.0.2/30")
+        a.cmd(["ping", "-c1", "10.0.0.2"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+from .records import Records
+
+IFNAMSIZ = 15  # longest Linux interface name, in bytes
+STOP_GRACE_S = 3.0
+_NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A failed command; unlike CalledProcessError its message includes stderr."""
+
+    def __str__(self) -> str:
+        err = (self.stderr or "").strip() if isinstance(self.stderr, str) else ""
+        return super().__str__() + (f": {err}" if err else "")
+
+
+def _run(argv: list[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                         stdin=subprocess.DEVNULL)
+    if check and res.returncode != 0:
+        raise CommandError(res.returncode, argv, res.stdout, res.stderr)
+    return res
+
+
+def require_netns() -> Optional[str]:
+    """Why this machine cannot run namespace tests, or None if it can.
+
+    Tests call it to skip with a clear reason instead of failing obscurely.
+    It really creates (and deletes) a throw-away namespace, since being root is
+    not enough inside some containers.
+    """
+    if os.geteuid() != 0:
+        return "needs root (network namespaces); run as root, e.g. sudo make test"
+    if shutil.which("ip") is None:
+        return "the 'ip' command (iproute2) is not installed; run make setup"
+    probe = f"dmprobe-{os.getpid()}-{secrets.token_hex(2)}"
+    res = _run(["ip", "netns", "add", probe], check=False)
+    if res.returncode != 0:
+        return f"'ip netns add' failed: {res.stderr.strip() or res.returncode}"
+    _run(["ip", "netns", "del", probe], check=False)
+    return None
+
+
+@dataclass(frozen=True)
+class NsLink:
+    """One veth pair: ``intf_a`` lives in node ``a``, ``intf_b`` in node ``b``."""
+
+    a: str
+    b: str
+    intf_a: str
+    intf_b: str
+
+
+class NsNode:
+    """One node: a named network namespace plus a working folder for its logs."""
+
+    def __init__(self, net: "NetnsNetwork", name: str, netns: str) -> None:
+        self._net = net
+        self.name = name
+        self.netns = netns
+        self.intfs: list[str] = []
+        self.workdir = net.run_dir / name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"NsNode({self.name!r}, netns={self.netns!r}, intfs={self.intfs!r})"
+
+    def cmd(self, argv: list[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        """Run ``argv`` inside the namespace and wait; stdout/stderr captured as text.
+
+        Raises CommandError (a CalledProcessError) on a non-zero exit if ``check``.
+        """
+        return _run(["ip", "netns", "exec", self.netns, *argv], check=check, timeout=timeout)
+
+    def popen(self, argv: list[str], log_name: str,
+              env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
+        """Start ``argv`` inside the namespace in the background.
+
+        stdout and stderr go to ``workdir/<log_name>.log`` (never /tmp: ``mn -c``
+        deletes /tmp/*.log).  ``env`` is merged over os.environ.  The process
+        gets its own session, so a Ctrl-C in the terminal does not hit it
+        before ``stop()`` does, and it is recorded for ``clean``.
+        """
+        log_path = self.workdir / f"{log_name}.log"
+        full_env = None if env is None else {**os.environ, **env}
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", self.netns, *argv],
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=full_env,
+                                    start_new_session=True)
+        self._net._records.pid(proc.pid, argv0=argv[0])
+        self._net._procs.append(proc)
+        return proc
+
+    def mac(self, intf: str) -> str:
+        """MAC address of ``intf``, as ``aa:bb:cc:dd:ee:ff``."""
+        out = _run(["ip", "-n", self.netns, "-j", "link", "show", "dev", intf]).stdout
+        return json.loads(out)[0]["address"]
+
+    def add_addr(self, intf: str, cidr: str) -> None:
+        """Add an IP address (e.g. ``10.0.0.1/30``) to ``intf``, for kernel-IP baselines."""
+        _run(["ip", "-n", self.netns, "addr", "add", cidr, "dev", intf])
+
+
+class NetnsNetwork:
+    """Nodes (named netns) joined by veth pairs, recorded into ``run_dir``.
+
+    Namespace names are ``<prefix>-<runid>-<node>`` with a random runid, so
+    concurrent runs (two test sessions, a test during a lab) never collide.
+    Interfaces are created directly inside their namespaces, so their short
+    names (``a-eth0``) cannot clash with the root namespace either.
+    """
+
+    def __init__(self, run_dir: Path, prefix: str = "dm") -> None:
+        self.run_dir = Path(run_dir)
+        self.prefix = prefix
+        self.runid = secrets.token_hex(3)
+        self._records = Records(self.run_dir)
+        self._records.owner()
+        self._nodes: dict[str, NsNode] = {}
+        self._links: list[NsLink] = []
+        self._procs: list[subprocess.Popen] = []
+        self._stopped = False
+
+    def __enter__(self) -> "NetnsNetwork":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def nodes(self) -> dict[str, NsNode]:
+        """Nodes by name, in creation order."""
+        return dict(self._nodes)
+
+    @property
+    def links(self) -> list[NsLink]:
+        """Links in creation order."""
+        return list(self._links)
+
+    def add_node(self, name: str) -> NsNode:
+        """Create a namespace for node ``name`` with loopback up.
+
+        New interfaces in it start with IPv6 disabled, so veths send no router
+        solicitations or DAD probes that would show up in captures and counters.
+        """
+        if not _NODE_RE.match(name):
+            raise ValueError(f"node name {name!r} must match {_NODE_RE.pattern}")
+        if name in self._nodes:
+            raise ValueError(f"node {name!r} already exists")
+        _check_ifname(f"{name}-eth0", name)
+        netns = f"{self.prefix}-{self.runid}-{name}"
+        self._records.netns(netns)
+        _run(["ip", "netns", "add", netns])
+        node = NsNode(self, name, netns)
+        self._nodes[name] = node
+        _run(["ip", "-n", netns, "link", "set", "dev", "lo", "up"])
+        node.cmd(["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"])
+        return node
+
+    def node(self, name: str) -> NsNode:
+        """The node called ``name`` (KeyError if there is none)."""
+        return self._nodes[name]
+
+    def add_link(self, a: str, b: str, mtu: int = 1500) -> NsLink:
+        """Join nodes ``a`` and ``b`` with a veth pair ``a-ethN`` <-> ``b-ethM``, both up."""
+        if a == b:
+            raise ValueError(f"cannot link node {a!r} to itself")
+        na, nb = self.node(a), self.node(b)
+        intf_a = f"{a}-eth{len(na.intfs)}"
+        intf_b = f"{b}-eth{len(nb.intfs)}"
+        _check_ifname(intf_a, a)
+        _check_ifname(intf_b, b)
+        self._records.link(intf_a, na.netns)
+        self._records.link(intf_b, nb.netns)
+        _run(["ip", "link", "add", intf_a, "netns", na.netns, "mtu", str(mtu), "type", "veth",
+              "peer", "name", intf_b, "netns", nb.netns, "mtu", str(mtu)])
+        na.intfs.append(intf_a)
+        nb.intfs.append(intf_b)
+        for node, intf in ((na, intf_a), (nb, intf_b)):
+            _run(["ip", "-n", node.netns, "link", "set", "dev", intf, "up"])
+        link = NsLink(a, b, intf_a, intf_b)
+        self._links.append(link)
+        return link
+
+    def _links_between(self, a: str, b: str) -> list[NsLink]:
+        found = [l for l in self._links if {l.a, l.b} == {a, b}]
+        if not found:
+            raise KeyError(f"no link between {a!r} and {b!r}")
+        return found
+
+    def _set_links(self, a: str, b: str, state: str) -> None:
+        for link in self._links_between(a, b):
+            for node, intf in ((link.a, link.intf_a), (link.b, link.intf_b)):
+                _run(["ip", "-n", self._nodes[node].netns, "link", "set", "dev", intf, state])
+
+    def link_down(self, a: str, b: str) -> None:
+        """Take every link between ``a`` and ``b`` down, on both ends (a link failure)."""
+        self._set_links(a, b, "down")
+
+    def link_up(self, a: str, b: str) -> None:
+        """Bring every link between ``a`` and ``b`` back up, on both ends."""
+        self._set_links(a, b, "up")
+
+    def stop(self) -> None:
+        """Stop recorded processes, then delete the namespaces (and with them the veths).
+
+        Processes get SIGTERM to their process group, up to 3 s to exit, then
+        SIGKILL.  Safe to call twice.  The run is marked done only if
+        everything went away; otherwise ``make clean`` retries later.
+        """
+        if self._stopped:
+            return
+        errors = self._stop_procs()
+        for node in self._nodes.values():
+            if not os.path.exists(f"/run/netns/{node.netns}"):
+                continue
+            res = _run(["ip", "netns", "del", node.netns], check=False)
+            if res.returncode != 0:
+                errors.append(f"netns {node.netns}: {res.stderr.strip()}")
+        if errors:
+            raise RuntimeError("NetnsNetwork.stop left things behind (run `make clean`): "
+                               + "; ".join(errors))
+        self._records.done()
+        self._stopped = True
+
+    def _stop_procs(self) -> list[str]:
+        running = [p for p in self._procs if p.poll() is None]
+        # poll() is None means the pid is still our unreaped child: no reuse risk.
+        for p in running:
+            _killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for p in running:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _killpg(p.pid, signal.SIGKILL)
+        errors = []
+        for p in running:
+            try:
+                p.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                errors.append(f"process {p.pid} survived SIGKILL")
+        return errors
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # start_new_session: pgid == pid
+    except ProcessLookupError:
+        pass
+
+
+def _check_ifname(ifname: str, node: str) -> None:
+    if len(ifname.encode()) > IFNAMSIZ:
+        raise ValueError(
+            f"interface name {ifname!r} for node {node!r} is {len(ifname)} characters; Linux "
+            f"allows {IFNAMSIZ}: use a node name of at most {IFNAMSIZ - len(ifname) + len(node)} "
+            f"characters")
