@@ -85,6 +85,8 @@ class Counters:
             self.prefixes[prefix].drops[reason] += 1
 
     def to_json(self, face_names: Dict[int, str]) -> dict:
+        for f in face_names:  # every face appears, with zeros if it saw no traffic yet
+            self.faces[f]
         return {"drops": dict(self.drops), "nacks_sent": dict(self.nacks_sent),
                 "faces": {face_names.get(f, str(f)): c.to_json() for f, c in sorted(self.faces.items())},
                 "prefixes": {p: c.to_json() for p, c in sorted(self.prefixes.items())}}

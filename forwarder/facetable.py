@@ -23,10 +23,10 @@ class FaceInfo:
     peer: Optional[str] = None          # neighbour node name, when known
     queued: int = 0                     # packets waiting in the I/O layer
     util_permille: int = 0
+    network: bool = field(init=False)   # a link to another node (not the node or an app)
 
-    @property
-    def network(self) -> bool:
-        return self.kind in (ETHER, UDP)
+    def __post_init__(self) -> None:
+        self.network = self.kind in (ETHER, UDP)
 
 
 @dataclass

@@ -21,6 +21,7 @@ class FlowEntry:
     rule: Optional[object] = None   # strategy rule applied (rate limit, priority)
     priority: int = 0
     out: Optional[object] = None    # the FaceInfo of face_id, for the fast path
+    prefix_counters: Optional[object] = None  # the FIB prefix's counters, for the fast path
     packets: int = 0
     bytes: int = 0
     dst: str = ""

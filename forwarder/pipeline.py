@@ -223,12 +223,16 @@ class Forwarder:
             return None
         out = fe.out
         hop = word & 0xFF
-        if (out is None or not out.up or out.face_id == face_id or hop <= 1
+        if (out is None or not out.network or not out.up or out.face_id == face_id or hop <= 1
                 or total > out.mtu or fe.rule is not None):
             return None
         fe.last_used = now
         fe.packets += 1
         fe.bytes += total
+        pc = fe.prefix_counters
+        if pc is not None:
+            pc.packets += 1
+            pc.bytes += total
         fc = self.counters.faces[face_id]
         fc.rx_packets += 1
         fc.rx_bytes += n
@@ -277,7 +281,7 @@ class Forwarder:
             route = self._choose(rule, cands, key)
             out_face = route.face_id
             prio = self._priority(rule, data, h, names_end)
-            fe = FlowEntry(out_face, gen, now, now, rule, prio, self.faces.faces[out_face],
+            fe = FlowEntry(out_face, gen, now, now, rule, prio, self.faces.faces[out_face], pc,
                            dst=Name.from_wire(dst_wire).text,
                            src=Name.from_wire(bytes(data[HEADER_LEN + h.dst_len:names_end])).text)
             if h.type != 3 or self.faces.faces[out_face].kind != LOCAL:

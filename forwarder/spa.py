@@ -9,7 +9,7 @@ the names under prefix P from not_before to not_after". Two places check them:
 * every Service Router, before it installs a route from a link-state
   advertisement (:meth:`Validator.check_authorization`).
 
-Signature checks cost tens of microseconds, so results are cached by
+An Ed25519 verification costs 50-300 microseconds, so results are cached by
 (authorization bytes, prefix): a repeated check is a dict lookup and a
 comparison with the validity window. A new revocation list clears the cache.
 
@@ -17,7 +17,8 @@ This module is pure logic: no sockets, no threads. A :class:`Validator` is owned
 by one thread (the forwarder's event loop).
 
 Rejections raise :class:`SpaError`; its ``reason`` is one of :data:`REASONS`.
-The checks run in a fixed order and the first failing one gives the reason:
+The checks run in the order of this table and the first failing one gives the
+reason (so an authorization both revoked and expired is "revoked"):
 
 ==============  ==============================================================
 reason          when
@@ -43,13 +44,13 @@ newer than the one loaded).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import struct
 import tempfile
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -527,6 +528,8 @@ class Validator:
                  proof_max_age_s: float = PROOF_MAX_AGE_S,
                  proof_max_skew_s: float = PROOF_MAX_SKEW_S,
                  cache_max: int = CACHE_MAX) -> None:
+        if isinstance(trusted_authorities, (bytes, bytearray)):
+            raise TypeError("pass a list of public keys or a {key id: key} dict, not one key")
         if isinstance(trusted_authorities, Mapping):
             pairs = list(trusted_authorities.items())
             for kid, pub in pairs:
