@@ -86,6 +86,10 @@ class _Lsa:
     content: bytes             # digest of everything but the age: equal seq => equal content
     accepted: List[LsaPrefix]  # prefixes that passed validation
     rejected: Dict[Name, Tuple[bytes, str]]  # prefix -> (authorization, reason)
+    text: str = ""             # the originator's text form: the routes' instance
+
+    def __post_init__(self) -> None:
+        self.text = self.originator.text
 
     @property
     def seq(self) -> int:
@@ -111,6 +115,7 @@ class LinkStateRouter:
     FLUSH_HOLD_S = 60.0          # keep a flush marker this long so stale copies lose
     REASSEMBLY_TIMEOUT_S = 2.0   # give up on an incomplete fragmented LSA
     SPF_DELAY_S = 0.0            # hold-down between an LSDB change and the SPF run
+    MIN_LS_INTERVAL_S = 0.0      # least time between two of our own LSAs
 
     def __init__(self, node: Name, *, hello_interval: float = 0.1, dead_interval: float = 0.3,
                  retransmit_interval: float = 0.2, lsa_refresh_s: float = 600.0,
@@ -141,12 +146,13 @@ class LinkStateRouter:
         self._lsdb: Dict[Name, _Lsa] = {}
         self._prefixes: List[LsaPrefix] = []
         self._seq = 0
-        self._originated_at: Optional[float] = None
-        self._self_dirty = True
+        self._originated_at: Optional[float] = None  # when our current LSA was made
+        self._originate_due: Optional[float] = None  # a new own LSA is wanted at this time
         self._stopped = False
         self._spf_due: Optional[float] = None
         self._ack_due: Optional[float] = None
         self._routes: List[Route] = []
+        self._route_set: Set[Route] = set()
         self._unreachable_since: Dict[Name, float] = {}
         self._now = 0.0
 
@@ -199,7 +205,7 @@ class LinkStateRouter:
         new = sorted(seen.values(), key=lambda p: p.prefix)
         if new != self._prefixes:
             self._prefixes = new
-            self._self_dirty = True
+            self._reoriginate(now)
         return self._finish(now, [])
 
     # ================================================================ packets
@@ -318,7 +324,7 @@ class LinkStateRouter:
                 body.seq == own.seq and _content(body) != own.content):
             if body.seq >= self._seq and not self._stopped:
                 self._seq = body.seq
-                self._self_dirty = True
+                self._reoriginate(now)
                 self._event(acts, "seq_bumped", seq=body.seq, face=f.face_id)
         elif body.seq == own.seq:
             self.stats["lsas_duplicate"] += 1
@@ -370,6 +376,7 @@ class LinkStateRouter:
         """Run everything that is due: hellos, dead neighbours, refresh, ageing,
         purges, retransmissions, SPF and the batched ACKs."""
         acts: List[Action] = []
+        self._finish(now, acts)
         if not self._stopped:
             for f in list(self._faces.values()):
                 if f.state != DOWN and f.carrier and f.last_heard + f.hold <= now + EPS:
@@ -383,8 +390,9 @@ class LinkStateRouter:
             self._expire(now, acts)
             if (self._originated_at is not None
                     and self._originated_at + self.lsa_refresh_s <= now + EPS):
-                self._self_dirty = True
-        acts = self._finish(now, acts)  # originates our LSA if anything above changed it
+                self._reoriginate(now)
+            if self._originate_due is not None and self._originate_due <= now + EPS:
+                self._originate(now, acts)
         for f in self._faces.values():
             if f.state != UP:
                 continue
@@ -412,7 +420,9 @@ class LinkStateRouter:
             due.extend(s + self.REASSEMBLY_TIMEOUT_S for s, _, _ in f.frags.values())
         if self._stopped:
             return min(due, default=INFINITY)
-        if self._originated_at is not None:
+        if self._originate_due is not None:
+            due.append(self._originate_due)
+        elif self._originated_at is not None:
             due.append(self._originated_at + self.lsa_refresh_s)
         for orig, e in self._lsdb.items():
             if orig == self.node:
@@ -426,8 +436,8 @@ class LinkStateRouter:
         """Withdraw everything: flood a flush of our LSA. Afterwards the router
         only retransmits that flush until it is acknowledged."""
         acts: List[Action] = []
-        self._ensure_started(now)
         self._stopped = True
+        self._originate_due = None
         self._seq += 1
         body = LsaBody(self._seq, 0, LsaBody.FLUSH, [], [])
         self._lsdb[self.node] = _Lsa(self.node, body, now, 0, _content(body), [], {})
@@ -480,16 +490,19 @@ class LinkStateRouter:
 
     # ============================================================== internals
     def _finish(self, now: float, acts: List[Action]) -> List[Action]:
-        """End of every public call: (re)originate our LSA once if it changed."""
+        """End of every public call: remember the time; make sure we originate once."""
         self._now = max(self._now, now)
-        self._ensure_started(now)
-        if self._self_dirty and not self._stopped:
-            self._originate(now, acts)
+        if self._originated_at is None and self._originate_due is None:
+            self._reoriginate(now)
         return acts
 
-    def _ensure_started(self, now: float) -> None:
-        if self._originated_at is None:
-            self._originated_at = now  # the first `now` we see; _finish originates
+    def _reoriginate(self, now: float) -> None:
+        """Ask for a new own LSA at the next tick. Every change within one tick
+        (eight adjacencies coming up together) then costs one LSA, not eight,
+        and MIN_LS_INTERVAL_S spaces LSAs out under a flapping link."""
+        if self._originate_due is None and not self._stopped:
+            last = self._originated_at
+            self._originate_due = now if last is None else max(now, last + self.MIN_LS_INTERVAL_S)
 
     def _own_adjacencies(self) -> List[Tuple[Name, int]]:
         best: Dict[Name, int] = {}
@@ -499,7 +512,7 @@ class LinkStateRouter:
         return sorted(best.items())
 
     def _originate(self, now: float, acts: List[Action]) -> None:
-        self._self_dirty = False
+        self._originate_due = None
         self._seq += 1
         prefixes = [LsaPrefix(self.node, 0, 0, b"")] + self._prefixes
         body = LsaBody(self._seq, 0, 0, self._own_adjacencies(), prefixes)
@@ -520,7 +533,7 @@ class LinkStateRouter:
                     cost=f.cost)
         self._adjacencies_changed(now)
         # Database synchronisation: it gets our whole LSDB, reliably. Our own
-        # LSA follows from _finish, re-originated with the new adjacency.
+        # LSA follows at the next tick, re-originated with the new adjacency.
         for orig in sorted(self._lsdb):
             if orig != self.node:
                 self._send_lsa(f, orig, now, acts)
@@ -540,7 +553,7 @@ class LinkStateRouter:
             f.neighbor = f.peer_face = None
 
     def _adjacencies_changed(self, now: float) -> None:
-        self._self_dirty = True
+        self._reoriginate(now)
         self._spf_needed(now)
 
     def _spf_needed(self, now: float) -> None:
@@ -641,46 +654,55 @@ class LinkStateRouter:
         self._spf_due = None
         self.stats["spf_runs"] += 1
         routes = self._compute_routes(now)
-        if routes != self._routes:
-            self._routes = routes
+        if routes != self._route_set:
+            self._route_set = routes
+            self._routes = sorted(routes, key=lambda r: (r.prefix.components, r.priority,
+                                                         r.cost, r.face_id, r.instance or ""))
             self.last_change = now
-            acts.append(RoutesChanged(list(routes)))
+            acts.append(RoutesChanged(list(self._routes)))
 
-    def _compute_routes(self, now: float) -> List[Route]:
-        adjacency = {o: e.body.adjacencies for o, e in self._lsdb.items() if not e.flushed}
-        adjacency[self.node] = self._own_adjacencies()  # the live view, not the last LSA
+    def _compute_routes(self, now: float) -> Set[Route]:
+        """SPF from here, from each neighbour (for LFAs), then routes per prefix.
+
+        The graph is keyed by the names' binary forms: bytes hash and compare
+        much faster than Name objects, and SPF is the hot loop of convergence.
+        """
+        me = self.node.wire
+        by_wire = {o.wire: e for o, e in self._lsdb.items() if not e.flushed}
+        adjacency = {w: [(n.wire, c) for n, c in e.body.adjacencies]
+                     for w, e in by_wire.items()}
+        adjacency[me] = [(n.wire, c) for n, c in self._own_adjacencies()]  # the live view
         graph = spf.two_way_graph(adjacency)
-        faces_to: Dict[Name, FrozenSet[int]] = {}
-        for nb, cost in graph.get(self.node, {}).items():
+        faces_to: Dict[bytes, FrozenSet[int]] = {}
+        for nb, cost in graph.get(me, {}).items():
             faces_to[nb] = frozenset(f.face_id for f in self._faces.values()
-                                     if f.state == UP and f.neighbor == nb and f.cost == cost)
-        dist, hops = spf.shortest_paths(graph, self.node, faces_to)
+                                     if f.state == UP and f.neighbor is not None
+                                     and f.neighbor.wire == nb and f.cost == cost)
+        dist, hops = spf.shortest_paths(graph, me, faces_to)
         face_nb = {fid: nb for nb, fids in faces_to.items() for fid in fids}
         primary = {d: frozenset(face_nb[fid] for fid in h) for d, h in hops.items()}
-        alternates = spf.loop_free_alternates(graph, self.node, dist, primary)
+        alternates = spf.loop_free_alternates(graph, me, dist, primary)
 
         for orig in self._lsdb:
             if orig == self.node:
                 continue
-            if orig in dist:
+            if orig.wire in dist:
                 self._unreachable_since.pop(orig, None)
             else:
                 self._unreachable_since.setdefault(orig, now)
 
         routes: Set[Route] = set()
         for dest, d in dist.items():
-            e = self._lsdb.get(dest)
-            if e is None or e.flushed:
-                continue
-            inst = dest.text
+            e = by_wire[dest]
+            inst = e.text
+            alts = alternates.get(dest, ())
             for p in e.accepted:
                 for fid in hops[dest]:
                     routes.add(Route(p.prefix, fid, d + p.cost, 0, "routing", inst))
-                for nb, via in alternates.get(dest, ()):
+                for nb, via in alts:
                     for fid in faces_to[nb]:
                         routes.add(Route(p.prefix, fid, via + p.cost, 1, "routing", inst))
-        return sorted(routes, key=lambda r: (r.prefix, r.priority, r.cost, r.face_id,
-                                             r.instance or ""))
+        return routes
 
     def _event(self, acts: List[Action], kind: str, **detail) -> None:
         acts.append(RoutingEvent(kind, detail))

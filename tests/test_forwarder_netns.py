@@ -304,6 +304,31 @@ def test_malformed_flood_while_calls_run(netns_net):
     assert fn["r"].counters()["drops"].get("kernel_rx_overrun", 0) == 0
 
 
+def test_udp_faces_cross_an_ip_network(netns_net):
+    for n in ("u1", "u2"):
+        netns_net.add_node(n)
+    link = netns_net.add_link("u1", "u2")
+    netns_net.node("u1").add_addr(link.intf_a, "10.99.0.1/30")
+    netns_net.node("u2").add_addr(link.intf_b, "10.99.0.2/30")
+    fn = ForwarderNet(netns_net)
+    fn.add("u1", faces=[{"name": "ip0", "type": "udp", "local": "10.99.0.1:6464",
+                         "remote": "10.99.0.2:6464"}],
+           routes=[{"prefix": "/node/u2", "face": "ip0"}, {"prefix": "/svc", "face": "ip0"}])
+    fn.add("u2", faces=[{"name": "ip0", "type": "udp", "local": "10.99.0.2:6464",
+                         "remote": "10.99.0.1:6464"}],
+           routes=[{"prefix": "/node/u1", "face": "ip0"}])
+    fn.start_all()
+    with Client(fn["u2"].app_socket) as server, Client(fn["u1"].app_socket, timeout=2) as cli:
+        server.serve("/svc", _echo_handler)
+        wait_for(lambda: "/svc" in fn["u2"].status()["local_prefixes"], 5, what="registration")
+        assert cli.call("/svc/over/udp", b"u") == b"echo:u"
+        big = b"z" * 9000
+        assert cli.call("/svc", big) == b"echo:" + big
+    assert fn["u1"].ping("/node/u2")["received"] == 1
+    faces = fn["u1"].counters()["faces"]
+    assert faces["ip0"]["tx_packets"] >= 3 and faces["ip0"]["rx_packets"] >= 3
+
+
 def test_bad_configuration_is_one_clear_line(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("node: /node/a\nfaces:\n  - {name: e0, type: ether}\nroutes:\n  - {prefix: /x, face: e1}\n")

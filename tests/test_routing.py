@@ -210,15 +210,18 @@ def test_carrier_loss_takes_adjacency_down_at_once():
     a = net.routers["a"]
     fab = net.face("a", "b")
     acts = a.face_state(fab, False, net.now)
-    kinds = [x.kind for x in acts if isinstance(x, RoutingEvent)]
-    assert kinds == ["adjacency_down"]
+    assert [x.kind for x in acts if isinstance(x, RoutingEvent)] == ["adjacency_down"]
+    assert a.neighbors()[0]["state"] == "down" and not a.neighbors()[0]["carrier"]
+    net.handle("a", acts)
+    # The new LSA and the new routes come from the next tick, due at once.
+    assert a.next_tick() <= net.now
+    acts = a.tick(net.now)
     lsas = [x for x in acts if isinstance(x, SendControl) and x.packet.type == PacketType.LSA]
     assert {x.face_id for x in lsas} == {net.face("a", "d"), net.face("a", "e")}
     assert node("b") not in [n for n, _ in LsaBody.decode(lsas[0].packet.payload).adjacencies]
+    (changed,) = [x for x in acts if isinstance(x, RoutesChanged)]
+    assert changed.routes and all(r.face_id != fab for r in changed.routes)
     net.handle("a", acts)
-    net.step()  # the SPF runs at the next tick
-    assert all(r.face_id != fab for r in net.routes["a"])
-    assert a.neighbors()[0]["state"] == "down" and not a.neighbors()[0]["carrier"]
     # Carrier back: a hello goes out at once and the adjacency returns.
     net.handle("a", a.face_state(fab, True, net.now))
     net.run_until(lambda: net.prim("a", node("b"))[0].face_id == fab, timeout=0.2)
