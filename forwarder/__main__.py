@@ -29,6 +29,9 @@ configuration (YAML; flags override it):
   http_proxy: 127.0.0.1:8080 the SG's HTTP adapter for unmodified clients
   http_services:             plain HTTP servers published under a prefix
     - {prefix: /shop/cart, backend: 127.0.0.1:9000}
+  routing: {enabled: true, hello_ms: 100, dead_ms: 300, costs: {a-eth0: 10}}
+  spa: {trust: [authority.pub], crl: crl.bin, enforce: true}
+  scsc: 10.255.0.254:6653    the Scheduling Center; telemetry_interval_s: 1.0
   hop_limit: 32   flow_idle_s: 30   log_level: info
 
 see docs/protocol.md for the wire format and README.md for the lab.

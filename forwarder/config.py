@@ -49,6 +49,25 @@ class HttpService:
 
 
 @dataclass
+class RoutingConfig:
+    enabled: bool = False
+    hello_ms: int = 100
+    dead_ms: int = 300
+    costs: Dict[str, int] = field(default_factory=dict)  # face name -> link cost
+
+
+@dataclass
+class SpaConfig:
+    trust: List[Path] = field(default_factory=list)  # authority public keys
+    crl: Optional[Path] = None                       # revocation list file
+    enforce: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.trust)
+
+
+@dataclass
 class NodeConfig:
     node: Name
     roles: Tuple[str, ...] = ROLES
@@ -65,6 +84,10 @@ class NodeConfig:
     flow_idle_s: float = 30.0
     log_level: str = "info"
     pcap: bool = False
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    spa: SpaConfig = field(default_factory=SpaConfig)
+    scsc: Optional[Tuple[str, int]] = None
+    telemetry_interval_s: float = 1.0
 
     @property
     def mgmt_socket(self) -> Optional[Path]:
@@ -111,7 +134,7 @@ def _check_keys(d: Any, allowed: set, where: str) -> dict:
 
 TOP_KEYS = {"node", "roles", "workdir", "faces", "routes", "rules", "local_socket", "management",
             "http_proxy", "http_services", "host_map", "hop_limit", "flow_idle_s", "log_level",
-            "pcap"}
+            "pcap", "routing", "spa", "scsc", "telemetry_interval_s"}
 
 
 def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
@@ -229,6 +252,41 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
     for host, prefix in hm.items():
         _name(prefix, f"host_map[{host}]")
     cfg.host_map = {str(k): str(v) for k, v in hm.items()}
+
+    rt = d.get("routing")
+    if rt is not None:
+        if rt is True or rt is False:
+            rt = {"enabled": rt}
+        _check_keys(rt, {"enabled", "hello_ms", "dead_ms", "costs"}, "routing")
+        costs = rt.get("costs") or {}
+        if not isinstance(costs, dict) or any(k not in seen for k in costs):
+            raise ConfigError(f"routing.costs: expected a mapping of face name (one of {sorted(seen)}) "
+                              f"to cost, got {costs!r}")
+        cfg.routing = RoutingConfig(bool(rt.get("enabled", True)),
+                                    _int(rt, "hello_ms", "routing", 100, 10, 60_000),
+                                    _int(rt, "dead_ms", "routing", 300, 20, 600_000),
+                                    {k: _int(costs, k, "routing.costs", 1, 1, 65535) for k in costs})
+        if cfg.routing.dead_ms <= cfg.routing.hello_ms:
+            raise ConfigError("routing.dead_ms must be longer than routing.hello_ms")
+    sp = d.get("spa")
+    if sp is not None:
+        _check_keys(sp, {"trust", "crl", "enforce"}, "spa")
+        trust = sp.get("trust") or []
+        if isinstance(trust, str):
+            trust = [trust]
+        if not isinstance(trust, list) or not trust:
+            raise ConfigError("spa.trust: expected a list of authority public key files")
+        cfg.spa = SpaConfig([Path(t) for t in trust], Path(sp["crl"]) if sp.get("crl") else None,
+                            bool(sp.get("enforce", True)))
+        for t in cfg.spa.trust:
+            if not t.exists():
+                raise ConfigError(f"spa.trust: {t} does not exist")
+    if d.get("scsc") is not None:
+        cfg.scsc = _addr(d["scsc"], "scsc")
+    ti = d.get("telemetry_interval_s", 1.0)
+    if not isinstance(ti, (int, float)) or isinstance(ti, bool) or not 0.05 <= ti <= 3600:
+        raise ConfigError(f"telemetry_interval_s: expected a number of seconds in 0.05..3600, got {ti!r}")
+    cfg.telemetry_interval_s = float(ti)
     return cfg
 
 

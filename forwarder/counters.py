@@ -58,17 +58,23 @@ class FaceCounters:
 
 
 class PrefixCounters:
-    __slots__ = ("packets", "bytes", "requests", "responses", "nacks", "drops", "latency")
+    """Per FIB prefix. At a client's SG: requests/responses/nacks and their latency.
+    At an instance's SG: served requests and the local service time."""
+
+    __slots__ = ("packets", "bytes", "requests", "responses", "nacks", "drops", "latency",
+                 "served", "service_latency")
 
     def __init__(self) -> None:
-        self.packets = self.bytes = self.requests = self.responses = self.nacks = 0
+        self.packets = self.bytes = self.requests = self.responses = self.nacks = self.served = 0
         self.drops: Dict[str, int] = defaultdict(int)
         self.latency = Histogram()
+        self.service_latency = Histogram()
 
     def to_json(self) -> dict:
         return {"packets": self.packets, "bytes": self.bytes, "requests": self.requests,
                 "responses": self.responses, "nacks": self.nacks, "drops": dict(self.drops),
-                "latency": self.latency.to_json()}
+                "latency": self.latency.to_json(), "served": self.served,
+                "service_latency": self.service_latency.to_json()}
 
 
 class Counters:
@@ -113,7 +119,7 @@ class Counters:
         emit("dmsc_nacks_sent_total", "counter", "NACKs sent, by reason",
              [((("reason", r),), n) for r, n in sorted(self.nacks_sent.items())])
         prefixes = sorted(self.prefixes.items())
-        for field in ("packets", "bytes", "requests", "responses", "nacks"):
+        for field in ("packets", "bytes", "requests", "responses", "nacks", "served"):
             emit(f"dmsc_prefix_{field}_total", "counter", f"{field} per prefix",
                  [((("prefix", p),), getattr(c, field)) for p, c in prefixes])
         out.append("# HELP dmsc_request_latency_seconds request to response latency seen at the SG")

@@ -78,6 +78,7 @@ class Forwarder:
         self._apps = 0
         self._flow_ids = 0
         self._pending: Dict[Tuple[bytes, int, int], Tuple[PrefixCounters, float]] = {}
+        self._serving: Dict[Tuple[bytes, int, int], Tuple[PrefixCounters, float]] = {}
         self.names_seen: Dict[int, str] = {self.name.hash32: self.name.text}
         self._install(Route(self.name, SELF_FACE, cost=0, origin="connected",
                             instance=self.name.text), 0.0)
@@ -296,6 +297,15 @@ class Forwarder:
             src_wire = bytes(data[HEADER_LEN + h.dst_len:names_end])
             pc.requests += 1
             self._pending[(src_wire, h.flow_id, h.seq)] = (pc, now)
+        if h.type == 1 and face.kind == LOCAL and pc is not None and h.frag_index == 0:
+            # an instance hosted here starts serving: its service time is instance load
+            src_wire = bytes(data[HEADER_LEN + h.dst_len:names_end])
+            pc.served += 1
+            self._serving[(src_wire, h.flow_id, h.seq)] = (pc, now)
+        elif h.type == 2 and in_kind == LOCAL and self._serving:
+            item = self._serving.pop((dst_wire, h.flow_id, h.seq), None)
+            if item is not None:
+                item[0].service_latency.observe((now - item[1]) * 1e6)
         if face.kind == SELF or (h.type == 3 and face.kind == LOCAL):
             return self._at_self(in_face, data, h, now)
         if face.network:
@@ -478,10 +488,10 @@ class Forwarder:
         """Expire idle flows, stale pending requests and expired rules."""
         self.flows.expire(now)
         self.strategy.expire(now)
-        if self._pending:
-            limit = now - PENDING_TIMEOUT
-            for k in [k for k, (_, t) in self._pending.items() if t < limit]:
-                del self._pending[k]
+        limit = now - PENDING_TIMEOUT
+        for table in (self._pending, self._serving):
+            for k in [k for k, (_, t) in table.items() if t < limit]:
+                del table[k]
 
     def local_prefixes(self) -> List[Route]:
         """Prefixes this node originates (registered by its applications)."""
