@@ -302,8 +302,11 @@ class Client:
 
     def __init__(self, socket_path: str, *, mtu: int = 1500, timeout: float = 1.0,
                  retries: int = 0, budget: Optional[RetryBudget] = None,
-                 reassembly_timeout: float = 5.0, max_buffered: int = 32 << 20) -> None:
+                 reassembly_timeout: float = 5.0, max_buffered: int = 32 << 20,
+                 identity=None) -> None:
         self.socket_path = socket_path
+        self.identity = identity  # spa.ServiceIdentity proving the right to register
+        self.nonce = b""          # the gateway's SPA challenge (empty: it asks for none)
         self.mtu = mtu
         self.timeout = timeout
         self.retries = retries
@@ -367,6 +370,7 @@ class Client:
                     continue
                 if pkt.type == PacketType.ATTACH:
                     self._sock.settimeout(None)
+                    self.nonce = pkt.payload
                     return pkt.dst
         except socket.timeout:
             self._sock.close()
@@ -539,15 +543,21 @@ class Client:
 
     # ------------------------------------------------------------- registering
     def register(self, prefix: NameLike, *, cost: int = 0,
-                 http_backend: Optional[str] = None) -> None:
-        """Register `prefix` at the gateway; DmscError with the gateway's message if refused."""
+                 http_backend: Optional[str] = None, identity=None) -> None:
+        """Register `prefix` at the gateway; DmscError with the gateway's message if refused.
+
+        With a service identity (spa.ServiceIdentity, or the client's own) the
+        REGISTER carries its authorization and a signature over the gateway's
+        challenge, as a gateway enforcing SPA requires (docs/protocol.md 11.3)."""
         p = Name.parse(prefix)
         if len(p) == 0:
             raise DmscError("cannot register the empty name /")
         flags = RegisterBody.HTTP if http_backend else 0
         options = json.dumps({"http": http_backend}).encode() if http_backend else b""
+        identity = identity or self.identity
+        tlvs = identity.register_tlvs(self.nonce, p) if identity is not None and self.nonce else []
         pkt = Packet(PacketType.REGISTER, dst=p, src=self.name, seq=self._next_seq(),
-                     payload=RegisterBody(flags, cost, options).encode())
+                     payload=RegisterBody(flags, cost, options).encode(), tlvs=tlvs)
         ans = self._exchange([pkt], self.timeout, f"REGISTER {p.text}")
         if ans.type != PacketType.REGISTER_RESULT:
             raise DmscError(f"REGISTER {p.text}: unexpected answer type {ans.type:#04x}")

@@ -46,6 +46,7 @@ class HttpService:
     prefix: Name
     backend: Tuple[str, int]
     cost: int = 0
+    identity: Optional[Path] = None  # SPA service identity for the registration
 
 
 @dataclass
@@ -238,14 +239,15 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
         cfg.http_proxy = _addr(d["http_proxy"], "http_proxy")
     for i, s in enumerate(d.get("http_services") or []):
         where = f"http_services[{i}]"
-        _check_keys(s, {"prefix", "backend", "cost"}, where)
+        _check_keys(s, {"prefix", "backend", "cost", "identity"}, where)
         if "prefix" not in s or "backend" not in s:
             raise ConfigError(f"{where}: needs a prefix and a backend HOST:PORT")
         if "sg" not in cfg.roles:
             raise ConfigError(f"{where}: only a Service Gateway (role sg) hosts services")
         cfg.http_services.append(HttpService(_name(s["prefix"], f"{where}.prefix"),
                                              _addr(s["backend"], f"{where}.backend"),
-                                             _int(s, "cost", where, 0, 0, 65535)))
+                                             _int(s, "cost", where, 0, 0, 65535),
+                                             Path(s["identity"]) if s.get("identity") else None))
     hm = d.get("host_map") or {}
     if not isinstance(hm, dict):
         raise ConfigError("host_map: expected a mapping of host name to prefix")

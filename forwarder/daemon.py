@@ -37,8 +37,11 @@ TICK_S = 0.1
 class Daemon:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
+        self.spa = self._spa_validator(cfg)
+        self._crl_mtime = None
         self.core = Forwarder(cfg.node, roles=cfg.roles, hop_limit=cfg.hop_limit,
-                              flow_idle=cfg.flow_idle_s)
+                              flow_idle=cfg.flow_idle_s, spa=self.spa,
+                              spa_enforce=cfg.spa.enforce)
         self.sel = selectors.DefaultSelector()
         self.io: Dict[int, FaceIO] = {}
         self.udp_sockets: Dict[Tuple[str, int], UdpSocket] = {}
@@ -56,8 +59,37 @@ class Daemon:
         self.control_handler: Optional[Callable[[int, wire.Packet, float], None]] = None
         self.tx_errors: Dict[str, int] = {}
         self._dirty: set = set()  # ring faces with frames written but not yet kicked
+        self.on_crl: Optional[Callable[[], None]] = None  # routing re-validates its LSDB
 
     # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _spa_validator(cfg: NodeConfig):
+        if not cfg.spa.enabled:
+            return None
+        from .spa import Validator, load_public_key
+        return Validator([load_public_key(p) for p in cfg.spa.trust])
+
+    def reload_crl(self) -> None:
+        """Apply the revocation list file when it changed (polled; cheap stat)."""
+        path = self.cfg.spa.crl
+        if self.spa is None or path is None:
+            return
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._crl_mtime:
+            return
+        self._crl_mtime = mtime
+        from .spa import SpaError
+        try:
+            if self.spa.load_revocation_list(path.read_bytes()):
+                log.info("revocation list %s applied", path)
+                if self.on_crl is not None:
+                    self.on_crl()
+        except SpaError as exc:
+            log.error("revocation list %s refused: %s", path, exc)
+
     def open(self) -> None:
         """Open every socket; raises OSError with the face named on failure."""
         now = time.time()
@@ -92,6 +124,8 @@ class Daemon:
             self.sel.register(self.listener, selectors.EVENT_READ, ("listen", self.listener))
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self.every(TICK_S, self._tick)
+        self.reload_crl()
+        self.every(1.0, self.reload_crl)
 
     def start_children(self, python: str = sys.executable) -> None:
         """HTTP adapters run as child processes that die with the forwarder."""
@@ -108,6 +142,8 @@ class Daemon:
             argv = [python, "-m", "forwarder.http_backend", "--socket", sock,
                     "--prefix", svc.prefix.text, "--backend", f"{svc.backend[0]}:{svc.backend[1]}",
                     "--cost", str(svc.cost)]
+            if svc.identity is not None:
+                argv += ["--identity", str(svc.identity)]
             self._spawn(argv, work / f"http_backend{i}.log")
 
     def _spawn(self, argv: List[str], logfile) -> None:

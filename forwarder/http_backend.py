@@ -135,6 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--prefix", required=True, help="service prefix to register, e.g. /shop/cart")
     ap.add_argument("--backend", required=True, help="HOST:PORT of the HTTP server")
     ap.add_argument("--cost", type=int, default=0)
+    ap.add_argument("--identity", help="SPA service identity file (spa_tool issue --new-service)")
     ap.add_argument("--workers", type=int, default=8, help="concurrent requests")
     ap.add_argument("--pool", type=int, default=8, help="idle keep-alive connections kept")
     ap.add_argument("--timeout", type=float, default=10.0, help="backend timeout, seconds")
@@ -150,7 +151,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     pool = BackendPool(host, port, size=args.pool, timeout=args.timeout)
     stop = StopFlag()
     try:
-        client = Client(args.socket, mtu=args.mtu)
+        identity = None
+        if args.identity:
+            from .spa import ServiceIdentity
+            identity = ServiceIdentity.load(args.identity)
+        client = Client(args.socket, mtu=args.mtu, identity=identity)
         client.serve(args.prefix, HttpBackendHandler(pool, args.max_response), cost=args.cost,
                      workers=args.workers, http_backend=args.backend)
     except (DmscError, ValueError) as exc:

@@ -7,9 +7,10 @@ pipeline: validation, data flow table, forwarding strategy, FIB.
 """
 from __future__ import annotations
 
+import os
 import struct
 import zlib
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from . import wire
 from .counters import Counters, PrefixCounters
@@ -62,7 +63,9 @@ class Forwarder:
 
     def __init__(self, node_name: Union[str, Name], roles=("sg", "sr"),
                  hop_limit: int = wire.DEFAULT_HOP_LIMIT, flow_idle: float = 30.0,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, spa=None, spa_enforce: bool = True,
+                 nonce_source: Callable[[], bytes] = lambda: os.urandom(16)) -> None:
+        """`spa` is a spa.Validator: with it, registrations must prove an authorization."""
         self.name = Name.parse(node_name)
         if len(self.name) == 0:
             raise ValueError("the node name must have at least one component")
@@ -80,6 +83,10 @@ class Forwarder:
         self._pending: Dict[Tuple[bytes, int, int], Tuple[PrefixCounters, float]] = {}
         self._serving: Dict[Tuple[bytes, int, int], Tuple[PrefixCounters, float]] = {}
         self.names_seen: Dict[int, str] = {self.name.hash32: self.name.text}
+        self.spa = spa
+        self.spa_enforce = spa_enforce
+        self._nonce_source = nonce_source
+        self._nonces: Dict[int, bytes] = {}  # local face -> its registration challenge
         self._install(Route(self.name, SELF_FACE, cost=0, origin="connected",
                             instance=self.name.text), 0.0)
 
@@ -100,6 +107,7 @@ class Forwarder:
 
     def remove_face(self, face_id: int, now: float) -> List[Action]:
         face = self.faces.remove(face_id)
+        self._nonces.pop(face_id, None)
         actions: List[Action] = []
         for prefix in self.rib.remove_face(face_id):
             self.fib.set(prefix, self.rib.routes(prefix))
@@ -449,8 +457,11 @@ class Forwarder:
                 face.app_name = self.name.append(APP_COMPONENT, str(self._apps))
                 self._install(Route(face.app_name, face.face_id, cost=0, origin="connected",
                                     instance=self.name.text), now)
+            nonce = b""
+            if self.spa is not None:
+                nonce = self._nonces.setdefault(face.face_id, self._nonce_source())
             reply = Packet(PacketType.ATTACH, dst=face.app_name, src=wire.LOCAL_NAME,
-                           seq=pkt.seq)
+                           seq=pkt.seq, payload=nonce)
             return [Send(face.face_id, reply.encode())]
         if face.app_name is None:
             self.counters.drop(face.face_id, "not_attached")
@@ -479,8 +490,18 @@ class Forwarder:
             body = RegisterBody.decode(pkt.payload)
         except DecodeError as exc:
             return RegisterResult.INVALID, str(exc)
+        auth = pkt.tlv(wire.TlvType.SPA_AUTHORIZATION) or b""
+        if self.spa is not None:
+            from .spa import SpaError
+            try:
+                self.spa.check_registration(auth, pkt.tlv(wire.TlvType.SPA_SIGNATURE) or b"",
+                                            self._nonces.get(face.face_id, b""), prefix, now)
+            except SpaError as exc:
+                self.counters.drop(face.face_id, f"spa_{exc.reason}", prefix.text)
+                if self.spa_enforce:
+                    return RegisterResult.UNAUTHORIZED, f"spa: {exc.reason}: {exc.detail}"
         self._install(Route(prefix, face.face_id, cost=body.cost, origin="connected",
-                            instance=self.name.text), now)
+                            instance=self.name.text, authorization=auth), now)
         return RegisterResult.ACCEPTED, f"{prefix.text} registered on {self.name.text}"
 
     # ----------------------------------------------------------------- timers

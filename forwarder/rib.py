@@ -6,7 +6,7 @@ the FIB is derived from it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from .names import Name
@@ -23,6 +23,7 @@ class Route:
     priority: int = 0          # lower preferred, before admin distance
     origin: str = "static"
     instance: Optional[str] = None  # the node hosting this instance (anycast)
+    authorization: bytes = field(default=b"", repr=False)  # SPA authorization, when registered with one
 
     @property
     def rank(self) -> Tuple[int, int, int]:

@@ -396,6 +396,8 @@ class LinkStateRouter:
         for f in self._faces.values():
             if f.state != UP:
                 continue
+            if self._stopped and f.last_heard + f.hold <= now + EPS:
+                f.pending.clear()  # we no longer listen to hellos: give up on silent peers
             for orig, (seq, sent) in list(f.pending.items()):
                 if sent + self.retransmit_interval <= now + EPS:
                     if self._send_lsa(f, orig, now, acts):
@@ -408,7 +410,7 @@ class LinkStateRouter:
 
     def next_tick(self) -> float:
         """Earliest time something is due, for the caller's event loop (inf: nothing)."""
-        due = [t for t in (self._spf_due, self._ack_due) if t is not None]
+        due = [self._ack_due] if self._ack_due is not None else []
         for f in self._faces.values():
             due.extend(sent + self.retransmit_interval for _, sent in f.pending.values()
                        if f.state == UP)
@@ -420,6 +422,8 @@ class LinkStateRouter:
             due.extend(s + self.REASSEMBLY_TIMEOUT_S for s, _, _ in f.frags.values())
         if self._stopped:
             return min(due, default=INFINITY)
+        if self._spf_due is not None:
+            due.append(self._spf_due)
         if self._originate_due is not None:
             due.append(self._originate_due)
         elif self._originated_at is not None:
@@ -434,9 +438,13 @@ class LinkStateRouter:
 
     def shutdown(self, now: float) -> List[Action]:
         """Withdraw everything: flood a flush of our LSA. Afterwards the router
-        only retransmits that flush until it is acknowledged."""
+        only retransmits that flush until it is acknowledged (or the neighbour's
+        hold time runs out). Idempotent."""
         acts: List[Action] = []
+        if self._stopped:
+            return acts
         self._stopped = True
+        self._spf_due = None
         self._originate_due = None
         self._seq += 1
         body = LsaBody(self._seq, 0, LsaBody.FLUSH, [], [])

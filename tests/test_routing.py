@@ -254,6 +254,7 @@ def test_six_node_topology_converges():
         assert prefixes == {node(y) for y in net.routers if y != x}
         assert all(r.origin == "routing" and r.instance for r in net.routes[x])
         assert net.routers[x].last_change is not None
+        assert net.routers[x].stats["spf_runs"] <= net.steps  # at most one per tick
     lsdb = net.routers["a"].lsdb()
     json.dumps(lsdb), json.dumps(net.routers["a"].neighbors())
     assert [e["originator"] for e in lsdb["lsas"]] == [f"/node/{x}" for x in "abcdef"]
@@ -418,6 +419,38 @@ def test_shutdown_flushes_everything_before_the_dead_interval():
     assert entry["flush"] and entry["prefixes"] == []
     net.run(0.5)  # c keeps retransmitting only until the flush is acknowledged
     assert all(n["lsas_awaiting_ack"] == 0 for n in net.routers["c"].neighbors())
+    assert net.routers["c"].next_tick() == float("inf")  # nothing left to do
+    assert net.routers["c"].shutdown(net.now) == []
+
+
+def test_shutdown_gives_up_on_a_silent_neighbour():
+    net = Net()
+    net.link("a", "b")
+    net.run_until(net.converged)
+    net.cut.add(frozenset("ab"))
+    net.handle("a", net.routers["a"].shutdown(net.now))
+    net.run(0.35)
+    assert net.routers["a"].neighbors()[0]["lsas_awaiting_ack"] == 0
+    assert net.routers["a"].next_tick() == float("inf")
+
+
+def test_restart_after_shutdown_overrides_the_flush():
+    net = six_nodes()
+    net.run_until(net.converged)
+    net.handle("c", net.routers["c"].shutdown(net.now))
+    net.stopped.add("c")
+    net.run_until(lambda: not any(net.reaches(x, "c") for x in "abdef"))
+    flush_seq = next(e["seq"] for e in net.routers["a"].lsdb()["lsas"]
+                     if e["originator"] == "/node/c")
+    net.run(0.5)  # neighbours notice c's silence too
+    c = net.add("c")
+    net.stopped.discard("c")
+    for (x, f), _ in sorted(net.peer.items()):
+        if x == "c":
+            net.handle("c", c.add_face(f, 1, net.now))
+    net.run_until(net.converged, timeout=2)
+    entry = next(e for e in net.routers["a"].lsdb()["lsas"] if e["originator"] == "/node/c")
+    assert entry["seq"] > flush_seq and not entry["flush"]
 
 
 def test_unreachable_node_is_purged():
@@ -443,9 +476,12 @@ def test_refresh_keeps_lsas_alive_past_max_age():
     net.link("b", "c")
     net.run_until(net.converged)
     seq = net.routers["a"]._seq
+    net.run(0.1)
+    changes = net.route_changes["c"]
     net.run(12.0)
     assert net.routers["a"]._seq >= seq + 5
     assert net.converged() and not net.kinds("c", "lsa_purged")
+    assert net.route_changes["c"] == changes  # refreshes change no route
     ages = [e["age"] for e in net.routers["c"].lsdb()["lsas"]]
     assert max(ages) <= 2
 
@@ -686,6 +722,27 @@ def test_twenty_node_random_graph_matches_reference_dijkstra():
         net.run_until(lambda: all(
             {r.cost for r in net.prim(s, node(t2))} == {d2[s, t2]}
             for s in names for t2 in names if s != t2), timeout=2)
+
+
+def test_lossy_links_still_converge_to_the_reference():
+    """10 % of every control packet lost, all the time: reliable flooding copes."""
+    rng = random.Random(7)
+    links = random_connected(12, 8, rng)
+    net = Net()
+    edges = {}
+    for a, b, c in links:
+        net.link(a, b, c)
+        edges[a, b] = edges[b, a] = c
+    net.drop = lambda x, f, p: rng.random() < 0.1
+    names = sorted(net.routers)
+    d = floyd(names, edges)
+
+    def matches() -> bool:
+        return net.converged() and all(
+            {r.cost for r in net.prim(s, node(t))} == {d[s, t]}
+            for s in names for t in names if s != t)
+    net.run_until(matches, timeout=3)
+    assert sum(r.stats["lsas_retransmitted"] for r in net.routers.values()) > 0
 
 
 @settings(max_examples=150, deadline=None)
