@@ -27,5 +27,16 @@ setup(
         "hypothesis==6.170.17",
         "pytest==9.2.0",
         "pytest-timeout==2.4.0",
+        # The SCSC (controller/) is an os-ken application; Ryu does not run on Python >= 3.10.
+        # os-ken's own requirements are pinned too; Routes and WebOb also serve its REST API.
+        "os-ken==4.2.2",
+        "Routes==2.5.1",
+        "WebOb==1.8.11",
+        "eventlet==0.41.3",
+        "oslo.config==10.7.0",
+        "netaddr==1.3.0",
+        "msgpack==1.2.4",
+        "ncclient==0.7.1",
+        "pbr==7.1.3",
     ],
 )

@@ -98,6 +98,24 @@ def merged_config(args: argparse.Namespace) -> config_mod.NodeConfig:
     return cfg
 
 
+def _link_sockets(cfg: config_mod.NodeConfig) -> List[Path]:
+    """WORKDIR/app.sock and WORKDIR/mgmt.sock point at sockets that live elsewhere
+    (a short /run/dmsc path when the work folder's path is too long)."""
+    made = []
+    for name, real in (("app.sock", cfg.local_socket), ("mgmt.sock", cfg.mgmt_socket)):
+        if real is None:
+            continue
+        real.parent.mkdir(parents=True, exist_ok=True)
+        link = cfg.workdir / name
+        if link.absolute() == real.absolute():
+            continue
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(real.absolute())
+        made.append(link)
+    return made
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -109,6 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"forwarder: configuration of {cfg.node} is valid")
         return 0
     cfg.workdir.mkdir(parents=True, exist_ok=True)
+    links = _link_sockets(cfg)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from .daemon import Daemon
@@ -120,6 +139,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"forwarder: {exc.strerror or exc}", file=sys.stderr)
         return 1
     server = mgmt.serve(daemon, cfg.management)
+    agent = None
+    if cfg.scsc:
+        from .scsc_agent import ScscAgent
+        agent = ScscAgent(daemon, cfg.scsc, interval=cfg.telemetry_interval_s)
+        agent.start()
     pidfile = cfg.workdir / "forwarder.pid"
     pidfile.write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
@@ -135,16 +159,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             daemon.run()
     finally:
         server.shutdown()
+        daemon.shutdown_routing()
+        if agent:
+            agent.stop()
         daemon.close()
         if cfg.mgmt_socket is not None:
             try:
                 cfg.mgmt_socket.unlink()
             except OSError:
                 pass
-        try:
-            pidfile.unlink()
-        except OSError:
-            pass
+        for path in [pidfile] + links:
+            try:
+                path.unlink()
+            except OSError:
+                pass
         logging.getLogger("dmsc.forwarder").info("forwarder %s stopped", cfg.node)
     return 0
 

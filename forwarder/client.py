@@ -342,7 +342,7 @@ class Client:
                             "running with role sg, and is this its local socket path?)")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            sock.connect(path)
+            sock.connect(os.path.realpath(path))  # a link to a short /run/dmsc socket
         except OSError as exc:
             sock.close()
             raise DmscError(f"cannot connect to the Service Gateway socket {path!r}: "

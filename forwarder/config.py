@@ -5,6 +5,7 @@ nodes fails at launch with a readable line instead of a traceback per node.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -138,6 +139,19 @@ TOP_KEYS = {"node", "roles", "workdir", "faces", "routes", "rules", "local_socke
             "pcap", "routing", "spa", "scsc", "telemetry_interval_s"}
 
 
+SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
+
+
+def socket_dir(workdir: Path) -> Path:
+    """Where a node's Unix sockets live: its work folder, or, when that path is too
+    long for sun_path, a short folder under /run/dmsc (the daemon then links
+    WORKDIR/app.sock and WORKDIR/mgmt.sock to the real sockets)."""
+    if len(str(Path(workdir).absolute() / "mgmt.sock")) <= SOCKET_PATH_MAX:
+        return Path(workdir)
+    digest = hashlib.sha1(str(Path(workdir).absolute()).encode()).hexdigest()[:16]
+    return Path("/run/dmsc") / digest
+
+
 def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
     """Validate a mapping (as loaded from YAML) into a NodeConfig."""
     d = _check_keys(data if data is not None else {}, TOP_KEYS, "config")
@@ -219,11 +233,12 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
         cfg.rules.append(r)
 
     sock = d.get("local_socket")
+    sdir = socket_dir(workdir)
     if "sg" in cfg.roles:
-        cfg.local_socket = Path(sock) if sock else workdir / "app.sock"
+        cfg.local_socket = Path(sock) if sock else sdir / "app.sock"
     elif sock:
         raise ConfigError("local_socket: only a Service Gateway (role sg) accepts applications")
-    mgmt = d.get("management") or f"unix:{workdir / 'mgmt.sock'}"
+    mgmt = d.get("management") or f"unix:{sdir / 'mgmt.sock'}"
     if not isinstance(mgmt, str) or not (mgmt.startswith("unix:") or mgmt.startswith("tcp:")):
         raise ConfigError(f"management: expected unix:/path or tcp:HOST:PORT, got {mgmt!r}")
     if mgmt.startswith("tcp:"):

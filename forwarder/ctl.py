@@ -43,7 +43,7 @@ def resolve(node: str, run: Path) -> Tuple[str, str]:
     if node.endswith(".sock") or p.is_socket():
         return "unix", str(p)
     cand = run / node / "mgmt.sock"
-    if cand.exists():
+    if cand.exists() or cand.is_symlink():
         return "unix", str(cand)
     raise CtlError(f"no management socket for node {node!r} (looked for {cand}); "
                    f"is the lab running? pass --run RUN_DIR or a socket path")
@@ -53,7 +53,8 @@ def request(endpoint: Tuple[str, str], method: str, path: str, body: Optional[di
             timeout: float = 60.0) -> Any:
     kind, where = endpoint
     if kind == "unix":
-        conn: http.client.HTTPConnection = _UnixHTTPConnection(where, timeout)
+        # the path may be a link to a short /run/dmsc socket (sun_path is 108 bytes)
+        conn: http.client.HTTPConnection = _UnixHTTPConnection(os.path.realpath(where), timeout)
     else:
         host, _, port = where.rpartition(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=timeout)

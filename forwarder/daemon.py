@@ -60,6 +60,16 @@ class Daemon:
         self.tx_errors: Dict[str, int] = {}
         self._dirty: set = set()  # ring faces with frames written but not yet kicked
         self.on_crl: Optional[Callable[[], None]] = None  # routing re-validates its LSDB
+        self.router = None
+        self.carrier = None
+        self.face_events: Dict[str, dict] = {}  # face name -> last carrier change seen
+        if cfg.routing.enabled:
+            from .routing import LinkStateRouter
+            self.router = LinkStateRouter(cfg.node, hello_interval=cfg.routing.hello_ms / 1000,
+                                          dead_interval=cfg.routing.dead_ms / 1000,
+                                          validator=self._validate_prefix)
+            self.control_handler = self._on_control
+            self.on_crl = lambda: self._route_act(self.router.revalidate(time.time()))
 
     # ------------------------------------------------------------------ setup
     @staticmethod
@@ -113,6 +123,19 @@ class Daemon:
             self.io[face.face_id] = io
             if fc.type == "ether":
                 self.sel.register(io, selectors.EVENT_READ, ("ether", io))
+        ether = [fc.interface for fc in self.cfg.faces if fc.type == "ether"]
+        if ether:
+            from .carrier import CarrierMonitor
+            self.carrier = CarrierMonitor(ether)
+            self.sel.register(self.carrier, selectors.EVENT_READ, ("carrier", self.carrier))
+        if self.router is not None:
+            for face in self.core.faces:
+                if face.network:
+                    cost = self.cfg.routing.costs.get(face.name, 1)
+                    self._route_act(self.router.add_face(face.face_id, cost, now))
+                    if not face.up:
+                        self._route_act(self.router.face_state(face.face_id, False, now))
+            self._schedule_routing()
         for r in self.cfg.routes:
             face = self.core.faces.by_name(r.face)
             self.core.add_route(Route(r.prefix, face.face_id, r.cost, r.priority, "static",
@@ -215,6 +238,8 @@ class Daemon:
                     self._accept()
                 elif kind == "wake":
                     self._drain_calls()
+                elif kind == "carrier":
+                    self._carrier_events()
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 _, _, fn = heapq.heappop(self._timers)
@@ -234,6 +259,8 @@ class Daemon:
         self._running = False
 
     def close(self) -> None:
+        if self.carrier is not None:
+            self.carrier.close()
         for proc in self.children:
             if proc.poll() is None:
                 proc.terminate()
@@ -360,6 +387,7 @@ class Daemon:
                     self.core.counters.drop(a.face_id, "no_routing")
             elif type(a) is Registered:
                 log.info("prefix %s %s", a.prefix, "registered" if a.added else "withdrawn")
+                self.announce()
 
     def _want_flush(self, io: FaceIO) -> None:
         """Ask for a write event; UDP faces share a socket and simply drop instead."""
@@ -389,17 +417,86 @@ class Daemon:
                     fc = self.core.counters.faces[fid]
                     fc.drops["kernel_rx_overrun"] += lost
                     self.core.counters.drops["kernel_rx_overrun"] += lost
-                up = io.carrier()
-                face = self.core.faces.get(fid)
-                if face is not None and face.up != up:
-                    log.warning("face %s carrier %s", face.name, "up" if up else "down")
-                    self.core.set_face_state(fid, up, now)
-                    if not up:
-                        io.learn(b"\xff" * 6)
+                # netlink is the fast signal; this poll catches a missed message
+                self._set_carrier(fid, io.carrier(), now, "poll")
         for proc in self.children:
             if proc.poll() is not None and not getattr(proc, "_reported", False):
                 proc._reported = True
                 log.error("adapter %s exited with %s", proc.args[2], proc.returncode)
+
+    # ---------------------------------------------------------------- carrier
+    def _carrier_events(self) -> None:
+        now = time.time()
+        for ifname, up in self.carrier.read():
+            for fid, io in self.io.items():
+                if isinstance(io, EtherFace) and io.interface == ifname:
+                    self._set_carrier(fid, up, now, "netlink")
+
+    def _set_carrier(self, fid: int, up: bool, now: float, source: str) -> None:
+        face = self.core.faces.get(fid)
+        if face is None or face.up == up:
+            return
+        log.warning("face %s carrier %s (%s)", face.name, "up" if up else "down", source)
+        self.face_events[face.name] = {"up": up, "time": now, "source": source}
+        self.core.set_face_state(fid, up, now)
+        io = self.io.get(fid)
+        if not up and isinstance(io, EtherFace):
+            io.learn(b"\xff" * 6)
+        if self.router is not None:
+            self._route_act(self.router.face_state(fid, up, now))
+
+    # ---------------------------------------------------------------- routing
+    def _validate_prefix(self, prefix: Name, authorization: bytes, originator: Name) -> Optional[str]:
+        """SPA check of an advertised prefix; cached by the validator, so cheap on refresh."""
+        if self.spa is None:
+            return None
+        from .spa import SpaError
+        try:
+            self.spa.check_authorization(authorization, prefix)
+        except SpaError as exc:
+            log.warning("prefix %s from %s rejected: %s", prefix, originator, exc)
+            return exc.reason
+        return None
+
+    def _on_control(self, face_id: int, packet: wire.Packet, now: float) -> None:
+        self._route_act(self.router.on_packet(face_id, packet, now))
+
+    def _schedule_routing(self) -> None:
+        """Run the router's timers when it says something is due (at least every 50 ms)."""
+        def run() -> None:
+            self._route_act(self.router.tick(time.time()))
+            self._schedule_routing()
+        due = self.router.next_tick() - time.time()
+        self.call_later(min(max(due, 0.005), 0.05), run)
+
+    def _route_act(self, actions) -> None:
+        from .routing import RoutesChanged, RoutingEvent, SendControl
+        for a in actions:
+            if type(a) is SendControl:
+                self._act((Send(a.face_id, a.packet.encode(), 7),))
+            elif type(a) is RoutesChanged:
+                self.core.replace_routes("routing", a.routes, time.time())
+                for r in a.routes:  # so pings and traces can name the hops
+                    if r.instance:
+                        self.core.names_seen.setdefault(Name.parse(r.instance).hash32, r.instance)
+            elif type(a) is RoutingEvent:
+                level = logging.WARNING if a.kind.endswith(("down", "rejected")) else logging.INFO
+                log.log(level, "routing: %s %s", a.kind, a.detail)
+
+    def announce(self) -> None:
+        """Tell routing which prefixes this node originates (after any registration change)."""
+        if self.router is None:
+            return
+        prefixes = {}
+        for r in self.core.local_prefixes():
+            prefixes.setdefault(r.prefix, (r.prefix, r.cost, r.authorization))
+        self._route_act(self.router.set_prefixes(list(prefixes.values()), time.time()))
+
+    def shutdown_routing(self) -> None:
+        """Flush our LSA so neighbours withdraw our prefixes at once, not after a dead interval."""
+        if self.router is not None:
+            self._route_act(self.router.shutdown(time.time()))
+            self._kick()
 
     # ------------------------------------------------------- node's own pings
     def echo(self, dst: Name, hop_limit: int, telemetry: bool, timeout: float,

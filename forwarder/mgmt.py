@@ -55,7 +55,22 @@ class Views:
                 "flows": len(core.flows), "rules": len(core.strategy),
                 "fib_changed_at": core.fib_changed_at, "fib_digest": self.fib_digest(),
                 "local_prefixes": sorted({r.prefix.text for r in core.local_prefixes()}),
-                "drops": dict(core.counters.drops)}
+                "drops": dict(core.counters.drops),
+                "face_events": dict(self.d.face_events),
+                "routing": self.routing_summary()}
+
+    def routing_summary(self) -> Optional[dict]:
+        r = self.d.router
+        if r is None:
+            return None
+        return {"lsdb_digest": r.lsdb_digest(), "last_change": r.last_change,
+                "neighbors": r.neighbors(), "stats": dict(r.stats)}
+
+    def routing(self) -> dict:
+        r = self.d.router
+        if r is None:
+            raise BadRequest("routing is not enabled on this node (config: routing.enabled)")
+        return {"summary": self.routing_summary(), "lsdb": r.lsdb()}
 
     def fib_digest(self) -> str:
         """Digest of the FIB's prefixes, so a poller can tell when nodes agree on reachability."""
@@ -166,10 +181,8 @@ def describe_reply(core, reply, rtt_s: float) -> dict:
         body = NackBody.decode(reply.payload)
         return {"ok": False, "error": "nack", "reason": _reason(body.reason),
                 "from": reply.src.text, "rtt_ms": round(rtt_s * 1000, 3)}
-    forward = sum(1 for h in hops if h.out_face != 0xFFFF) if hops else None
     return {"ok": True, "responder": reply.src.text, "rtt_ms": round(rtt_s * 1000, 3),
-            "hops": _forward_hops(hops), "hop_records": hop_names,
-            "forward_hop_records": forward}
+            "hops": _forward_hops(hops), "hop_records": hop_names}
 
 
 def _forward_hops(hops) -> Optional[int]:
@@ -199,7 +212,8 @@ class Api:
         v = self.views
         gets: Dict[str, Callable[[], Any]] = {
             "/status": v.status, "/fib": v.fib, "/rib": v.rib, "/flows": v.flows,
-            "/strategy": v.strategy, "/counters": v.counters, "/metrics": v.metrics}
+            "/strategy": v.strategy, "/counters": v.counters, "/metrics": v.metrics,
+            "/routing": v.routing}
         if method == "GET" and path in gets:
             return 200, self.d.call_soon_wait(gets[path])
         if method == "GET" and path == "/lookup":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass, field
-from typing import (Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Set,
+from typing import (Callable, Dict, FrozenSet, List, NamedTuple, Optional, Set,
                     Tuple, Union)
 
 from . import spf, wire
@@ -53,6 +53,7 @@ DOWN, INIT, UP = "down", "init", "up"
 EPS = 1e-9                # float slack for "is this timer due" (virtual clocks step in 0.01)
 PACKET_BUDGET = 1400      # bytes of one control packet: fits Ethernet and UDP over IPv4/6
 MAX_FRAGMENTS = 64        # an LSA of more fragments than this is refused
+MAX_REASSEMBLIES = 256    # incomplete fragmented LSAs held per face
 INFINITY = float("inf")
 
 
@@ -116,6 +117,7 @@ class LinkStateRouter:
     REASSEMBLY_TIMEOUT_S = 2.0   # give up on an incomplete fragmented LSA
     SPF_DELAY_S = 0.0            # hold-down between an LSDB change and the SPF run
     MIN_LS_INTERVAL_S = 0.0      # least time between two of our own LSAs
+    REVALIDATE_S = 5.0           # recheck every prefix this often (authorizations expire)
 
     def __init__(self, node: Name, *, hello_interval: float = 0.1, dead_interval: float = 0.3,
                  retransmit_interval: float = 0.2, lsa_refresh_s: float = 600.0,
@@ -155,6 +157,7 @@ class LinkStateRouter:
         self._route_set: Set[Route] = set()
         self._unreachable_since: Dict[Name, float] = {}
         self._now = 0.0
+        self._validated_at = -INFINITY
 
     # ================================================================= faces
     def add_face(self, face_id: int, cost: int = 1, now: float = 0.0) -> List[Action]:
@@ -275,6 +278,9 @@ class LinkStateRouter:
             self._drop("lsa_too_many_fragments")
             return
         key = (packet.src, packet.seq)
+        if key not in f.frags and len(f.frags) >= MAX_REASSEMBLIES:
+            self._drop("lsa_reassembly_full")
+            return
         start, parts, count = f.frags.get(key, (now, {}, packet.frag_count))
         if count != packet.frag_count:
             start, parts, count = now, {}, packet.frag_count
@@ -334,19 +340,47 @@ class LinkStateRouter:
 
     def _install(self, orig: Name, body: LsaBody, now: float, acts: List[Action]) -> None:
         old = self._lsdb.get(orig)
-        accepted, rejected = ([], {}) if body.flags & LsaBody.FLUSH else self._validate(orig, body)
-        for prefix, (auth, reason) in rejected.items():
-            if old is None or old.rejected.get(prefix) != (auth, reason):
-                bucket = self.stats["rejected_prefixes"]
-                bucket[reason] = bucket.get(reason, 0) + 1
-                self._event(acts, "prefix_rejected", prefix=prefix.text,
-                            originator=orig.text, reason=reason)
-        entry = _Lsa(orig, body, now, body.age_s, _content(body), accepted, rejected)
+        entry = _Lsa(orig, body, now, body.age_s, _content(body), [], {})
+        self._check_prefixes(entry, old.rejected if old else {}, acts)
         self._lsdb[orig] = entry
         self.stats["lsas_installed"] += 1
         if old is None or (old.body.flags, old.body.adjacencies, old.accepted) != (
-                body.flags, body.adjacencies, accepted):
+                body.flags, body.adjacencies, entry.accepted):
             self._spf_needed(now)
+
+    def revalidate(self, now: float) -> List[Action]:
+        """Check every prefix in the LSDB again: call it when the validator's
+        answers may have changed (a new SPA revocation list, section 11.5).
+        tick() also does it every REVALIDATE_S, so that authorizations past
+        their not_after stop producing routes."""
+        acts: List[Action] = []
+        self._revalidate(now, acts)
+        return self._finish(now, acts)
+
+    def _revalidate(self, now: float, acts: List[Action]) -> None:
+        self._validated_at = now
+        for orig, e in self._lsdb.items():
+            if orig == self.node or e.flushed:
+                continue
+            before = e.accepted
+            self._check_prefixes(e, e.rejected, acts)
+            if e.accepted != before:
+                self._spf_needed(now)
+
+    def _check_prefixes(self, e: _Lsa, known: Dict[Name, Tuple[bytes, str]],
+                        acts: List[Action]) -> None:
+        """Fill e.accepted/e.rejected; count and report only rejections not
+        already known, so refreshes and rechecks do not inflate the counters."""
+        if e.flushed:
+            e.accepted, e.rejected = [], {}
+            return
+        e.accepted, e.rejected = self._validate(e.originator, e.body)
+        for prefix, (auth, reason) in e.rejected.items():
+            if known.get(prefix) != (auth, reason):
+                bucket = self.stats["rejected_prefixes"]
+                bucket[reason] = bucket.get(reason, 0) + 1
+                self._event(acts, "prefix_rejected", prefix=prefix.text,
+                            originator=e.text, reason=reason)
 
     def _validate(self, orig: Name, body: LsaBody
                   ) -> Tuple[List[LsaPrefix], Dict[Name, Tuple[bytes, str]]]:
@@ -388,6 +422,9 @@ class LinkStateRouter:
                         del f.frags[key]
                         self._drop("lsa_reassembly_timeout")
             self._expire(now, acts)
+            if (self.validator is not None
+                    and self._validated_at + self.REVALIDATE_S <= now + EPS):
+                self._revalidate(now, acts)
             if (self._originated_at is not None
                     and self._originated_at + self.lsa_refresh_s <= now + EPS):
                 self._reoriginate(now)
@@ -424,6 +461,8 @@ class LinkStateRouter:
             return min(due, default=INFINITY)
         if self._spf_due is not None:
             due.append(self._spf_due)
+        if self.validator is not None:
+            due.append(self._validated_at + self.REVALIDATE_S)
         if self._originate_due is not None:
             due.append(self._originate_due)
         elif self._originated_at is not None:
@@ -500,6 +539,8 @@ class LinkStateRouter:
     def _finish(self, now: float, acts: List[Action]) -> List[Action]:
         """End of every public call: remember the time; make sure we originate once."""
         self._now = max(self._now, now)
+        if self._validated_at == -INFINITY:
+            self._validated_at = now
         if self._originated_at is None and self._originate_due is None:
             self._reoriginate(now)
         return acts

@@ -62,7 +62,7 @@ def netns_net(request: pytest.FixtureRequest) -> Iterator[NetnsNetwork]:
     reason = _netns_reason()
     if reason:
         _skip_or_fail(reason)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", request.node.name)[:60]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", request.node.name)[:40]
     net = NetnsNetwork(new_run_dir(f"test-{name}"))
     try:
         yield net

@@ -652,6 +652,37 @@ def test_validator_rejects_prefixes_and_counts_reasons():
     assert net.routers["a"].stats["rejected_prefixes"]["bad_signature"] == 1
 
 
+def test_revalidation_withdraws_revoked_and_expired_prefixes():
+    revoked: Set[Name] = set()
+
+    def validator(prefix, auth, origin):
+        return "revoked" if prefix in revoked else None
+    net = Net(validator=validator)
+    net.link("a", "b")
+    net.link("b", "c")
+    net.handle("c", net.routers["c"].set_prefixes(
+        [(N("/svc/x"), 0, b"x"), (N("/svc/y"), 0, b"y")], net.now))
+    net.run_until(lambda: net.prim("a", N("/svc/x")) and net.prim("a", N("/svc/y")))
+    # A new revocation list: the owner calls revalidate(); routes go at the next tick.
+    revoked.add(N("/svc/x"))
+    a = net.routers["a"]
+    acts = a.revalidate(net.now)
+    assert [e.detail["reason"] for e in acts if isinstance(e, RoutingEvent)] == ["revoked"]
+    net.handle("a", acts)
+    net.step()
+    assert not net.prim("a", N("/svc/x")) and net.prim("a", N("/svc/y"))
+    # Nobody calls revalidate() at b: the periodic recheck (an expiring
+    # authorization looks the same) catches it within REVALIDATE_S.
+    assert net.prim("b", N("/svc/x"))
+    t = net.run_until(lambda: not net.prim("b", N("/svc/x")), timeout=6)
+    assert t <= LinkStateRouter.REVALIDATE_S + STEP
+    assert net.routers["b"].stats["rejected_prefixes"] == {"revoked": 1}
+    revoked.clear()
+    net.handle("a", a.revalidate(net.now))
+    net.step()
+    assert net.prim("a", N("/svc/x"))
+
+
 def test_validator_exception_is_a_rejection():
     def validator(prefix, auth, origin):
         raise RuntimeError("boom")

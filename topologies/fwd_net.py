@@ -69,7 +69,7 @@ class ForwarderApp:
             log = (self.workdir / "forwarder.log")
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise RuntimeError(f"forwarder on {self.node.name} exited with {self.proc.returncode}:\n{tail}")
-        if not self.mgmt.exists():
+        if not self.mgmt.exists():  # a link: exists() follows it to the live socket
             return False
         try:
             self.api("GET", "/status", timeout=2)

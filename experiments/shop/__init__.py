@@ -1,0 +1,1 @@
+"""The demo shop: frontend -> catalog, cart, payment, deployed by the lab (topologies/lab)."""

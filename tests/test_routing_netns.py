@@ -1,0 +1,260 @@
+"""Link-state name routing and SPA with real forwarders in network namespaces.
+
+Topology (6 nodes, redundant paths):
+
+    s1 - a - b - d - s2
+          \\  |  /
+            c
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from forwarder import wire
+from forwarder.client import CallTimeout, Client, DmscError, NackError
+from forwarder.names import Name
+from forwarder.spa import Authority, ServiceIdentity, public_key_pem
+from topologies.fwd_net import ForwarderNet, intf_between, wait_for
+from topologies.nsenter import socket_in
+
+pytestmark = pytest.mark.netns
+
+NODES = ("s1", "a", "b", "c", "d", "s2")
+LINKS = (("s1", "a"), ("a", "b"), ("a", "c"), ("b", "c"), ("b", "d"), ("c", "d"), ("d", "s2"))
+SRS = ("a", "b", "c", "d")
+
+
+def _build(netns_net, spa=None, extra=None):
+    for n in NODES:
+        netns_net.add_node(n)
+    for l in LINKS:
+        netns_net.add_link(*l)
+    fn = ForwarderNet(netns_net)
+    for n in NODES:
+        cfg = {"routing": {"enabled": True}}
+        if n in SRS:
+            cfg["roles"] = ["sr"]
+        if spa:
+            cfg["spa"] = dict(spa)
+        cfg.update((extra or {}).get(n, {}))
+        fn.add(n, **cfg)
+    fn.start_all()
+    return fn
+
+
+def _converged(fn, nodes=NODES):
+    st = [fn[n].status() for n in nodes]
+    digests = {s["routing"]["lsdb_digest"] for s in st}
+    names = {f"/node/{n}" for n in nodes}
+    return len(digests) == 1 and all(
+        names <= {e["prefix"] for e in fn[n].api("GET", "/fib")["entries"]} for n in nodes)
+
+
+def _fib_prefixes(app):
+    return {e["prefix"] for e in app.api("GET", "/fib")["entries"]}
+
+
+def _echo(payload, request):
+    return b"echo:" + payload
+
+
+def test_converges_and_routes_every_node(netns_net):
+    fn = _build(netns_net)
+    wait_for(lambda: _converged(fn), 15, what="every LSDB to agree")
+    fib_a = {e["prefix"]: e for e in fn["a"].api("GET", "/fib")["entries"]}
+    # a reaches d over two equal-cost paths (via b and via c)
+    d_hops = [nh for nh in fib_a["/node/d"]["nexthops"] if nh["priority"] == 0]
+    assert len({nh["face_name"] for nh in d_hops}) == 2
+    trace = fn["s1"].api("POST", "/trace", {"name": "/node/s2"})
+    assert trace["reached"] and len(trace["hops"]) == 4
+    assert trace["hops"][0]["node"] == "/node/a" and trace["hops"][-1]["node"] == "/node/s2"
+    st = fn["b"].status()
+    assert {n["face"] for n in st["routing"]["neighbors"]} >= {"b-eth0", "b-eth1", "b-eth2"} or \
+        len(st["routing"]["neighbors"]) == 3
+
+
+def test_link_cut_costs_at_most_one_retried_request(netns_net):
+    fn = _build(netns_net)
+    wait_for(lambda: _converged(fn), 15, what="convergence")
+    with Client(fn["s2"].app_socket) as server, \
+            Client(fn["s1"].app_socket, timeout=0.5, retries=2) as cli:
+        server.serve("/svc", _echo)
+        wait_for(lambda: "/svc" in _fib_prefixes(fn["s1"]), 10, what="/svc to reach s1")
+        assert cli.call("/svc", b"0") == b"echo:0"
+        # which of a's links carries the flow?
+        flows = fn["a"].api("GET", "/flows")["flows"]
+        face = next(f["face_name"] for f in flows if f["dst"] == "/svc")
+        peer = "b" if face == intf_between(netns_net, "a", "b") else "c"
+        failures, done = [], threading.Event()
+        sent = {"n": 0}
+
+        def stream():
+            while not done.is_set():
+                try:
+                    assert cli.call("/svc", b"s") == b"echo:s"
+                    sent["n"] += 1
+                except (DmscError, AssertionError) as exc:
+                    failures.append(repr(exc))
+        t = threading.Thread(target=stream)
+        retries0 = cli.counters["retries"]
+        t.start()
+        wait_for(lambda: sent["n"] >= 50, 10, what="the stream to run")
+        netns_net.link_down("a", peer)
+        n_cut = sent["n"]
+        wait_for(lambda: sent["n"] >= n_cut + 200, 20, what="calls after the cut")
+        done.set()
+        t.join(10)
+        assert not failures, failures[:3]
+        assert cli.counters["retries"] - retries0 <= 1
+    ev = fn["a"].status()["face_events"]
+    assert ev[intf_between(netns_net, "a", peer)]["source"] == "netlink"
+    wait_for(lambda: _converged(fn), 15, what="re-convergence after the cut")
+
+
+def test_dead_node_prefixes_are_withdrawn_everywhere(netns_net):
+    fn = _build(netns_net)
+    wait_for(lambda: _converged(fn), 15, what="convergence")
+    with Client(fn["s2"].app_socket) as server:
+        server.serve("/svc/dies", _echo)
+        wait_for(lambda: all("/svc/dies" in _fib_prefixes(fn[n]) for n in NODES if n != "s2"),
+                 10, what="/svc/dies everywhere")
+        fn["s2"].kill()  # kill -9: no goodbye, the neighbour's dead timer must notice
+        t0 = time.monotonic()
+        wait_for(lambda: all("/svc/dies" not in _fib_prefixes(fn[n]) and
+                             "/node/s2" not in _fib_prefixes(fn[n]) for n in NODES if n != "s2"),
+                 10, what="the dead node's prefixes to be withdrawn")
+        assert time.monotonic() - t0 < 5
+    # a graceful stop flushes at once
+    with Client(fn["s1"].app_socket) as server:
+        server.serve("/svc/bye", _echo)
+        wait_for(lambda: "/svc/bye" in _fib_prefixes(fn["d"]), 10, what="/svc/bye at d")
+        server.unregister("/svc/bye")
+        wait_for(lambda: "/svc/bye" not in _fib_prefixes(fn["d"]), 5, what="withdrawal at d")
+
+
+def test_anycast_prefix_has_one_route_per_instance(netns_net):
+    fn = _build(netns_net)
+    wait_for(lambda: _converged(fn), 15, what="convergence")
+    with Client(fn["s1"].app_socket) as one, Client(fn["s2"].app_socket) as two:
+        one.serve("/shop/cart", _echo)
+        two.serve("/shop/cart", _echo)
+
+        def instances():
+            e = next((e for e in fn["b"].api("GET", "/fib")["entries"] if e["prefix"] == "/shop/cart"), None)
+            return e and {nh["instance"] for nh in e["nexthops"]}
+        assert wait_for(lambda: instances() == {"/node/s1", "/node/s2"} and instances(), 10,
+                        what="two instances at b")
+
+
+# ------------------------------------------------------------------------ SPA
+@pytest.fixture
+def authority(tmp_path):
+    auth = Authority.generate()
+    pub = tmp_path / "authority.pub"
+    pub.write_bytes(public_key_pem(auth.public_key))
+    crl = tmp_path / "crl.bin"
+    crl.write_bytes(auth.revocation_list())
+    return auth, pub, crl
+
+
+def _identity(auth, prefix):
+    ident = ServiceIdentity.generate()
+    ident.authorization = auth.issue(ident.public_key, prefix)
+    return ident
+
+
+def _rejected(fn, reason):
+    return {n: fn[n].status()["routing"]["stats"].get("rejected_prefixes", {}).get(reason, 0)
+            for n in SRS}
+
+
+def test_spa_rejects_bad_advertisements_at_every_sr(netns_net, authority):
+    auth, pub, crl = authority
+    spa = {"trust": [str(pub)], "crl": str(crl)}
+    # s2 is a gateway that does not enforce SPA at registration: whatever its apps
+    # claim goes into its advertisements, and the routers must catch it.
+    fn = _build(netns_net, spa=spa, extra={"s2": {"spa": {**spa, "enforce": False}}})
+    wait_for(lambda: _converged(fn), 15, what="convergence")
+
+    good = _identity(auth, "/shop/cart")
+    with Client(fn["s1"].app_socket, identity=good) as honest:
+        honest.serve("/shop/cart/v2", _echo)   # inside its subtree: accepted and routed
+        wait_for(lambda: "/shop/cart/v2" in _fib_prefixes(fn["d"]), 10, what="an authorized prefix")
+        # the enforcing gateway refuses a registration outside the subtree
+        with pytest.raises(DmscError, match="spa: out_of_subtree"):
+            honest.serve("/shop/cartoon", _echo)
+
+    forger_auth = Authority.generate()
+    forger = _identity(forger_auth, "/shop/forged")
+    outside = _identity(auth, "/shop/cart")
+    revoked = _identity(auth, "/shop/revoked")
+    with Client(fn["s2"].app_socket, identity=forger) as c1, \
+            Client(fn["s2"].app_socket, identity=outside) as c2, \
+            Client(fn["s2"].app_socket, identity=revoked) as c3:
+        c1.serve("/shop/forged", _echo)
+        c2.serve("/shop/cartoon", _echo)
+        c3.serve("/shop/revoked", _echo)
+        wait_for(lambda: all(v >= 1 for v in _rejected(fn, "unauthorized").values()), 10,
+                 what="every SR to reject the forged authority")
+        wait_for(lambda: all(v >= 1 for v in _rejected(fn, "out_of_subtree").values()), 10,
+                 what="every SR to reject the out-of-subtree prefix")
+        wait_for(lambda: "/shop/revoked" in _fib_prefixes(fn["a"]), 10, what="the not yet revoked prefix")
+        auth.revoke(revoked.authorization.serial)
+        crl.write_bytes(auth.revocation_list())
+        wait_for(lambda: all(v >= 1 for v in _rejected(fn, "revoked").values()), 10,
+                 what="every SR to reject the revoked authorization")
+        wait_for(lambda: all("/shop/revoked" not in _fib_prefixes(fn[n]) for n in SRS), 10,
+                 what="the revoked prefix to leave every FIB")
+        for n in SRS:
+            fib = _fib_prefixes(fn[n])
+            assert not {"/shop/forged", "/shop/cartoon", "/shop/revoked"} & fib, (n, fib)
+        with Client(fn["s1"].app_socket) as cli, pytest.raises(NackError) as exc:
+            cli.call("/shop/forged", b"x")
+        assert exc.value.reason == wire.NackReason.NO_ROUTE
+
+
+def test_replayed_old_advertisement_is_ignored_at_every_sr(netns_net):
+    fn = _build(netns_net)
+    wait_for(lambda: _converged(fn), 15, what="convergence")
+    # capture s2's current LSA at d by listening on d's link to s2
+    d_if = intf_between(netns_net, "d", "s2")
+    sniff = socket_in(netns_net.node("d").netns, socket.AF_PACKET, socket.SOCK_RAW,
+                      socket.htons(wire.ETHERTYPE))
+    sniff.bind((d_if, wire.ETHERTYPE))
+    sniff.settimeout(0.2)
+    with Client(fn["s2"].app_socket) as server:
+        server.serve("/svc/a", _echo)   # makes s2 originate a new LSA
+        old = None
+        deadline = time.monotonic() + 10
+        while old is None and time.monotonic() < deadline:
+            try:
+                frame = sniff.recv(65536)
+            except socket.timeout:
+                continue
+            try:
+                p = wire.decode(frame[14:])
+            except wire.DecodeError:
+                continue
+            if p.type == wire.PacketType.LSA and p.src == Name.parse("/node/s2"):
+                old = frame[14:14 + len(p.encode())]
+        sniff.close()
+        assert old is not None, "no LSA from s2 seen"
+        server.serve("/svc/b", _echo)   # s2's LSA moves on: the captured one is now old
+        wait_for(lambda: all("/svc/b" in _fib_prefixes(fn[n]) for n in SRS), 10, what="/svc/b")
+        before = {n: fn[n].status()["routing"]["stats"].get("lsas_old", 0) for n in SRS}
+        for n in SRS:  # replay it on one link of every router
+            peer = next(p for l in LINKS for p in l if n in l and p != n)
+            pif = intf_between(netns_net, peer, n)
+            mac = bytes.fromhex(netns_net.node(n).mac(intf_between(netns_net, n, peer)).replace(":", ""))
+            tx = socket_in(netns_net.node(peer).netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
+            tx.bind((pif, 0))
+            tx.send((mac + b"\x02" * 6 + b"\x88\xb5" + old).ljust(60, b"\0"))
+            tx.close()
+        wait_for(lambda: all(fn[n].status()["routing"]["stats"].get("lsas_old", 0) > before[n]
+                             for n in SRS), 10, what="every SR to count the replayed LSA as old")
+        for n in SRS:
+            assert "/svc/b" in _fib_prefixes(fn[n])  # the replay changed nothing
