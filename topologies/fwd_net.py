@@ -58,9 +58,16 @@ class ForwarderApp:
         return str(self.workdir / "app.sock")
 
     def start(self, timeout: float = 10.0) -> "ForwarderApp":
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting (many nodes start in parallel)."""
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.proc = self.node.popen([self.python, "-m", "forwarder", "-c", str(self.config_path)],
                                     "forwarder", env={"PYTHONPATH": str(REPO)})
+
+    def wait_ready(self, timeout: float = 10.0) -> "ForwarderApp":
         wait_for(self._ready, timeout, what=f"forwarder on {self.node.name}")
         return self
 
@@ -123,10 +130,13 @@ class ForwarderNet:
         self.apps[name] = app
         return app
 
-    def start_all(self) -> None:
-        for app in self.apps.values():
-            if app.proc is None:
-                app.start()
+    def start_all(self, timeout: float = 60.0) -> None:
+        """Launch every forwarder, then wait until each answers its management socket."""
+        pending = [app for app in self.apps.values() if app.proc is None]
+        for app in pending:
+            app.launch()
+        for app in pending:
+            app.wait_ready(timeout)
 
     def __getitem__(self, name: str) -> ForwarderApp:
         return self.apps[name]

@@ -34,12 +34,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from forwarder.client import DmscError, NackError
+from forwarder.client import Client, DmscError, NackError
 from forwarder.http_proxy import (HttpRequest, HttpResponse, decode_request, decode_response,
                                   encode_request, encode_response)
 from forwarder.wire import Packet
 
-from .spa_client import SpaClient
 
 log = logging.getLogger("shop")
 
@@ -57,10 +56,11 @@ def _json(obj) -> bytes:
 class Shop:
     """State and handlers of one instance."""
 
-    def __init__(self, app: str, node: str) -> None:
+    def __init__(self, app: str, node: str, prefix: str = "") -> None:
         self.app = app
+        self.depth = len([c for c in (prefix or f"/shop/{app}").split("/") if c])
         self.instance = f"/node/{node}"
-        self.client: Optional[SpaClient] = None
+        self.client: Optional[Client] = None
         self.carts: Dict[str, list] = {}
         self.lock = threading.Lock()
         self.served = 0
@@ -74,7 +74,7 @@ class Shop:
                 http = decode_request(payload)
             except ValueError:
                 http = None
-        path = "/" + "/".join(c.decode(errors="replace") for c in request.dst.components[2:])
+        path = "/" + "/".join(c.decode(errors="replace") for c in request.dst.components[self.depth:])
         body = http.body if http is not None else payload
         try:
             args = json.loads(body) if body.strip() else {}
@@ -225,9 +225,13 @@ def serve_client(shop: Shop, socket_path: str, prefix: str, identity: Optional[s
                  stop: _Stop) -> int:
     """Attach, register, serve; reattach whenever the gateway goes away, until SIGTERM."""
     announced = False
+    ident = None
+    if identity:
+        from forwarder.spa import ServiceIdentity
+        ident = ServiceIdentity.load(identity)
     while not stop.event.is_set():
         try:
-            client = SpaClient(socket_path, identity=identity, timeout=2.0)
+            client = Client(socket_path, identity=ident, timeout=2.0)
         except DmscError as exc:
             if not announced:
                 log.info("waiting for the gateway: %s", exc)
@@ -238,8 +242,8 @@ def serve_client(shop: Shop, socket_path: str, prefix: str, identity: Optional[s
             shop.client = client
             client.serve(prefix, shop.handle, workers=8)
             log.info("serving %s as %s (SPA proof %s)", prefix, client.name.text,
-                     "sent" if client.proofs_sent else
-                     "not asked by the gateway" if not client.nonce else "not available")
+                     "not asked by the gateway" if not client.nonce else
+                     "sent" if ident is not None else "not available")
             print(f"shop: {shop.app} serving {prefix} on {shop.instance} as {client.name.text}",
                   flush=True)
             while not stop.event.is_set() and not client.closed:
@@ -280,7 +284,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    shop = Shop(args.app, args.node)
+    shop = Shop(args.app, args.node, args.prefix or f"/shop/{args.app}")
     stop = _Stop()
     if args.http:
         return serve_http(shop, args.http, stop)
