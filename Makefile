@@ -4,7 +4,7 @@ ARGS ?=
 BENCH_SCRIPTS := $(sort $(wildcard bench/bench_*.py))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lab demo bench bench-forwarder clean distclean
+.PHONY: help setup test test-unit lab demo bench bench-forwarder bench-routing clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,9 +29,13 @@ bench: setup ## run every bench/bench_*.py (each writes bench/results/<name>.jso
 	@mkdir -p bench/results
 	@set -e; for s in $(BENCH_SCRIPTS); do echo "bench: $$s"; $(PY) $$s; done
 
-bench-forwarder: setup ## run bench/bench_forwarder.py only
+bench-forwarder: setup ## one forwarder hop vs kernel forwarding -> bench/results/forwarder.json
 	@mkdir -p bench/results
-	$(PY) bench/bench_forwarder.py
+	$(PY) bench/bench_forwarder.py $(ARGS)
+
+bench-routing: setup ## failover and convergence on a k=4 fat tree -> bench/results/routing.json
+	@mkdir -p bench/results
+	$(PY) bench/bench_routing.py $(ARGS)
 
 clean: ## remove namespaces, links and processes left by crashed runs (by their records)
 	@if [ -x $(PY) ]; then $(PY) -m topologies.clean $(ARGS); else python3 -m topologies.clean $(ARGS); fi

@@ -100,6 +100,7 @@ class PushWaiter:
 
     def __init__(self, targets: Dict[str, int], start: float) -> None:
         self.targets = dict(targets)
+        self.total = len(self.targets)
         self.start = start
         self.done_at: Optional[float] = None
         self.event = threading.Event()
@@ -156,6 +157,10 @@ class ScscApp(app_manager.OSKenApp):
             if time.monotonic() >= next_t and self._ticking:
                 next_t = time.monotonic() + period
                 self.send_event(self.name, EventTick())
+
+    def stop(self) -> None:
+        self._ticking = False     # the ticker thread ends; super().stop() joins it
+        super().stop()
 
     def close(self) -> None:
         self._ticking = False
@@ -255,7 +260,7 @@ class ScscApp(app_manager.OSKenApp):
             if faces:
                 before = set(self.engine.congested.get(f.node, ()))
                 changed |= self.engine.observe_faces(f.node, faces) != before
-            first = not getattr(f, "ready", True)
+            first = not f.ready
             if first:
                 f.ready = True
         if first:
@@ -337,7 +342,7 @@ class ScscApp(app_manager.OSKenApp):
                     LOG.warning("forwarder %s silent for %.1f s: closing", node, silent)
                     self.southbound.close_conn(conn)
                     continue
-                if getattr(f, "ready", False):
+                if f.ready:
                     conn.send({"type": "refresh", "version": f.version, "lifetime_s": self.lifetime})
 
     # --------------------------------------------------------------- pushing
@@ -352,7 +357,7 @@ class ScscApp(app_manager.OSKenApp):
         now = time.time()
         with self.state.lock:
             nodes = {n: i for n, i in self.state.nodes().items()
-                     if getattr(self.state.forwarders[n], "ready", False)}
+                     if self.state.forwarders[n].ready}
             policy = self.engine.compute(nodes, self.intents)
             targets = {}
             for node in nodes:
@@ -374,7 +379,7 @@ class ScscApp(app_manager.OSKenApp):
         conn = self.conns.get(f.node)
         if conn is None or conn.closed:
             return False
-        new = getattr(f, "target", f.sent)
+        new = f.target
         to_set, to_remove = diff(f.sent, new)
         intents_changed = f.intents_rev != self.intents.revision
         if not full and not to_set and not to_remove and not intents_changed:

@@ -79,6 +79,8 @@ class ForwarderState:
     ack_time: Optional[float] = None
     intents_rev: int = 0
     errors: List[str] = field(default_factory=list)
+    ready: bool = False                                  # its first telemetry arrived
+    target: NodePolicy = field(default_factory=dict)     # what the engine wants it to hold
 
     def info(self) -> NodeInfo:
         return NodeInfo(self.node, self.roles, self.fib, self.local_prefixes, self.connected)

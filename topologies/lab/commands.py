@@ -1,0 +1,313 @@
+"""The lab's DMSC commands, usable from the Mininet CLI (`dmsc ...`) and from code.
+
+Every command returns a :class:`Result` (ok, text for people, data for
+scripts) and raises LabError for a usage problem. The CLI prints ``text``;
+tests and the demo look at ``ok`` and ``data``.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import urlencode
+
+from forwarder.ctl import CtlError, render
+
+from .apps import LabError
+
+HELP: Dict[str, str] = {
+    "ping": "dmsc ping <node> <name> [count]\n"
+            "  DMSC echo from <node>'s forwarder to a node name (/node/h3) or service name\n"
+            "  (/shop/catalog); prints who answered, hops and RTT. Default 3 echoes.",
+    "call": "dmsc call <node> <name> [payload]\n"
+            "  Attach to <node>'s Service Gateway with the client library and send one\n"
+            "  REQUEST to <name>; prints who answered and the payload. For plain-HTTP\n"
+            "  services (/shop/cart) a payload that is not an HTTP message is wrapped in\n"
+            "  GET (no payload) or POST (payload) <path below the prefix>.\n"
+            "  e.g. dmsc call h1 /shop/frontend/checkout '{\"user\": \"ann\", \"item\": 2}'",
+    "route": "dmsc route <node> <name>\n"
+             "  The path <name> takes from <node>, hop by hop (DMSC trace: echoes with\n"
+             "  growing hop limits).",
+    "fib": "dmsc fib <node>\n  <node>'s FIB: prefix, next-hop face, cost, origin, instance.",
+    "flows": "dmsc flows <node>\n  <node>'s data flow table: (dst, src) -> face, packets, idle time.",
+    "telemetry": "dmsc telemetry [prefix]\n"
+                 "  Per-prefix request counts and latency (p50/p99) measured at the gateways,\n"
+                 "  and instance service times, from every node's counters (and the SCSC's\n"
+                 "  view when it runs). With a prefix, only that subtree.",
+    "policy": "dmsc policy                      rules on every node\n"
+              "dmsc policy set <prefix> [deny] [rate=R] [burst=B] [priority=P]\n"
+              "                [weight=INSTANCE_OR_FACE:W ...] [at=NODE,NODE|all]\n"
+              "dmsc policy del <prefix> [at=NODE,NODE|all]\n"
+              "  Forwarding strategy: deny, rate limit, priority class, or weights over\n"
+              "  anycast instances (/node/h3) or faces. Default at=all live nodes.\n"
+              "  e.g. dmsc policy set /shop/catalog weight=/node/h3:1",
+    "fail": "dmsc fail <node|link>\n"
+            "  A node: its forwarder is killed and its links go down. A link (a-b, e.g.\n"
+            "  e1-a1): both ends go down. Routing reacts (link-state), or the lab pushes\n"
+            "  recomputed static routes (--routing static).",
+    "restore": "dmsc restore <node|link>\n  Undo dmsc fail: links up, the node's forwarder restarted.",
+    "nodes": "dmsc nodes\n  Every node: role, layer, management address, forwarder pid and state.",
+    "status": "dmsc status <node>\n  <node>'s forwarder status: faces, table sizes, FIB digest, drops.",
+    "converge": "dmsc converge [timeout]\n  Poll until routing has converged again; prints how long it took.",
+}
+
+
+@dataclass
+class Result:
+    ok: bool
+    text: str
+    data: Any = field(default=None, repr=False)
+
+
+class DmscCommands:
+    def __init__(self, lab) -> None:
+        self.lab = lab
+
+    # --------------------------------------------------------------- dispatch
+    def run_line(self, line: str) -> Result:
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise LabError(f"cannot parse the command: {exc}") from None
+        if not argv or argv[0] in ("help", "-h", "--help"):
+            if len(argv) > 1 and argv[1] in HELP:
+                return Result(True, HELP[argv[1]])
+            return Result(True, usage())
+        cmd, args = argv[0], argv[1:]
+        fn: Optional[Callable[..., Result]] = getattr(self, f"cmd_{cmd}", None)
+        if fn is None:
+            raise LabError(f"unknown dmsc command {cmd!r}\n{usage()}")
+        try:
+            return fn(*args)
+        except TypeError as exc:
+            if "positional argument" in str(exc) or "takes" in str(exc):
+                raise LabError(f"usage: {HELP[cmd]}") from None
+            raise
+        except CtlError as exc:
+            return Result(False, f"error: {exc}")
+
+    # ---------------------------------------------------------------- helpers
+    def _fwd(self, node: str):
+        app = self.lab.node(node)
+        if node in self.lab.dead_nodes:
+            raise LabError(f"node {node} is failed (dmsc restore {node})")
+        return app
+
+    # --------------------------------------------------------------- commands
+    def cmd_ping(self, node: str, name: str, count: str = "3") -> Result:
+        data = self._fwd(node).api("POST", "/ping", {"name": name, "count": int(count),
+                                                     "timeout": 1.0, "interval": 0.1})
+        return Result(data["received"] > 0, render("ping", data), data)
+
+    def cmd_route(self, node: str, name: str) -> Result:
+        data = self._fwd(node).api("POST", "/trace", {"name": name, "max_hops": 16})
+        return Result(bool(data["reached"]), render("trace", data), data)
+
+    def cmd_fib(self, node: str) -> Result:
+        data = self._fwd(node).api("GET", "/fib")
+        return Result(True, render("fib", data), data)
+
+    def cmd_flows(self, node: str) -> Result:
+        data = self._fwd(node).api("GET", "/flows")
+        return Result(True, render("flows", data) if data["flows"] else "no flows", data)
+
+    def cmd_status(self, node: str) -> Result:
+        data = self._fwd(node).status()
+        return Result(True, render("status", data), data)
+
+    def cmd_nodes(self) -> Result:
+        rows = []
+        for name, spec in self.lab.topo.nodes.items():
+            app = self.lab.fwd.get(name)
+            state = "FAILED" if name in self.lab.dead_nodes else (
+                "running" if app is not None and app.running else "stopped")
+            svcs = ",".join(s.prefix for s in self.lab.topo.services_on(name))
+            rows.append([name, spec.role, spec.layer, spec.pod or "", self.lab.mgmt_ip.get(name, ""),
+                         app.pid if app else "", state, svcs])
+        return Result(True, _table(rows, ["node", "role", "layer", "pod", "mgmt", "pid", "state",
+                                          "services"]), rows)
+
+    def cmd_converge(self, timeout: str = "60") -> Result:
+        took = self.lab.wait_converged(float(timeout))
+        return Result(True, f"converged in {took:.2f} s", took)
+
+    def cmd_call(self, node: str, name: str, payload: str = "") -> Result:
+        from forwarder.client import Client, DmscError
+        from forwarder.names import Name
+        spec = self.lab.topo.nodes.get(node)
+        if spec is None:
+            raise LabError(f"no node {node!r}")
+        if spec.role != "sg":
+            raise LabError(f"{node} is a Service Router; calls start at a Service Gateway (role sg)")
+        app = self._fwd(node)
+        body = payload.encode()
+        svc = self._service_for(name)
+        http_wrapped = False
+        if svc is not None and svc.kind == "http" and not _looks_http(body):
+            from forwarder.http_proxy import HttpRequest, encode_request
+            sub = name[len(svc.prefix):] or "/"
+            host = ".".join(reversed([c for c in svc.prefix.split("/") if c])) + ".dmsc"
+            req = HttpRequest("POST" if body else "GET", sub,
+                              [("Host", host), ("Content-Type", "application/json")], body)
+            body = encode_request(req)
+            http_wrapped = True
+        t = time.monotonic()
+        try:
+            with Client(str(app.app_socket), timeout=2.0, retries=2) as c:
+                reply = c.request(Name.parse(name), body)
+        except DmscError as exc:
+            return Result(False, f"call {name} from {node} failed: {exc}", {"error": str(exc)})
+        ms = (time.monotonic() - t) * 1000
+        out = reply.payload
+        data: Dict[str, Any] = {"responder": reply.src.text, "ms": ms, "payload": out}
+        shown = out.decode(errors="replace")
+        ok = True
+        if http_wrapped or _looks_http_response(out):
+            from forwarder.http_proxy import decode_response
+            try:
+                resp = decode_response(out)
+                data["http_status"] = resp.status
+                shown = f"HTTP {resp.status} {resp.reason}\n{resp.body.decode(errors='replace')}"
+                ok = resp.status < 400
+                out = resp.body
+            except ValueError:
+                pass
+        try:
+            data["json"] = json.loads(out)
+        except ValueError:
+            pass
+        if isinstance(data.get("json"), dict) and "error" in data["json"]:
+            ok = False
+        return Result(ok, f"reply from {reply.src.text} in {ms:.1f} ms:\n{shown.rstrip()}", data)
+
+    def _service_for(self, name: str):
+        best = None
+        for s in self.lab.topo.services:
+            if name == s.prefix or name.startswith(s.prefix + "/"):
+                if best is None or len(s.prefix) > len(best.prefix):
+                    best = s
+        return best
+
+    def cmd_telemetry(self, prefix: str = "/") -> Result:
+        prefix = prefix.rstrip("/") or "/"
+        rows: List[list] = []
+        totals: Dict[str, List[int]] = {}
+        data: Dict[str, Dict[str, dict]] = {}
+        for n in self.lab.live_nodes():
+            try:
+                c = self.lab.fwd[n].api("GET", "/counters", timeout=5.0)
+            except CtlError:
+                continue
+            for p, pc in c["prefixes"].items():
+                if not p or not (prefix == "/" or p == prefix or p.startswith(prefix + "/")):
+                    continue
+                if not (pc["requests"] or pc["served"]):
+                    continue
+                data.setdefault(p, {})[n] = pc
+                lat, svc = pc["latency"], pc["service_latency"]
+                rows.append([p, n, pc["requests"], pc["responses"], pc["nacks"],
+                             lat["p50_us"] if lat["count"] else "", lat["p99_us"] if lat["count"] else "",
+                             pc["served"], svc["p50_us"] if svc["count"] else ""])
+                t = totals.setdefault(p, [0, 0, 0, 0])
+                for i, k in enumerate(("requests", "responses", "nacks", "served")):
+                    t[i] += pc[k]
+        rows.sort(key=lambda r: (r[0], r[1]))
+        text = _table(rows, ["prefix", "node", "requests", "responses", "nacks", "p50_us", "p99_us",
+                             "served", "service_p50_us"]) if rows else f"no requests under {prefix} yet"
+        if totals:
+            text += "\n\ntotals: " + "; ".join(f"{p}: {t[0]} requests, {t[1]} responses, {t[2]} nacks, "
+                                               f"{t[3]} served" for p, t in sorted(totals.items()))
+        if self.lab.scsc is not None:
+            try:
+                view = self.lab.scsc_api("GET", "/telemetry?" + urlencode({"prefix": prefix}))
+                text += "\n\nSCSC view:\n" + json.dumps(view, indent=1)[:4000]
+            except LabError as exc:
+                text += f"\n\nSCSC view unavailable: {exc}"
+        return Result(True, text, {"prefixes": data, "totals": totals})
+
+    def cmd_policy(self, *args: str) -> Result:
+        if not args or args[0] in ("list", "show"):
+            rows = []
+            data = {}
+            for n in self.lab.live_nodes():
+                rules = self.lab.fwd[n].api("GET", "/strategy")["rules"]
+                data[n] = rules
+                for r in rules:
+                    rows.append([n, r["prefix"], "deny" if r["deny"] else "", r["rate"] or "",
+                                 r["priority"] if r["priority"] is not None else "",
+                                 ", ".join(f"{k}={v:g}" for k, v in r["weights"].items()), r["origin"]])
+            text = _table(rows, ["node", "prefix", "deny", "rate/s", "prio", "weights", "origin"]) \
+                if rows else "no forwarding strategy rules on any node"
+            return Result(True, text, data)
+        action, rest = args[0], list(args[1:])
+        if action not in ("set", "del") or not rest:
+            raise LabError("usage: " + HELP["policy"])
+        prefix, opts = rest[0], rest[1:]
+        nodes = self.lab.live_nodes()
+        body: Dict[str, Any] = {"prefix": prefix}
+        weights: Dict[str, float] = {}
+        for o in opts:
+            key, sep, val = o.partition("=")
+            if o == "deny":
+                body["deny"] = True
+            elif key == "at" and sep:
+                nodes = self.lab.live_nodes() if val == "all" else [v for v in val.split(",") if v]
+                for v in nodes:
+                    self._fwd(v)
+            elif key in ("rate", "burst") and sep:
+                body[key] = float(val)
+            elif key == "priority" and sep:
+                body[key] = int(val)
+            elif key == "weight" and sep:
+                target, _, w = val.rpartition(":")
+                if not target:
+                    raise LabError(f"weight={val}: expected INSTANCE_OR_FACE:WEIGHT")
+                weights[target] = float(w)
+            else:
+                raise LabError(f"unknown policy option {o!r}\nusage: {HELP['policy']}")
+        if action == "del":
+            done = []
+            for n in nodes:
+                try:
+                    self.lab.fwd[n].api("DELETE", "/strategy?" + urlencode({"prefix": prefix}))
+                    done.append(n)
+                except CtlError:
+                    pass
+            return Result(True, f"rule for {prefix} removed on {len(done)} node(s)", done)
+        if weights:
+            body["weights"] = weights
+        for n in nodes:
+            self.lab.fwd[n].api("POST", "/strategy", body)
+        return Result(True, f"rule {json.dumps(body)} set on {len(nodes)} node(s)", body)
+
+    def cmd_fail(self, target: str) -> Result:
+        return Result(True, self.lab.fail(target))
+
+    def cmd_restore(self, target: str) -> Result:
+        return Result(True, self.lab.restore(target))
+
+
+def usage() -> str:
+    lines = ["DMSC commands (dmsc help <command> for details):"]
+    for k in ("ping", "call", "route", "fib", "flows", "telemetry", "policy", "fail", "restore",
+              "nodes", "status", "converge"):
+        lines.append("  " + HELP[k].splitlines()[0])
+    return "\n".join(lines)
+
+
+def _looks_http(b: bytes) -> bool:
+    return b.split(b" ", 1)[0] in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH") \
+        and b"HTTP/1." in b.split(b"\r\n", 1)[0]
+
+
+def _looks_http_response(b: bytes) -> bool:
+    return b.startswith(b"HTTP/1.")
+
+
+def _table(rows, headers) -> str:
+    rows = [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])

@@ -1,0 +1,94 @@
+"""Command line shared by topologies/fat_tree.py, leaf_spine.py, linear.py and from_yaml.py."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Callable, Optional
+
+from .apps import LabError
+from .model import LinkOpts, Topology, TopologyError
+
+
+def build_parser(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    g = p.add_argument_group("lab")
+    g.add_argument("--demo", action="store_true",
+                   help="run the scripted tour instead of the CLI; exit 0 only if every step passed")
+    g.add_argument("--routing", choices=["auto", "linkstate", "static"], default="auto",
+                   help="linkstate: the forwarders' link-state routing; static: shortest-path routes "
+                        "computed by the lab (re-pushed on fail/restore); auto: linkstate when the "
+                        "forwarder supports it (default)")
+    g.add_argument("--scsc", choices=["auto", "off"], default="auto",
+                   help="start the SCSC (python -m controller) on host scsc when it exists")
+    g.add_argument("--no-spa", action="store_true", help="no SPA authority (nodes trust nothing)")
+    g.add_argument("--no-shop", action="store_true", help="do not deploy the demo shop")
+    g.add_argument("--proxies", choices=["services", "all", "none"], default="services",
+                   help="which SGs run the HTTP proxy on 127.0.0.1:8080 (default: SGs hosting services)")
+    g.add_argument("--bw", type=float, help="bandwidth of every link, Mbit/s (tc)")
+    g.add_argument("--delay", type=float, help="delay of every link, ms (netem; warns if absent)")
+    g.add_argument("--loss", type=float, help="loss of every link, percent (nftables)")
+    g.add_argument("--hello-ms", type=int, help="routing hello interval (default 100; 250 above 80 nodes)")
+    g.add_argument("--timeout", type=float, help="convergence timeout, seconds")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="forwarders' log level")
+    g.add_argument("--up-only", action="store_true",
+                   help="bring the lab up, report the times, tear it down (no CLI)")
+    return p
+
+
+def main(doc: str, add_args: Callable[[argparse.ArgumentParser], None],
+         make_topo: Callable[[argparse.Namespace, Optional[LinkOpts]], Topology],
+         argv=None) -> None:
+    args = build_parser(doc, add_args).parse_args(argv)
+    opts = None
+    if args.bw is not None or args.delay is not None or args.loss is not None:
+        opts = LinkOpts(bw=args.bw, delay=args.delay, loss=args.loss)
+    try:
+        topo = make_topo(args, opts)
+        topo.validate()
+    except TopologyError as exc:
+        sys.exit(f"error: {exc}")
+    if getattr(args, "check", False):
+        print(f"ok: {topo.summary()}")
+        return
+    if os.geteuid() != 0:
+        sys.exit("error: the lab needs root (network namespaces): run it with sudo")
+    sys.exit(run(topo, args))
+
+
+def run(topo: Topology, args: argparse.Namespace) -> int:
+    from .net import DmscLab
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    lab = DmscLab(topo, routing=args.routing, scsc=args.scsc, spa=not args.no_spa,
+                  shop=not args.no_shop, proxies=args.proxies, hello_ms=args.hello_ms,
+                  log_level=args.log_level)
+    rc = 0
+    try:
+        lab.start(converge_timeout=args.timeout)
+        if args.demo:
+            from .demo import run_demo
+            rc = 0 if run_demo(lab) else 1
+        elif not args.up_only:
+            from .cli import DmscCLI
+            print("*** DMSC commands: `help dmsc`; try `dmsc call h1 /shop/frontend/checkout` "
+                  "or `dmsc route h1 /shop/catalog`. `exit` stops the lab.")
+            DmscCLI(lab)
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        rc = 1
+    except KeyboardInterrupt:
+        print("\n*** interrupted", file=sys.stderr)
+        rc = 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        print("*** stopping the lab")
+        lab.stop()
+        print(f"*** stopped; logs in {lab.run_dir}")
+    return rc
