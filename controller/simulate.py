@@ -25,6 +25,8 @@ class StubDaemon:
         self.io: dict = {}
         self.started = time.time()
         self.tx_errors: dict = {}
+        self.face_events: dict = {}
+        self.router = None
         self._lock = threading.Lock()
         for f in faces:
             self.core.add_face(ETHER, f)

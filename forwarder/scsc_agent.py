@@ -357,6 +357,8 @@ class ScscAgent:
         kernel = self._kernel_stats(ifnames)
         faces = {}
         for f in st.get("faces", []):
+            if f.get("kind") == "self":
+                continue
             name = f["name"]
             c = ct.get("faces", {}).get(name, {})
             drops = c.get("drops") or {}

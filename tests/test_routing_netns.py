@@ -8,6 +8,7 @@ Topology (6 nodes, redundant paths):
 """
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -192,12 +193,24 @@ def test_spa_rejects_bad_advertisements_at_every_sr(netns_net, authority):
     forger = _identity(forger_auth, "/shop/forged")
     outside = _identity(auth, "/shop/cart")
     revoked = _identity(auth, "/shop/revoked")
+    tampered = _identity(auth, "/shop/tampered")
+    sig = bytearray(tampered.authorization.signature)
+    sig[0] ^= 1
+    tampered.authorization = dataclasses.replace(tampered.authorization, signature=bytes(sig))
+    expiring = ServiceIdentity.generate()
+    expiring.authorization = auth.issue(expiring.public_key, "/shop/brief", valid_for_s=3)
     with Client(fn["s2"].app_socket, identity=forger) as c1, \
             Client(fn["s2"].app_socket, identity=outside) as c2, \
-            Client(fn["s2"].app_socket, identity=revoked) as c3:
+            Client(fn["s2"].app_socket, identity=revoked) as c3, \
+            Client(fn["s2"].app_socket, identity=tampered) as c4, \
+            Client(fn["s2"].app_socket, identity=expiring) as c5:
         c1.serve("/shop/forged", _echo)
         c2.serve("/shop/cartoon", _echo)
         c3.serve("/shop/revoked", _echo)
+        c4.serve("/shop/tampered", _echo)
+        c5.serve("/shop/brief", _echo)
+        wait_for(lambda: all(v >= 1 for v in _rejected(fn, "tampered").values()), 10,
+                 what="every SR to reject the tampered authorization")
         wait_for(lambda: all(v >= 1 for v in _rejected(fn, "unauthorized").values()), 10,
                  what="every SR to reject the forged authority")
         wait_for(lambda: all(v >= 1 for v in _rejected(fn, "out_of_subtree").values()), 10,
@@ -209,9 +222,13 @@ def test_spa_rejects_bad_advertisements_at_every_sr(netns_net, authority):
                  what="every SR to reject the revoked authorization")
         wait_for(lambda: all("/shop/revoked" not in _fib_prefixes(fn[n]) for n in SRS), 10,
                  what="the revoked prefix to leave every FIB")
+        # an authorization past its not_after stops producing routes (rechecked every 5 s)
+        wait_for(lambda: all(v >= 1 for v in _rejected(fn, "expired").values()), 15,
+                 what="every SR to reject the expired authorization")
         for n in SRS:
             fib = _fib_prefixes(fn[n])
-            assert not {"/shop/forged", "/shop/cartoon", "/shop/revoked"} & fib, (n, fib)
+            assert not {"/shop/forged", "/shop/cartoon", "/shop/revoked", "/shop/tampered",
+                        "/shop/brief"} & fib, (n, fib)
         with Client(fn["s1"].app_socket) as cli, pytest.raises(NackError) as exc:
             cli.call("/shop/forged", b"x")
         assert exc.value.reason == wire.NackReason.NO_ROUTE
