@@ -485,13 +485,18 @@ class PolicyEngine:
 
 
 def instances_by_prefix(nodes: Dict[str, NodeInfo]) -> Dict[str, List[str]]:
-    """prefix -> sorted node names hosting an instance (their SG originates it)."""
+    """prefix -> sorted node names hosting an instance: SGs that originate it, and the
+    instances that connected forwarders' FIB next hops name (routes carry `instance`)."""
     out: Dict[str, Set[str]] = {}
     for name, info in nodes.items():
         if not info.connected:
             continue
         for prefix in info.local_prefixes:
             out.setdefault(prefix, set()).add(name)
+        for prefix, hops in info.fib.items():
+            for h in hops:
+                if h.instance:
+                    out.setdefault(prefix, set()).add(h.instance)
     return {p: sorted(v) for p, v in out.items()}
 
 

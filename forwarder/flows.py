@@ -26,6 +26,7 @@ class FlowEntry:
     bytes: int = 0
     dst: str = ""
     src: str = ""
+    pin: Optional[int] = None       # hash of the anycast instance this flow is steered to
 
     def to_json(self, now: float) -> dict:
         return {"dst": self.dst, "src": self.src, "face": self.face_id,

@@ -87,6 +87,7 @@ class Forwarder:
         self.spa_enforce = spa_enforce
         self._nonce_source = nonce_source
         self._nonces: Dict[int, bytes] = {}  # local face -> its registration challenge
+        self._inst_hashes: Dict[str, int] = {}
         self._install(Route(self.name, SELF_FACE, cost=0, origin="connected",
                             instance=self.name.text), 0.0)
 
@@ -263,6 +264,8 @@ class Forwarder:
         if rule is not None and rule.bucket is not None and not rule.bucket.take(now):
             return self._refuse(in_face, data, h, NackReason.RATE_LIMITED, now, prefix_text)
 
+        tlv_prio, carried_pin = self._tlv_info(data, h, names_end)
+        pin = carried_pin
         fe = self.flows.get(key)
         route = None
         gen = self.generation
@@ -287,12 +290,18 @@ class Forwarder:
                 reason = (NackReason.INSTANCE_UNREACHABLE if entry.nexthops
                           else NackReason.NO_ROUTE)
                 return self._refuse(in_face, data, h, reason, now, prefix_text)
+            if pin is not None:  # an upstream node chose the instance: keep heading there
+                pinned = [r for r in cands if r.instance and self._instance_hash(r.instance) == pin]
+                cands = pinned or cands
             route = self._choose(rule, cands, key)
             out_face = route.face_id
-            prio = self._priority(rule, data, h, names_end)
+            prio = rule.priority if rule is not None and rule.priority is not None else tlv_prio
+            if pin is None and rule is not None and rule.weights and route.instance:
+                pin = self._instance_hash(route.instance)  # we chose it: tell the next hops
             fe = FlowEntry(out_face, gen, now, now, rule, prio, self.faces.faces[out_face], pc,
                            dst=Name.from_wire(dst_wire).text,
-                           src=Name.from_wire(bytes(data[HEADER_LEN + h.dst_len:names_end])).text)
+                           src=Name.from_wire(bytes(data[HEADER_LEN + h.dst_len:names_end])).text,
+                           pin=pin)
             if h.type != 3 or self.faces.faces[out_face].kind != LOCAL:
                 self.flows.put(key, fe)
 
@@ -322,8 +331,11 @@ class Forwarder:
                                     prefix_text)
             out = bytearray(data[:total])
             out[3] = h.hop_limit - 1
+            if fe.pin is not None and carried_pin is None:
+                _insert_tlv(out, wire.TLV_HEADER.pack(wire.TlvType.INSTANCE, 4)
+                            + struct.pack("!I", fe.pin))
             if h.flags & wire.Flag.TELEMETRY:
-                out = self._add_hop_record(out, h, in_face, out_face, now)
+                self._add_hop_record(out, in_face, out_face, now)
             if len(out) > face.mtu:
                 return self._refuse(in_face, data, h, NackReason.TOO_BIG, now, prefix_text)
         else:
@@ -361,27 +373,28 @@ class Forwarder:
         return f.name if f else str(face_id)
 
     @staticmethod
-    def _priority(rule: Optional[Rule], data, h: wire.Header, names_end: int) -> int:
-        if rule is not None and rule.priority is not None:
-            return rule.priority
+    def _tlv_info(data, h: wire.Header, names_end: int) -> Tuple[int, Optional[int]]:
+        """(priority class, pinned instance hash) carried in the packet's TLVs."""
+        prio, pin = 0, None
         if h.header_length > names_end:
             for t, v in wire.parse_tlvs(data, names_end, h.header_length):
                 if t == wire.TlvType.PRIORITY:
-                    return min(v[0], 7)
-        return 0
+                    prio = min(v[0], 7)
+                elif t == wire.TlvType.INSTANCE:
+                    pin = struct.unpack("!I", v)[0]
+        return prio, pin
 
-    def _add_hop_record(self, out: bytearray, h: wire.Header, in_face: int, out_face: int,
-                        now: float) -> bytearray:
+    def _instance_hash(self, instance: str) -> int:
+        h = self._inst_hashes.get(instance)
+        if h is None:
+            h = self._inst_hashes[instance] = Name.parse(instance).hash32
+        return h
+
+    def _add_hop_record(self, out: bytearray, in_face: int, out_face: int, now: float) -> None:
         face = self.faces.faces.get(out_face)
         rec = wire.HopRecord(self.name.hash32, in_face, out_face, int(now * 1e9),
                              face.queued if face else 0, face.util_permille if face else 0)
-        tlv = wire.TLV_HEADER.pack(wire.TlvType.HOP_RECORD, wire.HOP.size) + rec.encode()
-        hl = h.header_length
-        if h.total_length + len(tlv) > wire.MAX_PACKET or _count_tlvs(out, h) >= wire.MAX_TLVS:
-            return out  # no room: forward unchanged rather than drop
-        out[hl:hl] = tlv
-        struct.pack_into("!HH", out, 4, h.total_length + len(tlv), hl + len(tlv))
-        return out
+        _insert_tlv(out, wire.TLV_HEADER.pack(wire.TlvType.HOP_RECORD, wire.HOP.size) + rec.encode())
 
     def _observe_response(self, data, dlen: int, now: float) -> None:
         t = data[1]
@@ -520,6 +533,13 @@ class Forwarder:
                 and not (self.faces.get(r.face_id) and self.faces.get(r.face_id).app_name == r.prefix)]
 
 
-def _count_tlvs(out: bytearray, h: wire.Header) -> int:
-    start = HEADER_LEN + h.dst_len + h.src_len
-    return len(wire.parse_tlvs(out, start, h.header_length))
+def _insert_tlv(out: bytearray, tlv: bytes) -> bool:
+    """Append a TLV to the packet's header in place; False (unchanged) when there is no room."""
+    total, hl = struct.unpack_from("!HH", out, 4)
+    names_end = HEADER_LEN + out[28] + out[29]
+    if total + len(tlv) > wire.MAX_PACKET or \
+            len(wire.parse_tlvs(out, names_end, hl)) >= wire.MAX_TLVS:
+        return False  # forward unchanged rather than drop
+    out[hl:hl] = tlv
+    struct.pack_into("!HH", out, 4, total + len(tlv), hl + len(tlv))
+    return True

@@ -65,7 +65,7 @@ from .wire import (
 )
 
 __all__ = [
-    "DMSC", "DMSCTLV", "DMSCTLVHopRecord", "DMSCTLVPriority", "DMSCTLVTraceContext",
+    "DMSC", "DMSCTLV", "DMSCTLVHopRecord", "DMSCTLVPriority", "DMSCTLVTraceContext", "DMSCTLVInstance",
     "DMSCTLVSpaAuthorization", "DMSCTLVSpaSignature", "DMSCEcho", "DMSCNack",
     "DMSCHello", "DMSCRegister", "DMSCRegisterResult", "DMSCLsa", "DMSCLsaAdjacency",
     "DMSCLsaPrefix", "DMSCAck", "DMSCAckEntry", "TYPE_NAMES", "TLV_NAMES",
@@ -274,6 +274,18 @@ class DMSCTLVTraceContext(DMSCTLV):
         XStrFixedLenField("trace_id", b"\0" * 16, 16),
         XStrFixedLenField("parent_id", b"\0" * 8, 8),
         XByteField("trace_flags", 0),
+    ]
+
+
+@_fixed_tlv(TlvType.INSTANCE)
+class DMSCTLVInstance(DMSCTLV):
+    """INSTANCE (6.5): the anycast instance an upstream node chose for the flow."""
+
+    name = "DMSC TLV INSTANCE"
+    fields_desc = [
+        ShortEnumField("type", int(TlvType.INSTANCE), TLV_NAMES),
+        ShortField("length", None),
+        XIntField("instance_hash", 0),
     ]
 
 

@@ -65,13 +65,14 @@ class TlvType(enum.IntEnum):
     HOP_RECORD = 0x0001
     PRIORITY = 0x0002
     TRACE_CONTEXT = 0x0003
+    INSTANCE = 0x0004
     SPA_AUTHORIZATION = 0x0010
     SPA_SIGNATURE = 0x0011
 
 
 TLV_CRITICAL = 0x8000
 # Fixed value sizes of the TLVs that have one; others are variable.
-TLV_SIZES = {0x0001: 24, 0x0002: 1, 0x0003: 25, 0x0011: 80}
+TLV_SIZES = {0x0001: 24, 0x0002: 1, 0x0003: 25, 0x0004: 4, 0x0011: 80}
 # SPA_AUTHORIZATION (6.4) is 130 + L bytes, L being the prefix length byte at 25.
 SPA_AUTH_PREFIX_LEN_AT = 25
 SPA_AUTH_FIXED = 1 + 8 + 8 + 8 + 1 + 32 + 8 + 64

@@ -151,6 +151,35 @@ def test_anycast_prefix_has_one_route_per_instance(netns_net):
                         what="two instances at b")
 
 
+def test_instance_chosen_by_weight_is_kept_downstream(netns_net):
+    """c - r - i1 and r - m - i2: r prefers the nearer i1; a weight rule at c picks i2,
+    and the INSTANCE TLV keeps r from undoing that choice."""
+    for n in ("c", "r", "m", "i1", "i2"):
+        netns_net.add_node(n)
+    for l in (("c", "r"), ("r", "i1"), ("r", "m"), ("m", "i2")):
+        netns_net.add_link(*l)
+    fn = ForwarderNet(netns_net)
+    for n in ("c", "r", "m", "i1", "i2"):
+        fn.add(n, routing={"enabled": True}, **({"roles": ["sr"]} if n in ("r", "m") else {}))
+    fn.start_all()
+    with Client(fn["i1"].app_socket) as one, Client(fn["i2"].app_socket) as two, \
+            Client(fn["c"].app_socket, timeout=2) as cli:
+        one.serve("/any", lambda p, r: b"i1")
+        two.serve("/any", lambda p, r: b"i2")
+
+        def both_known():
+            for n in ("c", "r"):
+                e = next((e for e in fn[n].api("GET", "/fib")["entries"] if e["prefix"] == "/any"), None)
+                if not e or {nh["instance"] for nh in e["nexthops"]} != {"/node/i1", "/node/i2"}:
+                    return False
+            return True
+        wait_for(both_known, 10, what="both instances at c and r")
+        assert {cli.call("/any", b"x", flow=f"f{k}") for k in range(20)} == {b"i1"}  # nearest
+        fn["c"].api("POST", "/strategy", {"prefix": "/any", "weights": {"/node/i1": 0, "/node/i2": 1}})
+        answers = [cli.call("/any", b"x", flow=f"g{k}") for k in range(50)]
+        assert set(answers) == {b"i2"}, answers
+
+
 # ------------------------------------------------------------------------ SPA
 @pytest.fixture
 def authority(tmp_path):

@@ -35,7 +35,7 @@ local NACK_REASONS = {
 }
 local TLV_NAMES = {
     [0x0001] = "HOP_RECORD", [0x0002] = "PRIORITY", [0x0003] = "TRACE_CONTEXT",
-    [0x0010] = "SPA_AUTHORIZATION", [0x0011] = "SPA_SIGNATURE",
+    [0x0004] = "INSTANCE", [0x0010] = "SPA_AUTHORIZATION", [0x0011] = "SPA_SIGNATURE",
 }
 -- The tlv.type value_string also names the critical variants.
 local TLV_TYPE_VS = {}
@@ -44,7 +44,7 @@ for code, label in pairs(TLV_NAMES) do
     TLV_TYPE_VS[code + TLV_CRITICAL] = label .. "|CRITICAL"
 end
 -- Fixed value sizes of the known TLVs that have one (SPA_AUTHORIZATION varies).
-local TLV_SIZES = { [0x0001] = 24, [0x0002] = 1, [0x0003] = 25, [0x0011] = 80 }
+local TLV_SIZES = { [0x0001] = 24, [0x0002] = 1, [0x0003] = 25, [0x0004] = 4, [0x0011] = 80 }
 local REGISTER_STATUS = { [0] = "ACCEPTED", [1] = "UNAUTHORIZED", [2] = "INVALID", [3] = "RESERVED" }
 local OUT_FACE_VS = { [NO_FACE] = "answered by the node" }
 
@@ -89,6 +89,7 @@ F.priority = ProtoField.uint8("dmsc.tlv.priority", "Priority class", base.DEC)
 F.trace_id = ProtoField.bytes("dmsc.tlv.trace.trace_id", "Trace id")
 F.trace_parent = ProtoField.bytes("dmsc.tlv.trace.parent_id", "Parent id")
 F.trace_flags = ProtoField.uint8("dmsc.tlv.trace.flags", "Trace flags", base.HEX)
+F.instance = ProtoField.uint32("dmsc.tlv.instance", "Instance (name hash)", base.HEX)
 F.sig_key_id = ProtoField.bytes("dmsc.tlv.spa_sig.key_id", "Key id")
 F.sig_time = ProtoField.uint64("dmsc.tlv.spa_sig.time", "Signing time (s)", base.DEC)
 F.sig_signature = ProtoField.bytes("dmsc.tlv.spa_sig.signature", "Signature")
@@ -354,6 +355,9 @@ local function add_tlv_value(sub, tvb, raw, t, off, ln)
         sub:add(F.trace_parent, tvb(off + 16, 8))
         sub:add(F.trace_flags, tvb(off + 24, 1))
         return "trace " .. hex(raw:sub(off + 1, off + 16))
+    elseif base_t == 0x0004 and ln == 4 then
+        sub:add(F.instance, tvb(off, 4))
+        return string.format("instance %08x", u32(raw, off))
     elseif base_t == 0x0011 and ln == 80 then
         sub:add(F.sig_key_id, tvb(off, 8))
         sub:add(F.sig_time, tvb(off + 8, 8))

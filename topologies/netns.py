@@ -235,6 +235,17 @@ class NetnsNetwork:
         """Bring every link between ``a`` and ``b`` back up, on both ends."""
         self._set_links(a, b, "up")
 
+    def add_mgmt_network(self, name: str = "mgmt", subnet: str = "10.255.0") -> "MgmtNetwork":
+        """A management network: a Linux bridge inside its own namespace (node ``name``),
+        never in the root namespace; `MgmtNetwork.attach` joins nodes to it with a veth
+        and an address ``<subnet>.x/24``. The node's end is ``mg0``, which is not added
+        to ``node.intfs``, so forwarders do not make it a face."""
+        node = self.add_node(name)
+        _run(["ip", "-n", node.netns, "link", "add", "br0", "type", "bridge",
+              "forward_delay", "0", "stp_state", "0"])
+        _run(["ip", "-n", node.netns, "link", "set", "dev", "br0", "up"])
+        return MgmtNetwork(self, node, subnet)
+
     def stop(self) -> None:
         """Stop recorded processes, then delete the namespaces (and with them the veths).
 
@@ -290,3 +301,40 @@ def _check_ifname(ifname: str, node: str) -> None:
             f"interface name {ifname!r} for node {node!r} is {len(ifname)} characters; Linux "
             f"allows {IFNAMSIZ}: use a node name of at most {IFNAMSIZ - len(ifname) + len(node)} "
             f"characters")
+
+
+class MgmtNetwork:
+    """The bridge of `NetnsNetwork.add_mgmt_network` and the nodes attached to it."""
+
+    def __init__(self, net: NetnsNetwork, node: NsNode, subnet: str) -> None:
+        self._net = net
+        self.node = node
+        self.subnet = subnet
+        self.addrs: dict[str, str] = {}   # node name -> address
+        self._next_host = 1
+        self._ports = 0
+
+    def attach(self, name: str, host: Optional[int] = None) -> str:
+        """Join node ``name`` (its interface ``mg0``) to the bridge; returns its address."""
+        if name in self.addrs:
+            return self.addrs[name]
+        if host is None:
+            used = {int(a.rsplit(".", 1)[1]) for a in self.addrs.values()}
+            while self._next_host in used:
+                self._next_host += 1
+            host = self._next_host
+        if not 1 <= host <= 254:
+            raise ValueError(f"management host number {host} outside 1..254")
+        node = self._net.node(name)
+        port = f"p{self._ports}"
+        self._ports += 1
+        self._net._records.link("mg0", node.netns)
+        self._net._records.link(port, self.node.netns)
+        _run(["ip", "link", "add", "mg0", "netns", node.netns, "type", "veth",
+              "peer", "name", port, "netns", self.node.netns])
+        _run(["ip", "-n", self.node.netns, "link", "set", "dev", port, "master", "br0", "up"])
+        addr = f"{self.subnet}.{host}"
+        _run(["ip", "-n", node.netns, "addr", "add", f"{addr}/24", "dev", "mg0"])
+        _run(["ip", "-n", node.netns, "link", "set", "dev", "mg0", "up"])
+        self.addrs[name] = addr
+        return addr

@@ -66,6 +66,7 @@ class Proc:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # 200 processes should share cached bytecode
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, *self.argv()],
                                          stdout=out, stderr=subprocess.STDOUT,

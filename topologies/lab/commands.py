@@ -221,8 +221,8 @@ class DmscCommands:
                                                f"{t[3]} served" for p, t in sorted(totals.items()))
         if self.lab.scsc is not None:
             try:
-                view = self.lab.scsc_api("GET", "/telemetry?" + urlencode({"prefix": prefix}))
-                text += "\n\nSCSC view:\n" + json.dumps(view, indent=1)[:4000]
+                view = self.lab.scsc_api("GET", "/telemetry")
+                text += "\n\n" + _scsc_summary(view, prefix)
             except LabError as exc:
                 text += f"\n\nSCSC view unavailable: {exc}"
         return Result(True, text, {"prefixes": data, "totals": totals})
@@ -287,6 +287,26 @@ class DmscCommands:
 
     def cmd_restore(self, target: str) -> Result:
         return Result(True, self.lab.restore(target))
+
+
+def _scsc_summary(view: dict, prefix: str) -> str:
+    """The SCSC's telemetry (GET /telemetry), reduced to the prefixes asked for."""
+    fwds = view.get("forwarders", {}) if isinstance(view, dict) else {}
+    connected = sum(1 for f in fwds.values() if isinstance(f, dict) and f.get("connected"))
+    rows = []
+    for node, f in sorted(fwds.items()):
+        for p, m in sorted((f.get("prefixes") or {}).items() if isinstance(f, dict) else ()):
+            if not isinstance(m, dict) or not (prefix == "/" or p == prefix or p.startswith(prefix + "/")):
+                continue
+            if not (m.get("request_rate") or m.get("served_rate") or m.get("responses")):
+                continue
+            rows.append([p, node, m.get("request_rate"), m.get("responses"), m.get("errors"),
+                         m.get("latency_p50_us"), m.get("served_rate"), m.get("service_p50_us")])
+    head = f"SCSC view: {connected}/{len(fwds)} forwarders connected"
+    if not rows:
+        return head + f"; no recent traffic under {prefix}"
+    return head + "\n" + _table(rows, ["prefix", "node", "req/s", "responses", "errors", "p50_us",
+                                        "served/s", "service_p50_us"])
 
 
 def usage() -> str:

@@ -122,9 +122,13 @@ class DmscLab:
         if proxies not in ("all", "services", "none"):
             raise LabError("proxies must be all, services or none")
         self.proxies = proxies
+        # Python forwarders on a 2-core machine: a hello every 100 ms from 200 nodes
+        # would eat the CPU, and a loaded machine delays hellos, so the dead interval
+        # is generous (link failures are seen at once through carrier anyway).
         big = len(topo.nodes) > 80
-        self.hello_ms = hello_ms or (250 if big else 100)
-        self.dead_ms = dead_ms or (self.hello_ms * 4)
+        self.hello_ms = hello_ms or (500 if big else 200)
+        self.dead_ms = dead_ms or max(self.hello_ms * 5, 1000)
+        self.telemetry_s = 5.0 if big else 2.0
         self.log_level = log_level
         self.run_kind = run_kind
         self.out = out
@@ -305,7 +309,7 @@ class DmscLab:
             self.out(f"*** SCSC not started: {self.scsc_reason}; forwarders run without one")
             return
         self.scsc = ScscApp(self.netns["scsc"], self.run_dir / "scsc", self.records,
-                            ["--listen", f"{SCSC_IP}:{SCSC_PORT}",
+                            ["--southbound", f"{SCSC_IP}:{SCSC_PORT}",
                              "--rest", f"{SCSC_IP}:{SCSC_REST_PORT}"], python=self.python)
         self.scsc.start()
         self.out(f"*** SCSC on host scsc ({SCSC_IP}:{SCSC_PORT}, REST :{SCSC_REST_PORT})")
@@ -381,6 +385,7 @@ class DmscLab:
                 cfg["http_services"] = http
         if self.scsc is not None:
             cfg["scsc"] = f"{SCSC_IP}:{SCSC_PORT}"
+            cfg["telemetry_interval_s"] = self.telemetry_s
         return cfg
 
     @property
@@ -502,19 +507,13 @@ class DmscLab:
         return problems
 
     def scsc_forwarders(self) -> Set[str]:
-        """Node names the SCSC reports as connected (its REST GET /forwarders)."""
+        """Node names the SCSC reports as connected (REST GET /telemetry, docs/scsc.md)."""
         try:
-            data = self.scsc_api("GET", "/forwarders", timeout=5.0)
+            data = self.scsc_api("GET", "/telemetry", timeout=5.0)
         except LabError:
             return set()
-        items = data.get("forwarders", data) if isinstance(data, dict) else data
-        names = set()
-        for f in items or []:
-            if isinstance(f, dict):
-                names.add(f.get("node") or f.get("name"))
-            else:
-                names.add(str(f))
-        return names
+        fwds = data.get("forwarders", {}) if isinstance(data, dict) else {}
+        return {n for n, f in fwds.items() if not isinstance(f, dict) or f.get("connected", True)}
 
     def wait_converged(self, timeout: float = 60.0, settle_s: float = 0.5) -> float:
         """Poll until converged; returns the seconds it took; LabError with the reason on timeout."""
