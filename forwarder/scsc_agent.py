@@ -67,7 +67,7 @@ class ScscAgent:
     """
 
     def __init__(self, daemon, addr: Tuple[str, int], interval: float = 1.0, *,
-                 backoff: Tuple[float, float] = (0.1, 5.0), call_timeout: float = 2.0,
+                 backoff: Tuple[float, float] = (0.1, 2.0), call_timeout: float = 2.0,
                  qdisc_stats: bool = True,
                  on_policy: Optional[Callable[[int, float], None]] = None) -> None:
         self.d = daemon

@@ -48,6 +48,13 @@ HELP: Dict[str, str] = {
             "  e1-a1): both ends go down. Routing reacts (link-state), or the lab pushes\n"
             "  recomputed static routes (--routing static).",
     "restore": "dmsc restore <node|link>\n  Undo dmsc fail: links up, the node's forwarder restarted.",
+    "intent": "dmsc intent                                  the SCSC's intents and policy\n"
+              "dmsc intent pin_weights <prefix> INSTANCE=W ...   e.g. /node/h3=1\n"
+              "dmsc intent rate_limit <prefix> rate=R [burst=B]\n"
+              "dmsc intent critical <prefix> [class=C]\n"
+              "dmsc intent del <kind> <prefix>\n"
+              "  Policy through the Scheduling Center (needs the SCSC): it turns intents\n"
+              "  into forwarding rules and pushes them to every forwarder.",
     "nodes": "dmsc nodes\n  Every node: role, layer, management address, forwarder pid and state.",
     "status": "dmsc status <node>\n  <node>'s forwarder status: faces, table sizes, FIB digest, drops.",
     "converge": "dmsc converge [timeout]\n  Poll until routing has converged again; prints how long it took.",
@@ -240,6 +247,12 @@ class DmscCommands:
                                  ", ".join(f"{k}={v:g}" for k, v in r["weights"].items()), r["origin"]])
             text = _table(rows, ["node", "prefix", "deny", "rate/s", "prio", "weights", "origin"]) \
                 if rows else "no forwarding strategy rules on any node"
+            if self.lab.scsc is not None:
+                try:
+                    intents = self.lab.scsc_api("GET", "/intents")
+                    text += "\n\nSCSC intents: " + json.dumps(intents)
+                except LabError as exc:
+                    text += f"\n\nSCSC intents unavailable: {exc}"
             return Result(True, text, data)
         action, rest = args[0], list(args[1:])
         if action not in ("set", "del") or not rest:
@@ -282,6 +295,45 @@ class DmscCommands:
             self.lab.fwd[n].api("POST", "/strategy", body)
         return Result(True, f"rule {json.dumps(body)} set on {len(nodes)} node(s)", body)
 
+    def cmd_intent(self, *args: str) -> Result:
+        lab = self.lab
+        if lab.scsc is None:
+            raise LabError(f"no SCSC in this lab ({lab.scsc_reason}); use dmsc policy")
+        if not args:
+            intents = lab.scsc_api("GET", "/intents")
+            return Result(True, json.dumps(intents, indent=1), intents)
+        if args[0] == "del":
+            if len(args) != 3:
+                raise LabError("usage: dmsc intent del <kind> <prefix>")
+            res = lab.scsc_api("DELETE", "/intents?" + urlencode({"wait": 10, "kind": args[1],
+                                                                  "prefix": args[2]}))
+            return Result(bool(res.get("applied", True)),
+                          f"intent {args[1]} {args[2]} removed (applied: {res.get('applied')})", res)
+        if len(args) < 2:
+            raise LabError("usage: " + HELP["intent"])
+        kind, prefix = args[0], args[1]
+        body: Dict[str, Any] = {"kind": kind, "prefix": prefix}
+        weights: Dict[str, float] = {}
+        for o in args[2:]:
+            k, sep, v = o.rpartition("=")
+            if not sep:
+                raise LabError(f"{o!r}: expected KEY=VALUE")
+            if kind == "pin_weights":
+                weights[k] = float(v)
+            elif k in ("rate", "burst"):
+                body[k] = float(v)
+            elif k == "class":
+                body["class"] = int(v)
+            else:
+                raise LabError(f"unknown option {k!r} for a {kind} intent")
+        if weights:
+            body["weights"] = weights
+        res = lab.scsc_api("POST", "/intents?wait=10", body)
+        ok = bool(res.get("applied", True))
+        return Result(ok, f"intent {json.dumps(body)} applied on {res.get('forwarders')} forwarder(s)"
+                          f" in {res.get('push_ms', '?')} ms" if ok else
+                      f"intent not applied everywhere: {res}", res)
+
     def cmd_fail(self, target: str) -> Result:
         return Result(True, self.lab.fail(target))
 
@@ -311,8 +363,8 @@ def _scsc_summary(view: dict, prefix: str) -> str:
 
 def usage() -> str:
     lines = ["DMSC commands (dmsc help <command> for details):"]
-    for k in ("ping", "call", "route", "fib", "flows", "telemetry", "policy", "fail", "restore",
-              "nodes", "status", "converge"):
+    for k in ("ping", "call", "route", "fib", "flows", "telemetry", "policy", "intent", "fail",
+              "restore", "nodes", "status", "converge"):
         lines.append("  " + HELP[k].splitlines()[0])
     return "\n".join(lines)
 

@@ -25,8 +25,10 @@ def build_parser(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) 
                    help="start the SCSC (python -m controller) on host scsc when it exists")
     g.add_argument("--no-spa", action="store_true", help="no SPA authority (nodes trust nothing)")
     g.add_argument("--no-shop", action="store_true", help="do not deploy the demo shop")
-    g.add_argument("--proxies", choices=["services", "all", "none"], default="services",
-                   help="which SGs run the HTTP proxy on 127.0.0.1:8080 (default: SGs hosting services)")
+    g.add_argument("--proxies", choices=["entry", "services", "all", "none"], default="entry",
+                   help="which SGs run the HTTP proxy on 127.0.0.1:8080: entry (default) = SGs "
+                        "hosting /shop/frontend and the last SG; services = every SG hosting a "
+                        "service; all; none")
     g.add_argument("--bw", type=float, help="bandwidth of every link, Mbit/s (tc)")
     g.add_argument("--delay", type=float, help="delay of every link, ms (netem; warns if absent)")
     g.add_argument("--loss", type=float, help="loss of every link, percent (nftables)")

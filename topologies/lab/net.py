@@ -105,7 +105,7 @@ class DmscLab:
     """A DMSC network of Mininet hosts running forwarders, from a Topology."""
 
     def __init__(self, topo: Topology, *, routing: str = "auto", scsc: str = "auto",
-                 spa: bool = True, shop: bool = True, proxies: str = "services",
+                 spa: bool = True, shop: bool = True, proxies: str = "entry",
                  hello_ms: Optional[int] = None, dead_ms: Optional[int] = None,
                  log_level: str = "info", run_kind: str = "lab",
                  out: Callable[[str], None] = print, python: str = sys.executable) -> None:
@@ -119,8 +119,8 @@ class DmscLab:
         self.scsc_mode = scsc
         self.spa = spa
         self.shop = shop
-        if proxies not in ("all", "services", "none"):
-            raise LabError("proxies must be all, services or none")
+        if proxies not in ("all", "services", "entry", "none"):
+            raise LabError("proxies must be all, services, entry or none")
         self.proxies = proxies
         # Python forwarders on a 2-core machine: a hello every 100 ms from 200 nodes
         # would eat the CPU, and a loaded machine delays hellos, so the dead interval
@@ -173,16 +173,14 @@ class DmscLab:
             if self.spa:
                 self._provision_spa()
             t = time.monotonic()
-            self._build_network()
+            self._build_network()   # starts the SCSC as soon as its host exists
             self.timings["network_s"] = time.monotonic() - t
-            self._start_scsc()
             t = time.monotonic()
             if self.routing == "static":
                 self.routes = static_routes(self.topo)
-            self._start_forwarders()
+            self._start_forwarders()  # and the shop's services, which wait for their gateway
             self.timings["forwarders_s"] = time.monotonic() - t
             self._check_routing_mode()
-            self._start_services()
             self.timings["up_s"] = time.monotonic() - t0
             self.out(f"*** lab up in {self.timings['up_s']:.1f} s "
                      f"(network {self.timings['network_s']:.1f} s, forwarders "
@@ -264,13 +262,6 @@ class DmscLab:
         self.records.many(entries)
         _run(["ip", "-batch", "-"], input="".join(
             f"netns attach {self.netns[n]} {hosts[n].pid}\n" for n in names))
-        # data links, recorded (inside their named namespaces) before they exist
-        self.records.many([e for l in self.topo.links for e in (
-            {"kind": "link", "name": l.intf_a, "netns": self.netns[l.a]},
-            {"kind": "link", "name": l.intf_b, "netns": self.netns[l.b]})])
-        for l in self.topo.links:
-            self.net.addLink(hosts[l.a], hosts[l.b], intfName1=l.intf_a, intfName2=l.intf_b,
-                             cls=Link)
         # management bridge and one veth per host (root side named after the run)
         br = self._bridge
         ports = {n: f"{br}p{i}" for i, n in enumerate(names)}
@@ -282,20 +273,37 @@ class DmscLab:
             cmds.append(f"link set {ports[n]} master {br} up")
         _run(["ip", "-batch", "-"], input="\n".join(cmds) + "\n")
         for i, n in enumerate(names):
-            ip = SCSC_IP if n == "scsc" else f"10.255.{(i + 1) // 250}.{(i + 1) % 250 + 1}"
-            self.mgmt_ip[n] = ip
-            script = ["sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 "
-                      "net.ipv6.conf.default.disable_ipv6=1 >/dev/null",
-                      "ip link set lo up"]
-            if n in self.topo.nodes:
-                for l in self.topo.links_of(n):
-                    script.append(f"ip link set dev {l.intf_of(n)} mtu {l.opts.mtu} up")
-            script += [f"ip addr add {ip}/16 dev {n}-mg", f"ip link set dev {n}-mg up"]
-            out = hosts[n].cmd(" && ".join(script) + " || echo LABFAIL")
-            if "LABFAIL" in out:
-                raise LabError(f"configuring host {n} failed: {out.strip()[:400]}")
+            self.mgmt_ip[n] = SCSC_IP if n == "scsc" else f"10.255.{(i + 1) // 250}.{(i + 1) % 250 + 1}"
+        if "scsc" in hosts:  # the SCSC's start-up overlaps the rest of the build
+            self._configure_host(hosts["scsc"])
+            self._start_scsc()
+        elif self.scsc_mode != "off":
+            self.out(f"*** SCSC not started: {self.scsc_reason}; forwarders run without one")
+        # data links, recorded (inside their named namespaces) before they exist
+        self.records.many([e for l in self.topo.links for e in (
+            {"kind": "link", "name": l.intf_a, "netns": self.netns[l.a]},
+            {"kind": "link", "name": l.intf_b, "netns": self.netns[l.b]})])
+        for l in self.topo.links:
+            self.net.addLink(hosts[l.a], hosts[l.b], intfName1=l.intf_a, intfName2=l.intf_b,
+                             cls=Link)
+        for n in self.topo.nodes:
+            self._configure_host(hosts[n])
         self.warnings += apply_link_options(self.topo.links, self.netns.__getitem__,
                                             lambda n: self.run_dir / n, self._warn)
+
+    def _configure_host(self, host) -> None:
+        """IPv6 off (no RS/DAD noise), loopback, data interfaces up with their MTU, mgmt address."""
+        n, ip = host.name, self.mgmt_ip[host.name]
+        script = ["sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 "
+                  "net.ipv6.conf.default.disable_ipv6=1 >/dev/null",
+                  "ip link set lo up"]
+        if n in self.topo.nodes:
+            for l in self.topo.links_of(n):
+                script.append(f"ip link set dev {l.intf_of(n)} mtu {l.opts.mtu} up")
+        script += [f"ip addr add {ip}/16 dev {n}-mg", f"ip link set dev {n}-mg up"]
+        out = host.cmd(" && ".join(script) + " || echo LABFAIL")
+        if "LABFAIL" in out:
+            raise LabError(f"configuring host {n} failed: {out.strip()[:400]}")
 
     def _warn(self, msg: str) -> None:
         self.out(f"*** WARNING: {msg}")
@@ -304,9 +312,6 @@ class DmscLab:
     def _start_scsc(self) -> None:
         if self.scsc_mode == "off":
             self.scsc_reason = "disabled (--scsc off)"
-            return
-        if self.scsc_reason is not None:
-            self.out(f"*** SCSC not started: {self.scsc_reason}; forwarders run without one")
             return
         self.scsc = ScscApp(self.netns["scsc"], self.run_dir / "scsc", self.records,
                             ["--southbound", f"{SCSC_IP}:{SCSC_PORT}",
@@ -371,7 +376,7 @@ class DmscLab:
                           "crl": str(self._spa_dir / "crl.bin"), "enforce": True}
         if spec.role == "sg":
             hosted = self.topo.services_on(name)
-            if self.proxies == "all" or (self.proxies == "services" and hosted):
+            if self.wants_proxy(name):
                 cfg["http_proxy"] = HTTP_PROXY
             http = []
             for svc in hosted:
@@ -387,6 +392,20 @@ class DmscLab:
             cfg["scsc"] = f"{SCSC_IP}:{SCSC_PORT}"
             cfg["telemetry_interval_s"] = self.telemetry_s
         return cfg
+
+    def wants_proxy(self, name: str) -> bool:
+        """all: every SG; services: SGs hosting a service; entry (default): SGs hosting
+        /shop/frontend (or any service, without a frontend) plus the last SG."""
+        hosted = self.topo.services_on(name)
+        if self.proxies == "all":
+            return True
+        if self.proxies == "services":
+            return bool(hosted)
+        if self.proxies == "entry":
+            front = [s for s in self.topo.services if s.app == "frontend"]
+            return (any(name in s.nodes for s in front) if front else bool(hosted)) \
+                or name == self.topo.sgs[-1]
+        return False
 
     @property
     def shop_enabled(self) -> bool:
@@ -418,6 +437,7 @@ class DmscLab:
             app.spawn(record=False)
         self.records.many([{"kind": "pid", "pid": a.pid, "starttime": _starttime(a.pid),
                             "argv0": self.python, "pgid": a.pid} for a in pending])
+        self._start_services()
         deadline = time.monotonic() + max(20.0, len(pending) * 0.5)
         while pending:
             pending = [a for a in pending if not a.ready()]
