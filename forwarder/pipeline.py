@@ -513,6 +513,9 @@ class Forwarder:
                 self.counters.drop(face.face_id, f"spa_{exc.reason}", prefix.text)
                 if self.spa_enforce:
                     return RegisterResult.UNAUTHORIZED, f"spa: {exc.reason}: {exc.detail}"
+            except ValueError as exc:  # no challenge was issued on this face
+                if self.spa_enforce:
+                    return RegisterResult.UNAUTHORIZED, f"spa: bad_proof: {exc}"
         self._install(Route(prefix, face.face_id, cost=body.cost, origin="connected",
                             instance=self.name.text, authorization=auth), now)
         return RegisterResult.ACCEPTED, f"{prefix.text} registered on {self.name.text}"

@@ -228,3 +228,41 @@ def test_gateway_measures_request_latency(fwd):
     assert pc.requests == 1 and pc.responses == 1
     assert pc.latency.total == 1 and 1_000 < pc.latency.sum_us < 3_000
     assert "dmsc_request_latency_seconds_count" in fwd.counters.prometheus("/node/r", {})
+
+
+def test_spa_challenge_and_registration_check():
+    """With a validator the ATTACH answer carries a fresh challenge and REGISTER must prove it."""
+    from forwarder.spa import Authority, ServiceIdentity, Validator
+    auth = Authority.generate()
+    fwd = Forwarder("/node/g", spa=Validator([auth.public_key]), nonce_source=lambda: b"N" * 16)
+    app = fwd.add_face("local", "app")
+    (att,) = fwd.receive(app.face_id, Packet(PacketType.ATTACH, wire.LOCAL_NAME, wire.LOCAL_NAME).encode(), 1.0)
+    p = wire.decode(att.data)
+    assert p.payload == b"N" * 16
+    ident = ServiceIdentity.generate()
+    ident.authorization = auth.issue(ident.public_key, "/shop/cart")
+
+    def register(prefix, tlvs):
+        acts = fwd.receive(app.face_id, Packet(PacketType.REGISTER, N(prefix), p.dst,
+                                               wire.RegisterBody().encode(), tlvs=tlvs).encode(),
+                           _t.time())
+        return wire.RegisterResult.decode(wire.decode(acts[0].data).payload)
+    import time as _t
+    res = register("/shop/cart/v1", ident.register_tlvs(b"N" * 16, "/shop/cart/v1", now=_t.time()))
+    assert res.status == res.ACCEPTED
+    assert fwd.fib.get(N("/shop/cart/v1")).nexthops[0].authorization == ident.authorization.encode()
+    res = register("/shop/other", ident.register_tlvs(b"N" * 16, "/shop/other", now=_t.time()))
+    assert res.status == res.UNAUTHORIZED and res.message.startswith("spa: out_of_subtree")
+    res = register("/shop/cart/v2", [])
+    assert res.status == res.UNAUTHORIZED and "spa: unauthorized" in res.message
+    assert fwd.counters.faces[app.face_id].drops["spa_out_of_subtree"] == 1
+
+
+def test_long_work_folders_get_short_socket_paths(tmp_path):
+    from forwarder.config import parse
+    short = parse({"node": "/node/a", "workdir": str(tmp_path)})
+    assert short.local_socket == tmp_path / "app.sock"
+    deep = tmp_path / ("x" * 120)
+    cfg = parse({"node": "/node/a", "workdir": str(deep)})
+    assert len(str(cfg.local_socket)) < 100 and str(cfg.local_socket).startswith("/run/dmsc/")
+    assert cfg.mgmt_socket.parent == cfg.local_socket.parent

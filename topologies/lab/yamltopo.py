@@ -236,7 +236,11 @@ def parse_topology(text: str, source: str = "<yaml>", shop: bool = True,
     try:
         topo.validate()
     except TopologyError as exc:
-        raise fail(_line(data, "links" if "connected" in str(exc) else "nodes"), str(exc)) from None
+        from .model import distances
+        reached = distances(topo.adjacency(), next(iter(topo.nodes)))
+        lost = [n for n in topo.nodes if n not in reached]
+        line = _line(nodes, lost[0]) if lost else _line(data, "nodes")
+        raise fail(line, str(exc)) from None
     return topo
 
 
