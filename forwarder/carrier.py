@@ -1,8 +1,9 @@
-"""Carrier changes from the kernel over rtnetlink, decoded with pyroute2.
+"""Carrier changes from the kernel over rtnetlink.
 
 A link failure must reach routing the moment the kernel knows it: the
 forwarder listens to RTMGRP_LINK on a non-blocking netlink socket in its own
-loop (no thread), and pyroute2's ifinfmsg parser decodes the messages.
+loop (no thread). The two fields it needs (interface name, flags) are decoded
+here with struct: pyroute2's parser would add 12 MB to every forwarder.
 """
 from __future__ import annotations
 
@@ -10,12 +11,28 @@ import socket
 import struct
 from typing import Dict, List, Tuple
 
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
 RTMGRP_LINK = 1
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 NLMSG_HDR = struct.Struct("=IHHII")
+IFINFOMSG = struct.Struct("=BxHiII")   # family, type, index, flags, change
+RTATTR = struct.Struct("=HH")
+IFLA_IFNAME = 3
+
+
+def parse_link(msg: bytes) -> Tuple[str, int]:
+    """(interface name, flags) of one RTM_NEWLINK/RTM_DELLINK message body."""
+    _, _, _, flags, _ = IFINFOMSG.unpack_from(msg, 0)
+    off, name = IFINFOMSG.size, ""
+    while off + RTATTR.size <= len(msg):
+        length, kind = RTATTR.unpack_from(msg, off)
+        if length < RTATTR.size:
+            break
+        if kind == IFLA_IFNAME:
+            name = msg[off + 4:off + length].split(b"\0", 1)[0].decode(errors="replace")
+            break
+        off += (length + 3) & ~3
+    return name, flags
 
 
 class CarrierMonitor:
@@ -48,12 +65,10 @@ class CarrierMonitor:
                 if length < NLMSG_HDR.size:
                     break
                 if mtype in (RTM_NEWLINK, RTM_DELLINK):
-                    msg = ifinfmsg(data[off:off + length])
-                    msg.decode()
-                    name = msg.get_attr("IFLA_IFNAME")
+                    name, flags = parse_link(data[off + NLMSG_HDR.size:off + length])
                     if name in self.watched:
-                        up = (mtype == RTM_NEWLINK and bool(msg["flags"] & IFF_UP)
-                              and bool(msg["flags"] & IFF_LOWER_UP))
+                        up = (mtype == RTM_NEWLINK and bool(flags & IFF_UP)
+                              and bool(flags & IFF_LOWER_UP))
                         if self.state.get(name) != up:
                             self.state[name] = up
                             changes.append((name, up))
