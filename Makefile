@@ -4,7 +4,7 @@ ARGS ?=
 BENCH_SCRIPTS := $(sort $(wildcard bench/bench_*.py))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lab demo bench bench-forwarder bench-routing clean distclean
+.PHONY: help setup test test-unit lab demo bench bench-forwarder bench-routing bench-scsc clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,7 +22,7 @@ lab: setup ## start the fat-tree lab (make lab ARGS="...")
 	$(PY) topologies/fat_tree.py $(ARGS)
 
 demo: setup ## start the fat-tree lab and run its scripted demo
-	$(PY) topologies/fat_tree.py --demo
+	$(PY) topologies/fat_tree.py --demo $(ARGS)
 
 bench: setup ## run every bench/bench_*.py (each writes bench/results/<name>.json)
 	@test -n "$(BENCH_SCRIPTS)" || { echo "bench: no bench/bench_*.py scripts found" >&2; exit 1; }
@@ -36,6 +36,10 @@ bench-forwarder: setup ## one forwarder hop vs kernel forwarding -> bench/result
 bench-routing: setup ## failover and convergence on a k=4 fat tree -> bench/results/routing.json
 	@mkdir -p bench/results
 	$(PY) bench/bench_routing.py $(ARGS)
+
+bench-scsc: setup ## SCSC policy push to 36 real / 200 simulated forwarders -> bench/results/scsc.json
+	@mkdir -p bench/results
+	$(PY) bench/bench_scsc.py $(ARGS)
 
 clean: ## remove namespaces, links and processes left by crashed runs (by their records)
 	@if [ -x $(PY) ]; then $(PY) -m topologies.clean $(ARGS); else python3 -m topologies.clean $(ARGS); fi

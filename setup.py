@@ -38,5 +38,14 @@ setup(
         "msgpack==1.2.4",
         "ncclient==0.7.1",
         "pbr==7.1.3",
+        # experiments/ draw their plots with matplotlib (Agg backend); its own requirements pinned too.
+        "matplotlib==3.11.2",
+        "numpy==2.4.6",
+        "pillow==13.0.0",
+        "contourpy==1.3.3",
+        "cycler==0.12.1",
+        "fonttools==4.68.0",
+        "kiwisolver==1.5.1",
+        "python-dateutil==4.0.0",
     ],
 )

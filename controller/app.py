@@ -29,7 +29,7 @@ from os_ken.controller import event
 from os_ken.controller.handler import set_ev_cls
 from os_ken.lib import hub
 
-from .policy import IntentError, Intents, Params, PolicyEngine, diff, parse_intent
+from .policy import IntentError, Intents, Params, PolicyEngine, diff
 from .southbound import PROTOCOL_VERSION, Conn, SouthboundServer
 from .state import NetworkState
 
@@ -131,6 +131,7 @@ class ScscApp(app_manager.OSKenApp):
         self.conns: Dict[str, Conn] = {}
         self.waiters: List[PushWaiter] = []
         self._recompute_pending = False
+        self._intents_json = (-1, None)  # (revision, to_json()) cached for a push
         self._ticking = False
         self.pushes = 0
         sb = parse_hostport(CONF.southbound, "--southbound")
@@ -321,7 +322,8 @@ class ScscApp(app_manager.OSKenApp):
             if waiter is not None:
                 waiter.start = start
             result = {"kind": req.kind, "intent": req.value, "changed": changed,
-                      "revision": self.intents.revision}
+                      "revision": self.intents.revision,
+                      "sent_ms": round((time.time() - start) * 1000, 3)}
         self.reply_to_request(req, EventIntentReply(req.src, result, waiter))
 
     @set_ev_cls(EventRecompute)
@@ -338,7 +340,7 @@ class ScscApp(app_manager.OSKenApp):
                 if f is None:
                     continue
                 silent = now - (f.last_seen or now)
-                if silent > max(5.0, 4 * f.interval_s):
+                if silent > max(10.0, 5 * f.interval_s):
                     LOG.warning("forwarder %s silent for %.1f s: closing", node, silent)
                     self.southbound.close_conn(conn)
                     continue
@@ -392,7 +394,9 @@ class ScscApp(app_manager.OSKenApp):
         else:
             msg.update(full=False, base=f.version - 1, set=to_set, remove=to_remove)
         if intents_changed or full:
-            msg["intents"] = self.intents.to_json()
+            if self._intents_json[0] != self.intents.revision or self._intents_json[1] is None:
+                self._intents_json = (self.intents.revision, self.intents.to_json())
+            msg["intents"] = self._intents_json[1]
         f.sent = dict(new)
         f.intents_rev = self.intents.revision
         conn.send(msg)

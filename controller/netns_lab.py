@@ -38,7 +38,7 @@ class ScscNode:
     def southbound(self) -> str:
         return f"{self.addr}:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> "ScscNode":
+    def start(self, timeout: float = 40.0) -> "ScscNode":
         self.starts += 1
         argv = [self.python, "-m", "controller", "--southbound", self.southbound,
                 "--rest", f"{self.addr}:{self.rest_port}", "--policy-lifetime", str(self.lifetime),

@@ -29,7 +29,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import routes
 import webob
-import webob.exc
 
 from .policy import INTENT_KINDS, IntentError, check_prefix, parse_intent
 
@@ -102,9 +101,11 @@ class RestApi:
         with st.lock:
             n = len(st.forwarders)
             c = sum(1 for f in st.forwarders.values() if f.connected)
-            sync = sum(1 for f in st.forwarders.values() if f.connected and f.acked_version >= f.version)
+            ready = sum(1 for f in st.forwarders.values() if f.connected and f.ready)
+            sync = sum(1 for f in st.forwarders.values()
+                       if f.connected and f.ready and f.acked_version >= f.version)
         return _json(200, {"status": "ok", "uptime_s": round(time.time() - st.started, 3),
-                           "forwarders": n, "connected": c, "in_sync": sync,
+                           "forwarders": n, "connected": c, "ready": ready, "in_sync": sync,
                            "intents_revision": self.app.intents.revision})
 
     def topology(self, req):

@@ -188,7 +188,9 @@ class NetworkState:
             for name, c in f.faces.items():
                 oc = (old or {}).get("faces", {}).get(name) if old else None
                 tx_b = _delta(c, oc, "tx_bytes")
-                drops = _delta(c, oc, "drops") + _delta(c, oc, "qdisc_drops") + _delta(c, oc, "kernel_tx_dropped")
+                # congestion drops only: the forwarder's full queues, the kernel's and the qdisc's
+                drops = _delta(c, oc, "tx_drops") + _delta(c, oc, "qdisc_drops") + \
+                    _delta(c, oc, "kernel_tx_dropped")
                 faces[name] = {"tx_bps": round(8 * tx_b / dt, 1),
                                "rx_bps": round(8 * _delta(c, oc, "rx_bytes") / dt, 1),
                                "tx_pps": round(_delta(c, oc, "tx_packets") / dt, 1),

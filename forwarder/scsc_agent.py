@@ -35,6 +35,8 @@ log = logging.getLogger("dmsc.scsc_agent")
 PROTOCOL_VERSION = 1
 AGENT = "dmsc-forwarder-agent/1"
 RULE_KEYS = ("priority", "rate", "burst", "weights", "deny")
+# drops that mean "the link could not take it" (not bad packets or missing routes)
+TX_DROP_REASONS = ("queue_full", "no_buffer")
 
 
 def _canonical(rd: dict) -> dict:
@@ -172,13 +174,16 @@ class ScscAgent:
         self._report(sock)
         next_report = time.monotonic() + self.interval
         last_rx = time.monotonic()
-        dead_after = max(3 * self.interval, 3.0)
+        # the SCSC acknowledges every report: silence this long means it is gone (or
+        # starved: a busy machine must not turn into a reconnection storm)
+        dead_after = max(5 * self.interval, 10.0)
         buf = bytearray()
         welcomed = False
+        poller = select.poll()  # not select(): a busy forwarder may hold fds above 1024
+        poller.register(sock, select.POLLIN)
         while self._running:
             wait = max(0.0, next_report - time.monotonic())
-            r, _, _ = select.select([sock], [], [], wait)
-            if r:
+            if poller.poll(wait * 1000):
                 data = sock.recv(262144)
                 if not data:
                     log.info("the SCSC closed the connection")
@@ -254,6 +259,7 @@ class ScscAgent:
                     "error": f"base_mismatch: policy v{version} is based on v{msg.get('base')}, "
                              f"this forwarder holds v{self.version}"}
         new = {} if full else dict(self.rules)
+        built: Dict[str, Rule] = {}  # rules that changed, validated before touching anything
         try:
             for p in msg.get("remove") or []:
                 new.pop(p, None)
@@ -261,8 +267,10 @@ class ScscAgent:
                 if not isinstance(rd, dict) or not isinstance(rd.get("prefix"), str):
                     raise PolicyError(f"bad rule {rd!r}")
                 rd = _canonical(rd)
-                self._rule(rd, 0.0)  # validate before touching anything
-                new[rd["prefix"]] = rd
+                p = rd["prefix"]
+                if self.rules.get(p) != rd:
+                    built[p] = self._rule(rd, 0.0)
+                new[p] = rd
             lifetime = float(msg.get("lifetime_s") or self.lifetime)
             if not lifetime > 0:
                 raise PolicyError(f"lifetime_s {lifetime!r} must be > 0")
@@ -270,7 +278,8 @@ class ScscAgent:
             self.stats["errors"] += 1
             return {**ack, "ok": False, "resync": False, "error": f"invalid policy: {exc}"}
         try:
-            skipped = self.d.call_soon_wait(lambda: self._install(new, lifetime), self.call_timeout)
+            skipped = self.d.call_soon_wait(lambda: self._install(new, lifetime, built),
+                                            self.call_timeout)
         except TimeoutError:
             return {**ack, "ok": False, "resync": True, "error": "the forwarder loop is busy"}
         self.rules, self.version, self.lifetime = new, version, lifetime
@@ -293,7 +302,7 @@ class ScscAgent:
         lifetime = float(msg.get("lifetime_s") or self.lifetime)
         rules = dict(self.rules)
         try:
-            self.d.call_soon_wait(lambda: self._install(rules, lifetime), self.call_timeout)
+            self.d.call_soon_wait(lambda: self._install(rules, lifetime, {}), self.call_timeout)
         except TimeoutError:
             return {"type": "ack", "ack": seq, "ok": False, "error": "the forwarder loop is busy"}
         self.stats["refreshes"] += 1
@@ -306,8 +315,11 @@ class ScscAgent:
                     weights={str(k): float(v) for k, v in (rd.get("weights") or {}).items()},
                     origin="scsc", expires=expires)
 
-    def _install(self, rules: Dict[str, dict], lifetime: float) -> List[str]:
-        """On the loop thread: make the scsc rules exactly `rules`, expiring after `lifetime`."""
+    def _install(self, rules: Dict[str, dict], lifetime: float, built: Dict[str, Rule]) -> List[str]:
+        """On the loop thread: make the scsc rules exactly `rules`, expiring after `lifetime`.
+
+        `built` holds the Rule objects of the rules that changed; the others are
+        already installed (their expiry is extended) or expired meanwhile (rebuilt)."""
         core = self.d.core
         expires = time.time() + lifetime
         current = {r.prefix.text: r for r in core.strategy.rules()}
@@ -316,13 +328,19 @@ class ScscAgent:
                 core.remove_rule(r.prefix)
         skipped = []
         for p, rd in rules.items():
-            rule = self._rule(rd, expires)
             ex = current.get(p)
             if ex is not None and ex.origin != "scsc":
                 skipped.append(p)  # an operator's or the configuration's rule wins
                 continue
+            rule = built.get(p)
+            if rule is None:
+                if ex is not None:
+                    ex.expires = expires  # unchanged: keep its token bucket, flows stay as they are
+                    continue
+                rule = self._rule(rd, expires)  # expired while the SCSC was away
+            rule.expires = expires
             if ex is not None and _same(ex, rule):
-                ex.expires = expires  # keep its token bucket; flows need no re-evaluation
+                ex.expires = expires
                 continue
             core.set_rule(rule)
         return skipped
@@ -366,7 +384,8 @@ class ScscAgent:
                      "peer_mac": f.get("peer_mac"), "queued": f.get("queued", 0),
                      "rx_packets": c.get("rx_packets", 0), "rx_bytes": c.get("rx_bytes", 0),
                      "tx_packets": c.get("tx_packets", 0), "tx_bytes": c.get("tx_bytes", 0),
-                     "drops": sum(drops.values()), "drop_reasons": drops}
+                     "drops": sum(drops.values()), "drop_reasons": drops,
+                     "tx_drops": sum(drops.get(r, 0) for r in TX_DROP_REASONS)}
             entry.update(kernel.get(name, {}))
             faces[name] = entry
         prefixes = {}
@@ -415,15 +434,29 @@ class ScscAgent:
                 if not idx:
                     continue
                 drops = backlog = 0
+                capacity = None
+                root_kind = None
                 for q in ipr.get_qdiscs(index=idx[0]):
                     s2 = q.get_attr("TCA_STATS2")
                     qs = s2.get_attr("TCA_STATS_QUEUE") if s2 else None
                     if qs:
                         drops += int(qs.get("drops", 0))
-                        if q["parent"] == 0xFFFFFFFF:
+                    if q["parent"] == 0xFFFFFFFF:
+                        root_kind = q.get_attr("TCA_KIND")
+                        if qs:
                             backlog = int(qs.get("qlen", 0))
+                        if root_kind == "tbf":
+                            parms = q.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")
+                            capacity = 8 * int(parms["rate"]) if parms else None
+                if root_kind == "htb":  # a shaped link: the top classes' ceilings
+                    tops = [c.get_attr("TCA_OPTIONS").get_attr("TCA_HTB_PARMS")
+                            for c in ipr.get_classes(index=idx[0]) if c["parent"] == 0xFFFFFFFF]
+                    tops = [t for t in tops if t]
+                    capacity = 8 * sum(int(t["ceil"]) for t in tops) if tops else None
                 out[face]["qdisc_drops"] = drops
                 out[face]["qdisc_backlog"] = backlog
+                if capacity:
+                    out[face]["capacity_bps"] = capacity
         except Exception as exc:  # no netlink here (a stand-in daemon, odd kernels): skip
             log.debug("qdisc statistics unavailable: %s", exc)
             self.qdisc_stats = False

@@ -305,7 +305,7 @@ def test_state_face_rates_and_topology_by_mac():
     fb = {"b-eth0": {"tx_bytes": 0, "mac": "bb:00:00:00:00:01", "peer_mac": "aa:00:00:00:00:01"}}
     st.telemetry({"node": "/node/a", "time": 10.0, "faces": fa}, 10.0)
     st.telemetry({"node": "/node/b", "time": 10.0, "faces": fb}, 10.0)
-    fa2 = {"a-eth0": {**fa["a-eth0"], "tx_bytes": 125000, "qdisc_drops": 7}}
+    fa2 = {"a-eth0": {**fa["a-eth0"], "tx_bytes": 125000, "qdisc_drops": 5, "tx_drops": 2, "drops": 50}}
     _, _, faces, _ = st.telemetry({"node": "/node/a", "time": 11.0, "faces": fa2}, 11.0)
     assert faces["a-eth0"].tx_bps == 1e6 and faces["a-eth0"].drops == 7
     links = st.topology()["links"]
@@ -319,3 +319,176 @@ def test_hist_quantile():
     assert hist_quantile(counts, 0.5) == 100.0
     assert hist_quantile(counts, 0.99) == 10000.0
     assert hist_quantile([0] * 17, 0.5) is None
+
+
+# ------------------------------------------------- protocol, over loopback TCP
+# A real SCSC process on 127.0.0.1 and agents without a data plane
+# (controller/simulate.py): no root, no namespaces.
+import socket
+import subprocess
+import sys
+import time as _time
+from pathlib import Path
+
+from controller.rest_client import ScscRest
+from topologies.fwd_net import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def scsc_proc(tmp_path):
+    procs = []
+
+    def start(lifetime=30.0, sb=None, rest=None):
+        sb = sb or _free_port()
+        rest = rest or _free_port()
+        log = open(tmp_path / f"scsc{len(procs)}.log", "wb")
+        p = subprocess.Popen([sys.executable, "-m", "controller", "--southbound", f"127.0.0.1:{sb}",
+                              "--rest", f"127.0.0.1:{rest}", "--policy-lifetime", str(lifetime)],
+                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        procs.append(p)
+        client = ScscRest("127.0.0.1", rest, timeout=10)
+
+        def up():
+            try:
+                return client.get("/health")["status"] == "ok"
+            except Exception:
+                client.close()
+                return False
+        wait_for(up, 20, interval=0.05, what="the SCSC")
+        return p, sb, client
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+
+
+class _Raw:
+    """A hand-driven agent: newline-delimited JSON over a TCP socket."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+        self.seq = 0
+
+    def send(self, msg, v=1):
+        self.seq += 1
+        self.sock.sendall((json.dumps({"v": v, "seq": self.seq, **msg}) + "\n").encode())
+        return self.seq
+
+    def recv(self, want=None, timeout=5.0):
+        deadline = _time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                msg = json.loads(line)
+                if want is None or msg["type"] == want:
+                    return msg
+            self.sock.settimeout(max(0.01, deadline - _time.monotonic()))
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buf += data
+
+
+def _telemetry(node, t):
+    return {"type": "telemetry", "node": node, "time": t, "interval_s": 1.0, "prefixes": {},
+            "faces": {}, "local_prefixes": [], "fib": {"changed_at": 1.0, "digest": "d", "entries": []}}
+
+
+def test_protocol_versions_deltas_resync_and_refresh(scsc_proc):
+    _, port, rest = scsc_proc(lifetime=0.9)
+    # an unknown protocol version is refused and the connection closed
+    bad = _Raw(port)
+    bad.send({"type": "hello", "node": "/node/x"}, v=2)
+    err = bad.recv()
+    assert err["type"] == "error" and "version" in err["error"]
+    assert bad.recv() is None
+    # hello -> welcome; first telemetry -> the whole policy
+    a = _Raw(port)
+    hs = a.send({"type": "hello", "node": "/node/x", "roles": ["sg", "sr"], "interval_s": 1.0})
+    w = a.recv("welcome")
+    assert w["ack"] == hs and w["lifetime_s"] == 0.9 and w["v"] == 1
+    ts = a.send(_telemetry("/node/x", _time.time()))
+    assert a.recv("ack")["ack"] == ts
+    full = a.recv("policy")
+    assert full["full"] and full["set"] == [] and full["version"] == 1
+    a.send({"type": "ack", "ack": full["seq"], "version": 1, "ok": True})
+    # an intent: a delta based on version 1
+    out = rest.post_intent({"kind": "critical", "prefix": "/pay"})
+    assert out["changed"] and out["revision"] == 1
+    delta = a.recv("policy")
+    assert not delta["full"] and delta["base"] == 1 and delta["version"] == 2
+    assert delta["set"] == [{"prefix": "/pay", "priority": 7}] and delta["intents"]["revision"] == 1
+    # the agent lost track: it asks for a resync and gets the whole policy again
+    a.send({"type": "ack", "ack": delta["seq"], "version": 2, "ok": False, "resync": True,
+            "error": "base_mismatch"})
+    again = a.recv("policy")
+    assert again["full"] and again["set"] == [{"prefix": "/pay", "priority": 7}]
+    a.send({"type": "ack", "ack": again["seq"], "version": again["version"], "ok": True})
+    # lifetimes are refreshed every lifetime / 3
+    r = a.recv("refresh", timeout=3)
+    assert r["version"] == again["version"] and r["lifetime_s"] == 0.9
+    pol = rest.get("/policy")["forwarders"]["/node/x"]
+    assert pol["in_sync"] and pol["rules"] == [{"prefix": "/pay", "priority": 7}]
+    # a message before hello, and garbage, get errors without killing the SCSC
+    b = _Raw(port)
+    b.send({"type": "telemetry"})
+    assert "hello" in b.recv("error")["error"]
+    b.sock.sendall(b"{not json\n")
+    assert "malformed" in b.recv("error")["error"]
+    assert rest.get("/health")["status"] == "ok"
+
+
+def test_simulated_agents_keep_policy_for_its_lifetime_and_restart_rebuilds(scsc_proc):
+    from controller.simulate import start_agents
+    proc, port, rest = scsc_proc(lifetime=2.0)
+    agents = start_agents(3, ("127.0.0.1", port), interval=0.2)
+    try:
+        wait_for(lambda: rest.get("/health")["in_sync"] == 3, 10, what="agents in sync")
+        out = rest.post_intent({"kind": "rate_limit", "prefix": "/bulk", "rate": 50, "burst": 5}, wait=5)
+        assert out["applied"] and out["forwarders"] == 3 and out["push_ms"] >= 0
+        for a in agents:
+            (r,) = a.d.rules()
+            assert (r["prefix"], r["rate"], r["burst"], r["origin"]) == ("/bulk", 50.0, 5.0, "scsc")
+        # the SCSC crashes: rules stay until they expire, then the tick removes them
+        proc.kill()
+        proc.wait(5)
+        killed = _time.time()
+        assert all(a.d.rules() for a in agents)
+
+        def expired():
+            for a in agents:
+                a.d.call_soon_wait(lambda a=a: a.d.core.tick(_time.time()))
+            return not any(a.d.rules() for a in agents)
+        wait_for(expired, 5, interval=0.05, what="expiry")
+        assert _time.time() - killed >= 1.0
+        # it comes back on the same port: intents and rules are rebuilt from the agents
+        _, _, rest2 = scsc_proc(lifetime=2.0, sb=port)
+        wait_for(lambda: all(a.d.rules() for a in agents), 10, interval=0.05, what="restored policy")
+        assert [r["prefix"] for r in rest2.get("/intents")["rate_limits"]] == ["/bulk"]
+        assert rest2.get("/intents")["revision"] == 1
+    finally:
+        for a in agents:
+            a.stop()
+
+
+def test_sigterm_stops_the_scsc_within_3_seconds(scsc_proc):
+    proc, port, rest = scsc_proc()
+    a = _Raw(port)  # a connected agent must not hold it up
+    a.send({"type": "hello", "node": "/node/x"})
+    a.recv("welcome")
+    t = _time.monotonic()
+    proc.terminate()
+    proc.wait(5)
+    assert _time.monotonic() - t < 3.0 and proc.returncode == 0

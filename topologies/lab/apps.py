@@ -59,7 +59,9 @@ class Proc:
     def pid(self) -> Optional[int]:
         return self.proc.pid if self.proc is not None else None
 
-    def spawn(self, record: bool = True) -> subprocess.Popen:
+    zygote: Optional["Zygote"] = None   # set by the lab: fork pre-imported programs
+
+    def spawn(self, record: bool = True):
         if self.running:
             return self.proc
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,15 @@ class Proc:
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # 200 processes should share cached bytecode
+        argv = self.argv()
+        if self.zygote is not None and argv[:2] == [self.python, "-m"] and argv[2] in ZYGOTE_MODULES:
+            self.proc = self.zygote.spawn(self.netns, argv[2], argv[3:], self.log)
+            if self.proc is not None:
+                if record:  # the child calls setsid() first thing: it leads its own group
+                    self.records._append({"kind": "pid", "pid": self.proc.pid,
+                                          "starttime": self.proc.starttime, "argv0": self.python,
+                                          "pgid": self.proc.pid})
+                return self.proc
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, *self.argv()],
                                          stdout=out, stderr=subprocess.STDOUT,
@@ -86,8 +97,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 _killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
-        elif p is not None:
-            _killpg(p.pid, signal.SIGKILL)  # children left by a dead leader
+        elif p is not None and isinstance(p, subprocess.Popen):
+            _killpg(p.pid, signal.SIGKILL)  # children left by a dead leader (our reaped child)
         self.proc = None
 
     def kill(self) -> None:
@@ -105,6 +116,94 @@ class Proc:
         if self.proc is not None and self.proc.poll() is not None:
             raise LabError(f"{what} exited with status {self.proc.returncode}; "
                            f"log {self.log}:\n{_tail(self.log)}")
+
+
+ZYGOTE_MODULES = ("forwarder", "experiments.shop.services")
+
+
+class ZygoteChild:
+    """A process forked by the zygote: the parts of Popen the lab uses (it is not our child,
+    so its liveness is read from /proc, pid and start time together)."""
+
+    def __init__(self, pid: int) -> None:
+        from ..records import process_starttime
+        self.pid = pid
+        self.starttime = process_starttime(pid)
+        self.returncode: Optional[int] = None
+        self.args = ["zygote child"]
+
+    def poll(self) -> Optional[int]:
+        from ..records import is_same_process
+        if self.returncode is None and not is_same_process(self.pid, self.starttime):
+            self.returncode = -1     # exit status unknown: the zygote reaped it
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+
+class Zygote:
+    """The lab's fork server (topologies/lab/zygote.py), in the root namespace."""
+
+    def __init__(self, records: Records, workdir: Path, python: str = sys.executable) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.log = Path(workdir) / "zygote.log"
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen([python, "-m", "topologies.lab.zygote"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, env=env, cwd=str(REPO),
+                                         start_new_session=True)
+        records.pid(self.proc.pid, argv0=python)
+        self.env = {"PYTHONPATH": env["PYTHONPATH"], "PYTHONUNBUFFERED": "1"}
+        self._ready = False
+        self.broken: Optional[str] = None
+
+    def _wait_ready(self) -> bool:
+        if self._ready or self.broken:
+            return self._ready
+        line = self.proc.stdout.readline()
+        try:
+            self._ready = "ready" in json.loads(line)
+        except ValueError:
+            self._ready = False
+        if not self._ready:
+            self.broken = f"the zygote did not start: {_tail(self.log, 600)}"
+        return self._ready
+
+    def spawn(self, netns: str, module: str, args: List[str], log: Path) -> Optional[ZygoteChild]:
+        """Fork `python -m module args` in netns; None if the zygote cannot (caller falls back)."""
+        if not self._wait_ready():
+            return None
+        req = {"netns": netns, "module": module, "args": args, "log": str(log), "cwd": str(REPO),
+               "env": self.env}
+        try:
+            self.proc.stdin.write((json.dumps(req) + "\n").encode())
+            self.proc.stdin.flush()
+            ans = json.loads(self.proc.stdout.readline())
+        except (OSError, ValueError) as exc:
+            self.broken = f"zygote: {exc}"
+            return None
+        if "pid" not in ans:
+            self.broken = f"zygote: {ans.get('error')}"
+            return None
+        return ZygoteChild(ans["pid"])
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(3)
 
 
 def _killpg(pid: int, sig: int) -> None:
@@ -166,6 +265,11 @@ class ForwarderApp(Proc):
             return True
         except CtlError:
             return False
+
+    def socket_ready(self) -> bool:
+        """The process runs and its management socket exists (it serves from then on)."""
+        self.check_alive(f"forwarder on {self.name}")
+        return os.path.exists(self.mgmt)
 
     def restart(self) -> "ForwarderApp":
         self.stop()

@@ -36,6 +36,9 @@ def build_parser(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) 
     g.add_argument("--timeout", type=float, help="convergence timeout, seconds")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="forwarders' log level")
+    g.add_argument("--no-zygote", action="store_true",
+                   help="start every forwarder as its own `python -m forwarder` (slower start-up; "
+                        "by default they are forked from one pre-imported process)")
     g.add_argument("--up-only", action="store_true",
                    help="bring the lab up, report the times, tear it down (no CLI)")
     return p
@@ -70,7 +73,7 @@ def run(topo: Topology, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_signal)
     lab = DmscLab(topo, routing=args.routing, scsc=args.scsc, spa=not args.no_spa,
                   shop=not args.no_shop, proxies=args.proxies, hello_ms=args.hello_ms,
-                  log_level=args.log_level)
+                  log_level=args.log_level, zygote=not args.no_zygote)
     rc = 0
     try:
         lab.start(converge_timeout=args.timeout)
@@ -84,6 +87,10 @@ def run(topo: Topology, args: argparse.Namespace) -> int:
             DmscCLI(lab)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        rc = 1
+    except Exception:  # a bug: show it, but still clean up below
+        import traceback
+        traceback.print_exc()
         rc = 1
     except KeyboardInterrupt:
         print("\n*** interrupted", file=sys.stderr)

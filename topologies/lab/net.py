@@ -46,8 +46,8 @@ from urllib.parse import urlencode
 
 from forwarder.ctl import CtlError
 
-from ..records import Records, new_run_dir
-from .apps import ForwarderApp, LabError, ScscApp, ServiceApp
+from ..records import Records, new_run_dir, process_group
+from .apps import ForwarderApp, LabError, ScscApp, ServiceApp, Zygote
 from .linkopts import apply_link_options
 from .model import LinkSpec, Topology, expected_prefixes, static_routes
 
@@ -56,6 +56,7 @@ SCSC_IP = "10.255.255.254"
 SCSC_PORT = 6653
 SCSC_REST_PORT = 8181
 HTTP_PROXY = "127.0.0.1:8080"
+AUTO_LINKSTATE_NODES_PER_CPU = 50
 
 
 class BatchRecords(Records):
@@ -107,12 +108,21 @@ class DmscLab:
     def __init__(self, topo: Topology, *, routing: str = "auto", scsc: str = "auto",
                  spa: bool = True, shop: bool = True, proxies: str = "entry",
                  hello_ms: Optional[int] = None, dead_ms: Optional[int] = None,
-                 log_level: str = "info", run_kind: str = "lab",
+                 log_level: str = "info", run_kind: str = "lab", zygote: bool = True,
                  out: Callable[[str], None] = print, python: str = sys.executable) -> None:
         topo.validate()
         self.topo = topo
+        self.routing_note = ""
         if routing == "auto":
             routing = "linkstate" if linkstate_supported() else "static"
+            limit = AUTO_LINKSTATE_NODES_PER_CPU * (os.cpu_count() or 1)
+            if routing == "linkstate" and len(topo.nodes) > limit:
+                # measured: an idle forwarder costs ~0.6 % of a core, ~1.2 % with link-state
+                # routing; above this size the machine melts down (adjacencies flap)
+                routing = "static"
+                self.routing_note = (f"{len(topo.nodes)} forwarders with link-state routing need more "
+                                     f"CPU than {os.cpu_count()} cores have (limit {limit} nodes); "
+                                     "using static routes (--routing linkstate forces it)")
         if routing not in ("linkstate", "static"):
             raise LabError(f"routing must be auto, linkstate or static, not {routing!r}")
         self.routing = routing
@@ -126,10 +136,12 @@ class DmscLab:
         # would eat the CPU, and a loaded machine delays hellos, so the dead interval
         # is generous (link failures are seen at once through carrier anyway).
         big = len(topo.nodes) > 80
-        self.hello_ms = hello_ms or (500 if big else 200)
+        self.hello_ms = hello_ms or (1000 if big else 200)
         self.dead_ms = dead_ms or max(self.hello_ms * 5, 1000)
-        self.telemetry_s = 5.0 if big else 2.0
+        self.telemetry_s = 10.0 if big else 2.0
         self.log_level = log_level
+        self.use_zygote = zygote
+        self.zygote: Optional[Zygote] = None
         self.run_kind = run_kind
         self.out = out
         self.python = python
@@ -166,12 +178,17 @@ class DmscLab:
         self.run_dir = new_run_dir(self.run_kind)
         self.records = BatchRecords(self.run_dir)
         self.records.owner()
+        if self.use_zygote:  # imports the forwarder while the network is being built
+            self.zygote = Zygote(self.records, self.run_dir, self.python)
         (self.run_dir / "topology.json").write_text(json.dumps(self.describe(), indent=1))
         self.out(f"*** {self.topo.summary()}")
         self.out(f"*** run folder {self.run_dir} (routing {self.routing})")
+        if self.routing_note:
+            self.out(f"*** {self.routing_note}")
         try:
             if self.spa:
                 self._provision_spa()
+            self.timings["prepare_s"] = time.monotonic() - t0
             t = time.monotonic()
             self._build_network()   # starts the SCSC as soon as its host exists
             self.timings["network_s"] = time.monotonic() - t
@@ -180,14 +197,16 @@ class DmscLab:
                 self.routes = static_routes(self.topo)
             self._start_forwarders()  # and the shop's services, which wait for their gateway
             self.timings["forwarders_s"] = time.monotonic() - t
+            t = time.monotonic()
             self._check_routing_mode()
+            self.timings["first_status_s"] = time.monotonic() - t
             self.timings["up_s"] = time.monotonic() - t0
             self.out(f"*** lab up in {self.timings['up_s']:.1f} s "
                      f"(network {self.timings['network_s']:.1f} s, forwarders "
                      f"{self.timings['forwarders_s']:.1f} s); waiting for convergence")
             self.started = True
             n = len(self.topo.nodes)
-            self.wait_converged(converge_timeout or max(30.0, n * 0.6))
+            self.wait_converged(converge_timeout or max(60.0, n * 0.6))
             self.timings["converged_s"] = time.monotonic() - t0
             self.out(f"*** converged {self.timings['converged_s']:.1f} s after start "
                      f"({n} nodes, {len(self.topo.links)} links, routing {self.routing}"
@@ -241,44 +260,23 @@ class DmscLab:
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
-        from mininet.node import Host
-        setLogLevel("warning")
+        setLogLevel("output")  # the CLI prints node command results at this level
         self.net = Mininet(topo=None, build=False, controller=None, autoSetMacs=False,
                            waitConnected=False)
-        names = list(self.topo.nodes)
+        br = self._bridge
+        self.records.many([{"kind": "link", "name": br, "netns": None}])
+        _run(["ip", "-batch", "-"], input=f"link add name {br} type bridge\nlink set {br} up\n")
+        self._ports = 0
+        hosts: Dict[str, Any] = {}
         if self.scsc_mode != "off":
             self.scsc_reason = scsc_supported()
-            if self.scsc_reason is None:
-                names.append("scsc")
-        hosts = {}
-        entries: List[dict] = []
-        for name in names:
-            h = self.net.addHost(name, cls=Host, ip=None, inNamespace=True)
-            hosts[name] = h
-            self.records.pid(h.pid, argv0="mnexec")   # the host's shell (its namespace holder)
-            ns = f"dm-{self.runid}-{name}"
-            self.netns[name] = ns
-            entries.append({"kind": "netns", "name": ns})
-        self.records.many(entries)
-        _run(["ip", "-batch", "-"], input="".join(
-            f"netns attach {self.netns[n]} {hosts[n].pid}\n" for n in names))
-        # management bridge and one veth per host (root side named after the run)
-        br = self._bridge
-        ports = {n: f"{br}p{i}" for i, n in enumerate(names)}
-        self.records.many([{"kind": "link", "name": br, "netns": None}] +
-                          [{"kind": "link", "name": p, "netns": None} for p in ports.values()])
-        cmds = [f"link add name {br} type bridge", f"link set {br} up"]
-        for n in names:
-            cmds.append(f"link add name {ports[n]} type veth peer name {n}-mg netns {hosts[n].pid}")
-            cmds.append(f"link set {ports[n]} master {br} up")
-        _run(["ip", "-batch", "-"], input="\n".join(cmds) + "\n")
-        for i, n in enumerate(names):
-            self.mgmt_ip[n] = SCSC_IP if n == "scsc" else f"10.255.{(i + 1) // 250}.{(i + 1) % 250 + 1}"
-        if "scsc" in hosts:  # the SCSC's start-up overlaps the rest of the build
-            self._configure_host(hosts["scsc"])
-            self._start_scsc()
-        elif self.scsc_mode != "off":
-            self.out(f"*** SCSC not started: {self.scsc_reason}; forwarders run without one")
+            if self.scsc_reason is None:  # first, so that its start-up overlaps the rest
+                hosts.update(self._add_hosts(["scsc"]))
+                self._configure_host(hosts["scsc"])
+                self._start_scsc()
+            else:
+                self.out(f"*** SCSC not started: {self.scsc_reason}; forwarders run without one")
+        hosts.update(self._add_hosts(list(self.topo.nodes)))
         # data links, recorded (inside their named namespaces) before they exist
         self.records.many([e for l in self.topo.links for e in (
             {"kind": "link", "name": l.intf_a, "netns": self.netns[l.a]},
@@ -290,6 +288,35 @@ class DmscLab:
             self._configure_host(hosts[n])
         self.warnings += apply_link_options(self.topo.links, self.netns.__getitem__,
                                             lambda n: self.run_dir / n, self._warn)
+
+    def _add_hosts(self, names: List[str]) -> Dict[str, Any]:
+        """Mininet hosts, their namespaces attached as dm-<run>-<node>, and management veths."""
+        from mininet.node import Host
+        hosts = {}
+        for name in names:
+            hosts[name] = self.net.addHost(name, cls=Host, ip=None, inNamespace=True)
+            self.netns[name] = f"dm-{self.runid}-{name}"
+        # each host's shell holds its namespace: recorded with the name it is attached under
+        self.records.many([e for n in names for e in (
+            {"kind": "pid", "pid": hosts[n].pid, "starttime": _starttime(hosts[n].pid),
+             "argv0": "mnexec", "pgid": process_group(hosts[n].pid)},
+            {"kind": "netns", "name": self.netns[n]})])
+        _run(["ip", "-batch", "-"], input="".join(
+            f"netns attach {self.netns[n]} {hosts[n].pid}\n" for n in names))
+        br = self._bridge
+        ports = {}
+        for n in names:
+            ports[n] = f"{br}p{self._ports}"
+            self._ports += 1
+            self.mgmt_ip[n] = SCSC_IP if n == "scsc" else \
+                f"10.255.{self._ports // 250}.{self._ports % 250 + 1}"
+        self.records.many([{"kind": "link", "name": p, "netns": None} for p in ports.values()])
+        cmds = []
+        for n in names:
+            cmds.append(f"link add name {ports[n]} type veth peer name {n}-mg netns {hosts[n].pid}")
+            cmds.append(f"link set {ports[n]} master {br} up")
+        _run(["ip", "-batch", "-"], input="\n".join(cmds) + "\n")
+        return hosts
 
     def _configure_host(self, host) -> None:
         """IPv6 off (no RS/DAD noise), loopback, data interfaces up with their MTU, mgmt address."""
@@ -318,6 +345,26 @@ class DmscLab:
                              "--rest", f"{SCSC_IP}:{SCSC_REST_PORT}"], python=self.python)
         self.scsc.start()
         self.out(f"*** SCSC on host scsc ({SCSC_IP}:{SCSC_PORT}, REST :{SCSC_REST_PORT})")
+
+    def _wait_scsc_listening(self, timeout: float = 15.0) -> None:
+        """Until the SCSC listens (forwarders' agents would otherwise back off for seconds).
+
+        Reads the SCSC's /proc/<pid>/net/tcp (its namespace's sockets): no connection made."""
+        if self.scsc is None:
+            return
+        port = f":{SCSC_PORT:04X}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.scsc.check_alive("the SCSC (python -m controller)")
+            try:
+                with open(f"/proc/{self.scsc.pid}/net/tcp") as f:
+                    if any(l.split()[1].endswith(port) and l.split()[3] == "0A"
+                           for l in f.readlines()[1:]):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.out(f"*** WARNING: the SCSC does not listen on {SCSC_IP}:{SCSC_PORT} after {timeout:.0f} s")
 
     def scsc_api(self, method: str, path: str, body: Optional[dict] = None,
                  timeout: float = 10.0) -> Any:
@@ -420,6 +467,7 @@ class DmscLab:
         for name in self.topo.nodes:
             self.fwd[name] = ForwarderApp(name, self.netns[name], self.run_dir / name, self.records,
                                           (lambda n=name: self.node_config(n)), python=self.python)
+            self.fwd[name].zygote = self.zygote
         if self.shop:  # plain HTTP backends first: the SG's adapters register them at once
             for svc in self.topo.services:
                 if svc.kind != "http":
@@ -429,18 +477,22 @@ class DmscLab:
                                      self.run_dir / node, self.records,
                                      self.fwd[node].app_socket, http=self.http_backend_of(svc.app),
                                      python=self.python)
+                    app.zygote = self.zygote
                     self.services.append(app.start())
         for app in self.fwd.values():
             app.write_config()
+        self._wait_scsc_listening()
         pending = list(self.fwd.values())
         for app in pending:
             app.spawn(record=False)
         self.records.many([{"kind": "pid", "pid": a.pid, "starttime": _starttime(a.pid),
                             "argv0": self.python, "pgid": a.pid} for a in pending])
         self._start_services()
-        deadline = time.monotonic() + max(20.0, len(pending) * 0.5)
+        deadline = time.monotonic() + max(30.0, len(pending) * 1.0)
         while pending:
-            pending = [a for a in pending if not a.ready()]
+            # the management socket exists once the daemon has opened its faces and
+            # serves: cheaper to test than an HTTP request per node on a loaded machine
+            pending = [a for a in pending if not a.socket_ready()]
             if pending and time.monotonic() > deadline:
                 raise LabError(f"{len(pending)} forwarder(s) did not answer: "
                                f"{', '.join(a.name for a in pending[:8])}; see "
@@ -451,7 +503,11 @@ class DmscLab:
     def _check_routing_mode(self) -> None:
         if self.routing != "linkstate":
             return
-        st = next(iter(self.fwd.values())).status()
+        app = next(iter(self.fwd.values()))
+        try:
+            st = app.api("GET", "/status", timeout=60.0)
+        except CtlError as exc:
+            raise LabError(f"forwarder on {app.name} does not answer: {exc}") from None
         if not st.get("routing"):
             raise LabError("the forwarder ignored 'routing: {enabled: true}' (its /status has no "
                            "routing summary); run the lab with --routing static")
@@ -466,17 +522,22 @@ class DmscLab:
                 app = ServiceApp(node, svc.app, svc.prefix, svc.kind, self.netns[node],
                                  self.run_dir / node, self.records, self.fwd[node].app_socket,
                                  identity=self.identity_of(svc.app, node), python=self.python)
+                app.zygote = self.zygote
                 self.services.append(app.start())
 
     # ---------------------------------------------------------- convergence
     def statuses(self, nodes: Optional[Iterable[str]] = None) -> Dict[str, Optional[dict]]:
-        out: Dict[str, Optional[dict]] = {}
-        for n in (nodes if nodes is not None else self.live_nodes()):
+        """GET /status of many nodes, 8 at a time (None for a node that did not answer)."""
+        from concurrent.futures import ThreadPoolExecutor
+        names = list(nodes if nodes is not None else self.live_nodes())
+
+        def one(n: str) -> Optional[dict]:
             try:
-                out[n] = self.fwd[n].status()
+                return self.fwd[n].api("GET", "/status", timeout=10.0)
             except (CtlError, OSError):
-                out[n] = None
-        return out
+                return None
+        with ThreadPoolExecutor(8) as pool:
+            return dict(zip(names, pool.map(one, names)))
 
     def live_nodes(self) -> List[str]:
         return [n for n in self.topo.nodes if n not in self.dead_nodes]
@@ -512,12 +573,16 @@ class DmscLab:
             if recent:
                 problems.append(f"FIB changed less than {settle_s}s ago on {', '.join(recent[:5])}")
             if not problems and full:
-                for n in live:
-                    have = {e["prefix"] for e in self.fwd[n].api("GET", "/fib")["entries"]}
-                    missing = sorted(expected - have)
-                    if missing:
-                        problems.append(f"{n} has no route to {', '.join(missing[:4])}")
-                        break
+                from concurrent.futures import ThreadPoolExecutor
+
+                def missing(n: str) -> List[str]:
+                    have = {e["prefix"] for e in self.fwd[n].api("GET", "/fib", timeout=20.0)["entries"]}
+                    return sorted(expected - have)
+                with ThreadPoolExecutor(8) as pool:
+                    for n, miss in zip(live, pool.map(missing, live)):
+                        if miss:
+                            problems.append(f"{n} has no route to {', '.join(miss[:4])}")
+                            break
         if self.scsc is not None and not problems:
             seen = self.scsc_forwarders()
             missing = [n for n in live if f"/node/{n}" not in seen]
@@ -547,11 +612,32 @@ class DmscLab:
             problems = self.convergence_problems(settle_s)
             if not problems:
                 return time.monotonic() - t0
-            if time.monotonic() - last_print > 10:
+            self._revive_adapters(problems)
+            if time.monotonic() - last_print > (1 if os.environ.get("DMSC_LAB_DEBUG") else 10):
                 self.out(f"*** still converging: {problems[0]}")
                 last_print = time.monotonic()
             time.sleep(0.2)
         raise LabError(f"no convergence within {timeout:.0f}s: {'; '.join(problems[:3])}")
+
+    def _revive_adapters(self, problems: List[str]) -> None:
+        """A forwarder does not restart an HTTP adapter that exited (e.g. its ATTACH timed
+        out on an overloaded machine): restart that forwarder, once per node."""
+        revived = getattr(self, "_revived", set())
+        self._revived = revived
+        for p in problems:
+            if " not registered on " not in p:
+                continue
+            node = p.rsplit(" ", 1)[-1]
+            if node in revived or node not in self.fwd:
+                continue
+            try:
+                tail = self.fwd[node].log.read_text(errors="replace")[-4000:]
+            except OSError:
+                continue
+            if "adapter forwarder.http_backend exited" in tail:
+                revived.add(node)
+                self.out(f"*** {node}: its HTTP adapter exited ({p}); restarting its forwarder")
+                self.fwd[node].restart()
 
     # ------------------------------------------------------- failures (CLI)
     def node(self, name: str) -> ForwarderApp:
@@ -651,6 +737,8 @@ class DmscLab:
                 except subprocess.TimeoutExpired:
                     pass
                 p.kill()
+        if self.zygote is not None:
+            self.zygote.close()
         if self.net is not None:
             for h in self.net.hosts:
                 try:

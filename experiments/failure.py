@@ -1,0 +1,823 @@
+"""Failure experiment: what calls see when links, routers, gateways and the SCSC fail.
+
+On a k-ary fat tree (default k=4: 36 forwarders, the demo shop, SPA, the SCSC)
+two steady open-loop streams of calls run throughout:
+
+* path stream: the first SG calls /exp/path, a test service (experiments/testsvc.py)
+  on the last SG, i.e. across the core; requests rotate over a few flows so they
+  spread over the ECMP paths;
+* anycast stream: an SG of a pod without a catalog instance calls /shop/catalog,
+  which has three instances in other pods; requests rotate over a few flows, so
+  all three instances answer.
+
+Each call has up to --attempts attempts of --timeout seconds (an attempt is
+retried on a timeout or a transient NACK). One after another, with the network
+converged before and after each:
+
+1. link_cut: the edge-aggregation link carrying most of the path stream's flows
+   goes down (both ends, ``lab.fail``), later comes back;
+2. sr_kill: the core router carrying most of the path stream's flows is killed
+   (SIGKILL of its forwarder; its links stay up, so neighbours must notice by
+   missing hellos), later restarted;
+3. sg_kill: the SG hosting the catalog instance that answers most of the
+   anycast stream is killed the same way, later restarted (its instance
+   re-registers);
+4. scsc_kill: the SCSC is killed (SIGKILL) for --scsc-down seconds, then restarted;
+5. link_flap: the link of event 1 goes down and up --flap-cycles times.
+
+Measured per event (node timestamps, wall clock of the one machine):
+
+* detection: failure to the first node noticing it: the carrier event in
+  ``GET /status face_events`` (link), the ``adjacency_down`` line in a
+  neighbour's log (killed forwarder: hello dead interval), the agents' "SCSC
+  session ended" line (SCSC);
+* local failover: failure to the moment the node next to it forwards around it:
+  the face-down time for a carrier event (the pipeline skips a down face at
+  once, using the ECMP/loop-free alternates already in its FIB), otherwise the
+  first ``fib_changed_at`` after the failure at a neighbour (polled every few
+  tens of ms);
+* global convergence: failure to the last route change anywhere
+  (``routing.last_change`` / ``fib_changed_at``) once every node's link-state
+  database digest agrees again; for the SCSC: restart to every forwarder
+  connected and in sync again;
+* calls failed (every attempt failed) and calls retried (more than one attempt)
+  of both streams from the failure until converged, and in the restore phase;
+  disruption: failure to the send time of the last failing attempt.
+
+Outputs: config.json, calls-path.jsonl and calls-anycast.jsonl (every call with its attempts), events.jsonl
+(everything measured per event), events.csv, timeline_<event>.png and
+failure_timeline.png (latency of each call around each event), summary.md/json.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+from .common import (Progress, ProcSet, Results, fmt, install_signal_handlers, issue_identity,
+                     lab_facts, log_events, md_table, parse_args, parse_list, require_root, rnd,
+                     seed_all, start_lab, wait_until)
+
+NAME = "failure"
+EVENTS = ["link_cut", "sr_kill", "sg_kill", "scsc_kill", "link_flap"]
+PATH_PREFIX = "/exp/path"
+ANY_PREFIX = "/shop/catalog"
+
+DEFAULTS = dict(k=4, rate=50.0, timeout=0.5, attempts=3, flows=8, pre=3.0, post=2.0,
+                flap_cycles=5, flap_down=0.5, flap_up=0.5, scsc_down=6.0, converge_timeout=30.0,
+                events=",".join(EVENTS), kill_mode="process")
+QUICK = dict(rate=40.0, pre=1.5, post=1.0, flap_cycles=3, flap_down=0.4, flap_up=0.4,
+             scsc_down=3.0, converge_timeout=20.0)
+
+
+def add_args(ap) -> None:
+    ap.add_argument("--k", type=int, help="fat tree arity (even; default 4)")
+    ap.add_argument("--rate", type=float, help="calls per second of each stream")
+    ap.add_argument("--timeout", type=float, help="seconds per attempt")
+    ap.add_argument("--attempts", type=int, help="attempts per call (1 = no retry)")
+    ap.add_argument("--flows", type=int, help="flows each stream rotates over")
+    ap.add_argument("--pre", type=float, help="seconds of steady calls before each event")
+    ap.add_argument("--post", type=float, help="seconds kept after convergence")
+    ap.add_argument("--flap-cycles", type=int)
+    ap.add_argument("--flap-down", type=float, help="seconds down per flap")
+    ap.add_argument("--flap-up", type=float, help="seconds up per flap")
+    ap.add_argument("--scsc-down", type=float, help="seconds the SCSC stays dead")
+    ap.add_argument("--converge-timeout", type=float)
+    ap.add_argument("--events", help=f"comma list of {','.join(EVENTS)}")
+    ap.add_argument("--kill-mode", choices=["process", "node"],
+                    help="process: SIGKILL the forwarder, links stay up (default); "
+                         "node: lab.fail (forwarder killed and its links down)")
+
+
+# ---------------------------------------------------------------------------
+# Helpers on the lab
+# ---------------------------------------------------------------------------
+
+class Net:
+    """Thin layer over DmscLab for this experiment: alive nodes, polling, timestamps."""
+
+    def __init__(self, lab, progress: Progress) -> None:
+        self.lab = lab
+        self.p = progress
+        self.killed: Set[str] = set()
+
+    def alive(self) -> List[str]:
+        return [n for n in self.lab.live_nodes() if n not in self.killed]
+
+    def status(self, node: str) -> Optional[dict]:
+        try:
+            return self.lab.fwd[node].api("GET", "/status", timeout=5.0)
+        except Exception:
+            return None
+
+    def neighbours(self, node: str) -> List[str]:
+        return [l.other(node) for l in self.lab.topo.links_of(node)]
+
+    def link_intfs(self, a: str, b: str) -> Dict[str, str]:
+        l = self.lab.topo.links_between(a, b)[0]
+        return {a: l.intf_of(a), b: l.intf_of(b)}
+
+    def converged_after(self, t0: float, must_change: Optional[List[str]], settle: float = 0.5,
+                        gone: Optional[str] = None) -> Optional[dict]:
+        """Statuses if converged after t0, else None.
+
+        must_change: nodes whose routes must have changed after t0 (None: every alive node);
+        gone: a node name that must have left every routing table.
+        """
+        nodes = self.alive()
+        sts = self.lab.statuses(nodes)
+        if any(s is None for s in sts.values()):
+            return None
+        digests = {s["routing"]["lsdb_digest"] for s in sts.values() if s.get("routing")}
+        if len(digests) != 1:
+            return None
+        now = time.time()
+        changers = nodes if must_change is None else [n for n in must_change if n in sts]
+        for n in changers:
+            lc = sts[n]["routing"]["last_change"] or 0
+            if lc < t0:
+                return None
+        for s in sts.values():
+            last = max(s.get("fib_changed_at") or 0, s["routing"]["last_change"] or 0)
+            if now - last < settle:
+                return None
+        if gone is not None:
+            for n in nodes:
+                fib = self.lab.fwd[n].api("GET", "/fib", timeout=10.0)
+                if any(e["prefix"] == f"/node/{gone}" for e in fib["entries"]):
+                    return None
+        return sts
+
+    @staticmethod
+    def last_change_after(sts: Dict[str, dict], t0: float) -> Optional[float]:
+        ts = []
+        for s in sts.values():
+            for v in (s.get("fib_changed_at"), s["routing"]["last_change"]):
+                if v and v >= t0:
+                    ts.append(v)
+        return max(ts) if ts else None
+
+    def fully_converged(self) -> bool:
+        saved = set(self.lab.dead_nodes)
+        self.lab.dead_nodes |= self.killed
+        try:
+            return not self.lab.convergence_problems()
+        finally:
+            self.lab.dead_nodes = saved
+
+
+class FibWatcher:
+    """Polls a few nodes' /status quickly; keeps the first fib_changed_at after t0 seen at each."""
+
+    def __init__(self, net: Net, nodes: List[str], t0: float, interval: float = 0.05) -> None:
+        self.net, self.nodes, self.t0, self.interval = net, nodes, t0, interval
+        self.first: Dict[str, float] = {}
+        self.stop_ev = threading.Event()
+        self.th = threading.Thread(target=self._run, daemon=True, name="fibwatch")
+        self.th.start()
+
+    def _run(self) -> None:
+        while not self.stop_ev.is_set() and len(self.first) < len(self.nodes):
+            for n in self.nodes:
+                if n in self.first or n in self.net.killed:
+                    continue
+                st = self.net.status(n)
+                if st and (st.get("fib_changed_at") or 0) >= self.t0:
+                    self.first[n] = st["fib_changed_at"]
+            self.stop_ev.wait(self.interval)
+
+    def stop(self) -> Dict[str, float]:
+        self.stop_ev.set()
+        self.th.join(5)
+        return dict(self.first)
+
+
+# ---------------------------------------------------------------------------
+# Call accounting
+# ---------------------------------------------------------------------------
+
+def window_stats(records: List[dict], t_from: float, t_to: float) -> dict:
+    """Calls scheduled in [t_from, t_to): failed, retried, and the last failing attempt."""
+    calls = [r for r in records if t_from <= r["t_sched"] < t_to]
+    failed = [r for r in calls if not r["ok"]]
+    retried = [r for r in calls if r["attempts"] > 1]
+    bad_tries = [t for r in records for t in r["tries"]
+                 if not t[2] and t_from <= t[1] and t[0] < t_to]
+    errors: Dict[str, int] = {}
+    for r in failed:
+        errors[r["error"]] = errors.get(r["error"], 0) + 1
+    return {"calls": len(calls), "failed": len(failed), "retried": len(retried),
+            "failed_attempts": len(bad_tries),
+            "last_bad_send": max((t[0] for t in bad_tries), default=None), "errors": errors}
+
+
+def longest_gap(records: List[dict], t_from: float, t_to: float) -> Optional[float]:
+    done = sorted(r["t_end"] for r in records if r["ok"] and t_from - 1 <= r["t_end"] <= t_to)
+    gaps = [b - a for a, b in zip(done, done[1:]) if b >= t_from]
+    return max(gaps) if gaps else None
+
+
+# ---------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------
+
+class StreamProc:
+    """An open-loop call stream in its own process (experiments.loadgen) in the client's host.
+
+    A separate process keeps this script's polling out of the measured latencies;
+    every call lands in a JSON-lines file in the results folder as it completes.
+    """
+
+    def __init__(self, procs: ProcSet, lab, node: str, name: str, label: str, a, seed: int,
+                 out: Path) -> None:
+        from .loadgen import JsonlTail
+        self.procs = procs
+        self.tail = JsonlTail(out)
+        self.proc = procs.python(
+            node, f"loadgen-{label}", "experiments.loadgen", "--socket",
+            str(lab.fwd[node].app_socket), "--name", name, "--rate", str(a.rate), "--duration", "0",
+            "--timeout", str(a.timeout), "--attempts", str(a.attempts), "--flows", str(a.flows),
+            "--tag", label[0], "--workers", "96", "--seed", str(seed), "--out", str(out))
+
+    def snapshot(self) -> List[dict]:
+        return list(self.tail.read())
+
+    def stop(self) -> None:
+        self.procs.stop([self.proc])
+        self.tail.read()
+
+
+class FailureExperiment:
+    def __init__(self, args, res: Results, progress: Progress) -> None:
+        self.args = args
+        self.res = res
+        self.p = progress
+        self.rng = seed_all(args.seed)
+        self.lab = None
+        self.net: Optional[Net] = None
+        self.procs: Optional[ProcSet] = None
+        self.streams: Dict[str, Any] = {}
+        self.events_out = res.jsonl("events.jsonl")
+        self.results: List[dict] = []
+
+    # ------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        from forwarder.client import Client
+        from topologies.lab.builders import fat_tree
+        a = self.args
+        self.lab = start_lab(fat_tree(a.k), self.res, self.p, run_kind="exp-failure")
+        self.net = Net(self.lab, self.p)
+        self.procs = ProcSet(self.lab)
+        topo = self.lab.topo
+        sgs = topo.sgs
+        self.path_client, self.path_server = sgs[0], sgs[-1]
+        catalog = next(s for s in topo.services if s.prefix == ANY_PREFIX)
+        pods_with = {topo.nodes[n].pod for n in catalog.nodes}
+        cands = [n for n in sgs if topo.nodes[n].pod not in pods_with and n != self.path_client
+                 and not topo.services_on(n)] or \
+                [n for n in sgs if n not in catalog.nodes and n != self.path_client]
+        self.any_client = cands[0]
+        self.catalog_nodes = list(catalog.nodes)
+        ident = issue_identity(self.lab, PATH_PREFIX, "exppath", self.path_server)
+        argv = ["--socket", str(self.lab.fwd[self.path_server].app_socket), "--prefix", PATH_PREFIX,
+                "--node", self.path_server]
+        if ident:
+            argv += ["--identity", str(ident)]
+        self.procs.python(self.path_server, "testsvc-path", "experiments.testsvc", *argv)
+        self.res.write_config(**lab_facts(self.lab), path_client=self.path_client,
+                              path_server=self.path_server, anycast_client=self.any_client,
+                              anycast_instances=self.catalog_nodes)
+        self.p.log(f"path stream {self.path_client} -> {PATH_PREFIX} on {self.path_server}; "
+                   f"anycast stream {self.any_client} -> {ANY_PREFIX} on {', '.join(self.catalog_nodes)}")
+
+        def reachable() -> bool:
+            fib = self.lab.fwd[self.path_client].api("GET", "/fib")
+            return any(e["prefix"] == PATH_PREFIX for e in fib["entries"])
+        wait_until(reachable, a.converge_timeout, 0.2, f"{PATH_PREFIX} in {self.path_client}'s FIB")
+        for label, node, name in (("path", self.path_client, PATH_PREFIX),
+                                  ("anycast", self.any_client, ANY_PREFIX)):
+            with Client(str(self.lab.fwd[node].app_socket), timeout=1.0) as c:
+                wait_until(lambda c=c, name=name: c.call(name, b"warm", timeout=1.0, retries=0),
+                           20, 0.2, f"a first answer from {name}")
+            self.streams[label] = StreamProc(self.procs, self.lab, node, name, label, a,
+                                             self.rng.randrange(1 << 30),
+                                             self.res.path(f"calls-{label}.jsonl"))
+        wait_until(lambda: all(sum(1 for r in g.snapshot() if r["ok"]) >= 20
+                               for g in self.streams.values()), 30, 0.2, "both streams running")
+        self.p.log("both streams running (one generator process per stream, in its client's host)")
+
+    # ----------------------------------------------------------- targets
+    def _flow_faces(self, node: str, prefix: str) -> Dict[str, int]:
+        faces: Dict[str, int] = {}
+        for f in self.lab.fwd[node].api("GET", "/flows")["flows"]:
+            if f["dst"].startswith(prefix) and f.get("face_name"):
+                faces[f["face_name"]] = faces.get(f["face_name"], 0) + f.get("packets", 1)
+        return faces
+
+    def _peer_by_face(self, node: str, face: str) -> Optional[str]:
+        for l in self.lab.topo.links_of(node):
+            if l.intf_of(node) == face:
+                return l.other(node)
+        return None
+
+    def pick_link(self) -> Tuple[str, str]:
+        topo = self.lab.topo
+        edge = self.net.neighbours(self.path_client)[0]
+        faces = self._flow_faces(edge, PATH_PREFIX)
+        ups = [n for n in self.net.neighbours(edge) if topo.nodes[n].role == "sr"]
+        best = None
+        if faces:
+            face = max(faces, key=faces.get)
+            best = self._peer_by_face(edge, face)
+        if best not in ups:
+            best = ups[0]
+        return edge, best
+
+    def pick_sr(self) -> str:
+        topo = self.lab.topo
+        edge = self.net.neighbours(self.path_client)[0]
+        aggs = [n for n in self.net.neighbours(edge) if topo.nodes[n].layer == "agg"]
+        counts: Dict[str, int] = {}
+        for agg in aggs:
+            for face, n in self._flow_faces(agg, PATH_PREFIX).items():
+                peer = self._peer_by_face(agg, face)
+                if peer and topo.nodes[peer].layer == "core":
+                    counts[peer] = counts.get(peer, 0) + n
+        if counts:
+            return max(counts, key=counts.get)
+        cores = [n for n in topo.nodes if topo.nodes[n].layer == "core"]
+        return cores[0] if cores else aggs[0]
+
+    def pick_sg(self) -> str:
+        recs = self.streams["anycast"].snapshot()
+        t = time.time() - 3
+        counts: Dict[str, int] = {}
+        for r in recs:
+            if r["ok"] and r["t_end"] >= t:
+                n = r["responder"].rsplit("/", 1)[-1]
+                counts[n] = counts.get(n, 0) + 1
+        # not an SG on the path client's edge router: keep the events independent
+        shared = set(self.net.neighbours(self.net.neighbours(self.path_client)[0]))
+        allowed = [n for n in self.catalog_nodes if n not in shared] or self.catalog_nodes
+        counts = {n: c for n, c in counts.items() if n in allowed}
+        return max(counts, key=counts.get) if counts else allowed[0]
+
+    # ------------------------------------------------------------- events
+    def _calls_between(self, t_from: float, t_to: float) -> Dict[str, dict]:
+        return {label: window_stats(g.snapshot(), t_from, t_to) for label, g in self.streams.items()}
+
+    def _wait(self, pred: Callable[[], Any], what: str) -> Any:
+        return wait_until(pred, self.args.converge_timeout, 0.25, what)
+
+    def _finish_event(self, ev: dict, t0: float, t_conv_seen: float, t_restore: float,
+                      t_restored: float, affected: str) -> dict:
+        a = self.args
+        fail_calls = self._calls_between(t0, t_restore)
+        restore_calls = self._calls_between(t_restore, t_restored + a.post)
+        total_failed = sum(s["failed"] for s in fail_calls.values())
+        total_retried = sum(s["retried"] for s in fail_calls.values())
+        bad = [s["last_bad_send"] for s in fail_calls.values() if s["last_bad_send"]]
+        recs = self.streams[affected].snapshot()
+        ev.update({
+            "t0": t0, "t_converged_seen": t_conv_seen, "t_restore": t_restore,
+            "t_restored": t_restored, "affected_stream": affected,
+            "calls": fail_calls, "restore_calls": restore_calls,
+            "calls_failed": total_failed, "calls_retried": total_retried,
+            "restore_calls_failed": sum(s["failed"] for s in restore_calls.values()),
+            "restore_calls_retried": sum(s["retried"] for s in restore_calls.values()),
+            "disruption_s": rnd(max(0.0, max(bad) - t0), 4) if bad else 0.0,
+            "loadavg_after": _loadavg(),
+            "longest_gap_s": rnd(longest_gap(recs, t0, t_restore), 4),
+            "restore_convergence_s": rnd(t_restored - t_restore, 3),
+        })
+        self.events_out.write(ev)
+        self.results.append(ev)
+        self.p.log(f"{ev['event']}: detection {fmt(_ms(ev.get('detection_s')))} ms, local failover "
+                   f"{fmt(_ms(ev.get('local_failover_s')))} ms, global convergence "
+                   f"{fmt(_ms(ev.get('global_convergence_s')))} ms, calls failed {total_failed}, "
+                   f"retried {total_retried}")
+        return ev
+
+    def ev_link_cut(self, flap: bool = False) -> dict:
+        a, net, lab = self.args, self.net, self.lab
+        x, y = self.link if hasattr(self, "link") else self.pick_link()
+        self.link = (x, y)
+        intfs = net.link_intfs(x, y)
+        time.sleep(a.pre)
+        watch = FibWatcher(net, [x, y], time.time())
+        t0 = time.time()
+        watch.t0 = t0
+        lab.fail(f"{x}-{y}")
+
+        def seen() -> Optional[dict]:
+            out = {}
+            for n, intf in intfs.items():
+                st = net.status(n)
+                ev = (st or {}).get("face_events", {}).get(intf)
+                if ev and not ev["up"] and ev["time"] >= t0:
+                    out[n] = ev
+            return out if len(out) == 2 else None
+        faces = self._wait(seen, f"both ends of {x}-{y} to see carrier down")
+        t_detect = min(e["time"] for e in faces.values())
+        sts = self._wait(lambda: net.converged_after(t0, [x, y]), "convergence after the cut")
+        t_seen = time.time()
+        first = watch.stop()
+        t_conv = net.last_change_after(sts, t0)
+        ev = {"event": "link_cut", "target": f"{x}-{y}", "interfaces": intfs,
+              "detected_by": {n: e["source"] for n, e in faces.items()},
+              "detection_s": rnd(t_detect - t0, 4),
+              "local_failover_s": rnd(t_detect - t0, 4),
+              "local_failover_how": "carrier down: the pipeline skips the face at once "
+                                    "(ECMP / loop-free alternate next hops already in the FIB)",
+              "first_fib_change_s": {n: rnd(t - t0, 4) for n, t in first.items()},
+              "global_convergence_s": rnd(t_conv - t0, 4) if t_conv else None,
+              "nodes_changed": sum(1 for s in sts.values()
+                                   if (s["routing"]["last_change"] or 0) >= t0)}
+        time.sleep(a.post)
+        t_restore = time.time()
+        lab.restore(f"{x}-{y}")
+        self._wait(lambda: net.converged_after(t_restore, [x, y]) and net.fully_converged(),
+                   "convergence after the restore")
+        return self._finish_event(ev, t0, t_seen, t_restore, time.time(), "path")
+
+    def _kill(self, node: str) -> None:
+        if self.args.kill_mode == "node":
+            self.lab.fail(node)
+        else:
+            self.net.killed.add(node)
+            self.lab.fwd[node].kill()
+
+    def _revive(self, node: str) -> None:
+        if self.args.kill_mode == "node":
+            self.lab.restore(node)
+        else:
+            self.lab.fwd[node].start()
+            self.net.killed.discard(node)
+
+    def ev_kill(self, kind: str, node: str, affected: str) -> dict:
+        a, net, lab = self.args, self.net, self.lab
+        neigh = net.neighbours(node)
+        time.sleep(a.pre)
+        t_before = time.time()
+        watch = FibWatcher(net, neigh, t_before)
+        t0 = time.time()
+        watch.t0 = t0
+        self._kill(node)
+
+        def detected() -> Optional[Tuple[float, str]]:
+            if a.kill_mode == "node":
+                best = None
+                for n in neigh:
+                    intf = net.link_intfs(n, node)[n]
+                    e = (net.status(n) or {}).get("face_events", {}).get(intf)
+                    if e and not e["up"] and e["time"] >= t0:
+                        best = min(best or (e["time"], n), (e["time"], n))
+                return best
+            times = []
+            for n in neigh:
+                for t in log_events(lab.fwd[n].log, "adjacency_down", t0, f"/node/{node}'"):
+                    times.append((t, n))
+            return min(times) if times else None
+        t_detect, by = wait_until(detected, a.converge_timeout, 0.05, f"a neighbour of {node} to notice")
+        sts = self._wait(lambda: net.converged_after(t0, None, gone=node),
+                         f"convergence after killing {node}")
+        t_seen = time.time()
+        first = watch.stop()
+        t_local = min(first.values()) if first else None
+        if a.kill_mode == "node":
+            t_local = min(t_detect, t_local or t_detect)
+        t_conv = net.last_change_after(sts, t0)
+        ev = {"event": kind, "target": node, "kill_mode": a.kill_mode, "neighbours": neigh,
+              "detected_by": by,
+              "detection_how": "carrier (links down)" if a.kill_mode == "node" else
+                               "hello dead interval: adjacency_down in the neighbour's log",
+              "detection_s": rnd(t_detect - t0, 4),
+              "local_failover_s": rnd(t_local - t0, 4) if t_local else None,
+              "local_failover_how": "first FIB change at a neighbour after the failure",
+              "first_fib_change_s": {n: rnd(t - t0, 4) for n, t in first.items()},
+              "global_convergence_s": rnd(t_conv - t0, 4) if t_conv else None,
+              "dead_ms": lab.dead_ms, "hello_ms": lab.hello_ms}
+        time.sleep(a.post)
+        t_restore = time.time()
+        self._revive(node)
+        self._wait(lambda: net.converged_after(t_restore, None) and net.fully_converged(),
+                   f"convergence after restarting {node}")
+        return self._finish_event(ev, t0, t_seen, t_restore, time.time(), affected)
+
+    def ev_scsc(self) -> dict:
+        a, net, lab = self.args, self.net, self.lab
+        ev: Dict[str, Any] = {"event": "scsc_kill", "target": "scsc"}
+        if lab.scsc is None:
+            ev["skipped"] = f"no SCSC in this lab: {lab.scsc_reason}"
+            self.p.log(f"scsc_kill skipped: {ev['skipped']}")
+            t = time.time()
+            return self._finish_event(ev, t, t, t, t, "anycast")
+        time.sleep(a.pre)
+        before = lab.scsc_api("GET", "/health")
+        t0 = time.time()
+        lab.scsc.kill()
+        needles = ("SCSC session ended", "the SCSC closed the connection", "no word from the SCSC")
+
+        def noticed() -> Optional[Tuple[float, int]]:
+            times = []
+            for n in net.alive():
+                ts = [t for nd in needles for t in log_events(lab.fwd[n].log, nd, t0)]
+                if ts:
+                    times.append(min(ts))
+            return (min(times), len(times)) if times else None
+        try:
+            t_detect, _ = wait_until(noticed, 10, 0.1, "a forwarder to notice the SCSC is gone")
+        except TimeoutError:
+            t_detect = None
+        # the SCSC stays down; calls go on
+        rest = a.scsc_down - (time.time() - t0)
+        if rest > 0:
+            time.sleep(rest)
+        seen = noticed()
+        t_restore = time.time()
+        lab.scsc.start()
+        n_alive = len(net.alive())
+
+        def back() -> Optional[dict]:
+            try:
+                h = lab.scsc_api("GET", "/health", timeout=3.0)
+            except Exception:
+                return None
+            ok = h.get("connected", 0) >= n_alive and h.get("in_sync", 0) >= n_alive
+            return h if ok else None
+        health = self._wait(back, "every forwarder back with the SCSC")
+        t_back = time.time()
+        ev.update({"detection_s": rnd(t_detect - t0, 4) if t_detect else None,
+                   "detection_how": "agents' log: session ended / closed / no word",
+                   "forwarders_noticed": seen[1] if seen else 0,
+                   "local_failover_s": None,
+                   "local_failover_how": "none needed: forwarding never depends on the SCSC; "
+                                         "rules stay until their lifetime runs out",
+                   "global_convergence_s": rnd(t_back - t_restore, 4),
+                   "global_convergence_how": "SCSC restart to every forwarder connected and in sync "
+                                             "(GET /health)",
+                   "scsc_down_s": rnd(t_restore - t0, 3), "health_before": before,
+                   "health_after": health})
+        return self._finish_event(ev, t0, t_back, t_restore, t_back, "anycast")
+
+    def ev_flap(self) -> dict:
+        a, net, lab = self.args, self.net, self.lab
+        x, y = self.link if hasattr(self, "link") else self.pick_link()
+        intfs = net.link_intfs(x, y)
+        time.sleep(a.pre)
+        stats0 = self._routing_totals()
+        t0 = time.time()
+        detections = []
+        for c in range(a.flap_cycles):
+            td = time.time()
+            lab.fail(f"{x}-{y}")
+            try:
+                e = wait_until(lambda: (lambda ev: ev if ev and not ev["up"] and ev["time"] >= td
+                                        else None)((net.status(x) or {}).get("face_events", {})
+                                                   .get(intfs[x])), 3, 0.02, "carrier down")
+                detections.append(e["time"] - td)
+            except TimeoutError:
+                pass
+            rest = a.flap_down - (time.time() - td)
+            if rest > 0:
+                time.sleep(rest)
+            tu = time.time()
+            lab.restore(f"{x}-{y}")
+            rest = a.flap_up - (time.time() - tu)
+            if rest > 0 and c + 1 < a.flap_cycles:
+                time.sleep(rest)
+        t_last = time.time()
+        self._wait(lambda: net.converged_after(t_last - 0.01, [x, y]) and net.fully_converged(),
+                   "convergence after the flapping")
+        t_done = time.time()
+        sts = lab.statuses(net.alive())
+        t_conv = net.last_change_after(sts, t_last - 0.01)
+        stats1 = self._routing_totals()
+        ev = {"event": "link_flap", "target": f"{x}-{y}", "cycles": a.flap_cycles,
+              "down_s": a.flap_down, "up_s": a.flap_up,
+              "detection_s": rnd(sum(detections) / len(detections), 4) if detections else None,
+              "detection_s_each": [rnd(d, 4) for d in detections],
+              "detection_how": "carrier down (face_events), mean over the cycles",
+              "local_failover_s": rnd(sum(detections) / len(detections), 4) if detections else None,
+              "local_failover_how": "carrier down: the pipeline skips the face at once",
+              "global_convergence_s": rnd(t_conv - t_last, 4) if t_conv else 0.0,
+              "global_convergence_how": "last restore to the last route change anywhere",
+              "routing_packets_sent": {k: stats1.get(k, 0) - stats0.get(k, 0) for k in stats1}}
+        return self._finish_event(ev, t0, t_done, t_done, t_done, "path")
+
+    def _routing_totals(self) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for s in self.lab.statuses(self.net.alive()).values():
+            for k, v in ((s or {}).get("routing") or {}).get("stats", {}).items():
+                if isinstance(v, int) and k in ("hellos_sent", "lsas_sent", "lsas_originated",
+                                                "acks_sent", "spf_runs"):
+                    out[k] = out.get(k, 0) + v
+        return out
+
+    # --------------------------------------------------------------- run
+    def run(self) -> None:
+        events = [e for e in parse_list(self.args.events, str) if e]
+        bad = [e for e in events if e not in EVENTS]
+        if bad:
+            raise SystemExit(f"unknown event(s) {bad}; choose from {EVENTS}")
+        self.p.total = len(events) + 2
+        self.p.step(f"bringing up a k={self.args.k} fat tree")
+        self.setup()
+        for e in events:
+            if e == "link_cut":
+                self.link = self.pick_link()
+                self.p.step(f"link_cut: {self.link[0]}-{self.link[1]}")
+                self.ev_link_cut()
+            elif e == "sr_kill":
+                node = self.pick_sr()
+                self.p.step(f"sr_kill: {node} ({self.args.kill_mode})")
+                self.ev_kill("sr_kill", node, "path")
+            elif e == "sg_kill":
+                node = self.pick_sg()
+                self.p.step(f"sg_kill: {node} (instance of {ANY_PREFIX}, {self.args.kill_mode})")
+                self.ev_kill("sg_kill", node, "anycast")
+            elif e == "scsc_kill":
+                self.p.step("scsc_kill")
+                self.ev_scsc()
+            elif e == "link_flap":
+                if not hasattr(self, "link"):
+                    self.link = self.pick_link()
+                self.p.step(f"link_flap: {self.link[0]}-{self.link[1]} x{self.args.flap_cycles}")
+                self.ev_flap()
+        time.sleep(0.5)
+
+    def stop_streams(self) -> None:
+        for g in self.streams.values():
+            g.stop()
+
+    def teardown(self) -> None:
+        try:
+            self.stop_streams()
+        finally:
+            if self.procs is not None:
+                self.procs.stop()
+            if self.lab is not None:
+                self.lab.stop()
+
+    # ------------------------------------------------------------ report
+    def report(self, error: Optional[str] = None) -> None:
+        if self.lab is None or not hasattr(self, "path_client"):
+            self.res.summary({"error": error or "no lab", "events": {}},
+                             f"# Failure experiment\n\n**Failed before any event: {error}**\n")
+            return
+        self.plot()
+        rows, csvrows, head = [], [], {}
+        for ev in self.results:
+            name = ev["event"]
+            d = {"event": name, "target": ev.get("target"),
+                 "detection_ms": _ms(ev.get("detection_s")),
+                 "local_failover_ms": _ms(ev.get("local_failover_s")),
+                 "global_convergence_ms": _ms(ev.get("global_convergence_s")),
+                 "calls_failed": ev.get("calls_failed"), "calls_retried": ev.get("calls_retried"),
+                 "disruption_ms": _ms(ev.get("disruption_s")),
+                 "longest_gap_ms": _ms(ev.get("longest_gap_s")),
+                 "restore_convergence_ms": _ms(ev.get("restore_convergence_s")),
+                 "restore_calls_failed": ev.get("restore_calls_failed"),
+                 "calls_in_window": sum(s["calls"] for s in ev.get("calls", {}).values()),
+                 "skipped": ev.get("skipped")}
+            csvrows.append(d)
+            head[name] = {k: v for k, v in d.items() if k not in ("event",)}
+            rows.append([name, d["target"], fmt(d["detection_ms"]), fmt(d["local_failover_ms"]),
+                         fmt(d["global_convergence_ms"]), d["calls_failed"], d["calls_retried"],
+                         d["calls_in_window"], fmt(d["disruption_ms"]),
+                         f"{fmt(d['restore_convergence_ms'])} / {d['restore_calls_failed']}"])
+        self.res.write_csv("events.csv", csvrows)
+        all_calls = {label: g.snapshot() for label, g in self.streams.items()}
+        totals = {label: {"calls": len(r), "failed": sum(1 for x in r if not x["ok"]),
+                          "retried": sum(1 for x in r if x["attempts"] > 1)}
+                  for label, r in all_calls.items()}
+        flat = {}
+        for name, d in head.items():
+            for k in ("detection_ms", "local_failover_ms", "global_convergence_ms",
+                      "calls_failed", "calls_retried"):
+                flat[f"{name}_{k}"] = d.get(k)
+        a = self.args
+        md = [f"# Failure experiment ({'QUICK' if a.quick else 'default'} run)", "",
+              f"k={a.k} fat tree, lab run `{self.lab.run_dir}`, routing {self.lab.routing}, "
+              f"hello {self.lab.hello_ms} ms / dead {self.lab.dead_ms} ms. Two open-loop streams of "
+              f"{a.rate:g} calls/s each: path {self.path_client} -> {PATH_PREFIX} "
+              f"({self.path_server}), anycast {self.any_client} -> {ANY_PREFIX} "
+              f"({', '.join(self.catalog_nodes)}); {a.attempts} attempts of {a.timeout:g} s per call, "
+              f"{a.flows} flows per stream; kill mode `{a.kill_mode}`.", "",
+              md_table(rows, ["event", "target", "detection ms", "local failover ms",
+                              "global convergence ms", "calls failed", "calls retried",
+                              "calls in window", "disruption ms", "restore: convergence ms / failed"]),
+              "",
+              "Definitions: detection = failure to the first node noticing it (carrier event, or "
+              "a neighbour's `adjacency_down` after the hello dead interval, or the agents losing "
+              "the SCSC); local failover = failure to the node next to it forwarding around it "
+              "(face down, or its first FIB change); global convergence = failure to the last "
+              "route change anywhere once all link-state databases agree (SCSC: restart to every "
+              "forwarder connected and in sync). Calls are counted from the failure until the "
+              "restore; disruption = failure to the send time of the last failing attempt.", "",
+              f"Whole run: " + ", ".join(f"{k}: {v['calls']} calls, {v['failed']} failed, "
+                                         f"{v['retried']} retried" for k, v in totals.items()), "",
+              "Plots: `failure_timeline.png` (all events), `timeline_<event>.png`.", ""]
+        if error:
+            md += [f"**The run stopped early: {error}** (the table holds the events measured "
+                   "before that).", ""]
+            flat["error"] = error
+        notes = [ev for ev in self.results if ev.get("skipped")]
+        for ev in notes:
+            md.append(f"* {ev['event']} skipped: {ev['skipped']}")
+        self.res.summary({"events": head, "stream_totals": totals, **flat}, "\n".join(md))
+
+    def plot(self) -> None:
+        if not self.results:
+            return
+        colors = {"path": "tab:blue", "anycast": "tab:purple"}
+        records = {label: g.snapshot() for label, g in self.streams.items()}
+        evs = [e for e in self.results if not e.get("skipped")]
+
+        def draw(ax, ev) -> None:
+            t0 = ev["t0"]
+            lo, hi = t0 - self.args.pre, ev["t_restored"] + 0.5
+            for label, recs in records.items():
+                ok = [(r["t_sched"] - t0, r["latency_ms"]) for r in recs
+                      if r["ok"] and lo <= r["t_sched"] <= hi]
+                bad = [r["t_sched"] - t0 for r in recs if not r["ok"] and lo <= r["t_sched"] <= hi]
+                if ok:
+                    ax.scatter([x for x, _ in ok], [y for _, y in ok], s=5, alpha=0.6,
+                               color=colors.get(label), label=f"{label} ok")
+                retried = [(r["t_sched"] - t0, r["latency_ms"]) for r in recs
+                           if r["ok"] and r["attempts"] > 1 and lo <= r["t_sched"] <= hi]
+                if retried:
+                    ax.scatter([x for x, _ in retried], [y for _, y in retried], s=18,
+                               facecolors="none", edgecolors="orange", label=f"{label} retried")
+                if bad:
+                    ax.scatter(bad, [self.args.timeout * self.args.attempts * 1000 * 1.3] * len(bad),
+                               marker="x", color="red", s=20, label=f"{label} failed")
+            ax.axvline(0, color="black", lw=1, label="failure")
+            for key, col, lab in (("detection_s", "orange", "detection"),
+                                  ("local_failover_s", "green", "local failover"),
+                                  ("global_convergence_s", "red", "global convergence")):
+                v = ev.get(key)
+                if v is not None:
+                    ax.axvline(v, color=col, ls="--", lw=1, label=lab)
+            ax.axvline(ev["t_restore"] - t0, color="grey", ls=":", lw=1, label="restore")
+            ax.set_yscale("log")
+            ax.set_xlim(lo - t0, hi - t0)
+            ax.set_xlabel("seconds from the failure")
+            ax.set_ylabel("call latency (ms)")
+            ax.set_title(f"{ev['event']}: {ev.get('target')}")
+            ax.grid(alpha=0.3)
+
+        for ev in evs:
+            with self.res.figure(f"timeline_{ev['event']}", size=(9, 4)) as (fig, axes):
+                draw(axes[0][0], ev)
+                axes[0][0].legend(fontsize=7, loc="upper right", ncol=2)
+        if evs:
+            with self.res.figure("failure_timeline", nrows=len(evs), size=(10, 3.2 * len(evs))) \
+                    as (fig, axes):
+                for i, ev in enumerate(evs):
+                    draw(axes[i][0], ev)
+                axes[0][0].legend(fontsize=7, loc="upper right", ncol=3)
+
+
+def _loadavg() -> Optional[List[float]]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def _ms(s: Optional[float]) -> Optional[float]:
+    return None if s is None else round(s * 1000.0, 1)
+
+
+def main(argv=None) -> int:
+    args = parse_args(NAME, __doc__, add_args, DEFAULTS, QUICK, argv)
+    require_root(NAME)
+    if args.k < 2 or args.k % 2:
+        sys.exit("failure: --k must be an even integer >= 2")
+    install_signal_handlers()
+    res = Results(NAME, args)
+    progress = Progress(NAME)
+    progress.log(f"results in {res.dir}")
+    exp = FailureExperiment(args, res, progress)
+    error = None
+    try:
+        exp.run()
+    except (Exception, KeyboardInterrupt) as exc:  # report what was measured, then fail
+        error = f"{type(exc).__name__}: {exc}"
+        progress.log(f"FAILED: {error}")
+    finally:
+        exp.teardown()
+        res.write_config(progress=progress.lines)
+    exp.report(error)
+    progress.log(f"{'FAILED' if error else 'done'}: {res.dir}/summary.md")
+    print((res.dir / "summary.md").read_text())
+    return 1 if error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
