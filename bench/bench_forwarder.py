@@ -93,11 +93,11 @@ def measure_fps(net: NetnsNetwork, frame: bytes, g_intf: str, s_intf: str, work:
         rx1, t1 = rx_packets(net, "s", s_intf), time.monotonic()
         tx1 = int(g.cmd(["cat", f"/sys/class/net/{g_intf}/statistics/tx_packets"]).stdout)
     finally:
-        gen.send_signal(signal.SIGINT)  # trafgen's clean stop; SIGTERM is slow
+        os.killpg(gen.pid, signal.SIGINT)  # trafgen and its worker: the whole group
         try:
             gen.wait(15)
         except subprocess.TimeoutExpired:
-            gen.kill()
+            os.killpg(gen.pid, signal.SIGKILL)
             gen.wait(5)
     dt = t1 - t0
     return {"fps": round((rx1 - rx0) / dt), "offered_fps": round((tx1 - tx0) / dt),

@@ -276,8 +276,10 @@ class Forwarder:
             if keep is None:
                 self.flows._flows.pop(key, None)
                 fe = None
-            else:
+            else:  # same hop; the policy (rule, priority) may have changed
                 fe.generation, fe.rule = gen, rule
+                fe.priority = rule.priority if rule is not None and rule.priority is not None \
+                    else tlv_prio
         if fe is not None and (fe.face_id != in_face or not self.faces.faces[in_face].network):
             out_face = fe.face_id
         else:

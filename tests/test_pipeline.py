@@ -266,3 +266,11 @@ def test_long_work_folders_get_short_socket_paths(tmp_path):
     cfg = parse({"node": "/node/a", "workdir": str(deep)})
     assert len(str(cfg.local_socket)) < 100 and str(cfg.local_socket).startswith("/run/dmsc/")
     assert cfg.mgmt_socket.parent == cfg.local_socket.parent
+
+
+def test_new_priority_applies_to_existing_flows(fwd):
+    (a,) = fwd.receive(fwd.up, req("/svc"), 1.0)
+    assert a.priority == 0
+    fwd.set_rule(Rule(N("/svc"), priority=7))   # e.g. the SCSC marks /svc critical
+    (a,) = fwd.receive(fwd.up, req("/svc"), 1.1)
+    assert a.priority == 7 and a.face_id == fwd.e1

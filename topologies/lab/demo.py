@@ -36,10 +36,21 @@ class Tour:
         self.results: List[Tuple[str, bool, str]] = []
         topo = lab.topo
         self.svc = {s.app: s for s in topo.services}
-        # a client SG: one hosting no shop service if possible, else the first SG
+        # the client SG: one hosting no shop service if possible, else one without payment
         hosting = {n for s in topo.services for n in s.nodes}
         free = [n for n in topo.sgs if n not in hosting]
-        self.client = (free or topo.sgs)[-1]
+        pay = set(self.svc["payment"].nodes) if "payment" in self.svc else set()
+        self.client = (free or [n for n in topo.sgs if n not in pay] or topo.sgs)[-1]
+        # what the route and failure steps follow: a service with no instance on the client,
+        # else the farthest node
+        remote = [s.prefix for s in sorted(topo.services, key=lambda s: s.app != "payment")
+                  if self.client not in s.nodes]
+        if remote:
+            self.target = remote[0]
+        else:
+            from .model import distances
+            d = distances(topo.adjacency(), self.client)
+            self.target = "/node/" + max(d, key=lambda n: (d[n], n))
 
     def step(self, title: str, fn: Callable[[], str]) -> bool:
         t = time.monotonic()
@@ -142,48 +153,64 @@ class Tour:
             raise Step(f"curl {url} on {node}: not JSON: {res.stdout[:200]}") from None
 
     def route(self) -> str:
-        res = self.cmd.cmd_route(self.client, "/shop/payment")
-        expect(res.ok, f"trace did not reach /shop/payment:\n{res.text}")
+        res = self.cmd.cmd_route(self.client, self.target)
+        expect(res.ok, f"trace did not reach {self.target}:\n{res.text}")
         self.path = [h["node"] for h in res.data["hops"]]
         return res.text
 
-    def failure(self) -> str:
-        """Fail a link on the current path whose loss keeps the network connected."""
+    def _failable(self, path: List[str]):
+        """The first link on client -> path whose loss keeps the network connected."""
+        from .model import distances
         topo = self.lab.topo
-        names = [f"/node/{self.client}"] + list(getattr(self, "path", []))
-        nodes = [n.split("/")[-1] for n in names]
-        candidate = None
+        nodes = [self.client] + [n.split("/")[-1] for n in path]
         for a, b in zip(nodes, nodes[1:]):
             for l in topo.links_between(a, b):
                 adj = topo.adjacency(down=[l] + self.lab.down_links, dead=self.lab.dead_nodes)
-                from .model import distances
                 if len(distances(adj, a)) == len(topo.nodes) - len(self.lab.dead_nodes):
-                    candidate = l
+                    return l
+        return None
+
+    def failure(self) -> str:
+        """Fail a link on the current path whose loss keeps the network connected."""
+        from .model import distances
+        topo = self.lab.topo
+        candidate = self._failable(list(getattr(self, "path", [])))
+        if candidate is None:  # e.g. the instance sits behind the same leaf: go far instead
+            d = distances(topo.adjacency(), self.client)
+            for far in sorted(d, key=lambda n: (-d[n], n)):
+                tr = self.cmd.cmd_route(self.client, f"/node/{far}")
+                if tr.ok:
+                    candidate = self._failable([h["node"] for h in tr.data["hops"]])
+                    if candidate is not None:
+                        self.target = f"/node/{far}"
+                        break
+                if d[far] < 2:
                     break
-            if candidate:
-                break
         if candidate is None:
-            return "skipped: no link on the path can fail without cutting the network"
+            return "skipped: no link on any path can fail without cutting the network"
         target = f"{candidate.a}-{candidate.b}"
         lines = [self.cmd.cmd_fail(target).text]
         t0 = time.monotonic()
         ok_after = None
         while time.monotonic() - t0 < 20:
-            r = self.cmd.cmd_call(self.client, "/shop/payment/pay",
-                                  json.dumps({"user": "demo", "amount": 1}))
+            if self.target == "/shop/payment":
+                r = self.cmd.cmd_call(self.client, "/shop/payment/pay",
+                                      json.dumps({"user": "demo", "amount": 1}))
+            else:
+                r = self.cmd.cmd_ping(self.client, self.target, "1")
             if r.ok:
                 ok_after = time.monotonic() - t0
                 break
             time.sleep(0.2)
-        expect(ok_after is not None, f"/shop/payment unreachable for 20 s after {target} failed")
-        tr = self.cmd.cmd_route(self.client, "/shop/payment")
-        expect(tr.ok, f"no route to /shop/payment after the failure:\n{tr.text}")
+        expect(ok_after is not None, f"{self.target} unreachable for 20 s after {target} failed")
+        tr = self.cmd.cmd_route(self.client, self.target)
+        expect(tr.ok, f"no route to {self.target} after the failure:\n{tr.text}")
         hops = [h["node"].split("/")[-1] for h in tr.data["hops"]]
         seq = [self.client] + hops
         used = any({x, y} == {candidate.a, candidate.b} for x, y in zip(seq, seq[1:]))
         expect(not used, f"the new path still crosses {target}: {' -> '.join(seq)}")
-        lines.append(f"calls to /shop/payment work again {ok_after:.2f} s after the failure; "
-                     f"new path {' -> '.join(seq)}")
+        lines.append(f"{'calls to' if self.target == '/shop/payment' else 'pings to'} {self.target} "
+                     f"work again {ok_after:.2f} s after the failure; new path {' -> '.join(seq)}")
         lines.append(self.cmd.cmd_restore(target).text)
         took = self.lab.wait_converged(60)
         lines.append(f"restored; converged again in {took:.2f} s")
@@ -252,7 +279,7 @@ class Tour:
                  ("discovery: every node routes every service prefix", self.discovery),
                  ("ping: DMSC echo to a service name and a node name", self.ping),
                  ("calls: the shop through the client library and the HTTP adapters", self.calls),
-                 ("route: the path /shop/payment takes, hop by hop", self.route),
+                 (f"route: the path {self.target} takes, hop by hop", self.route),
                  ("failure: a link on that path fails, traffic recovers, the link comes back",
                   self.failure),
                  ("telemetry: request counts and latency per prefix", self.telemetry),
