@@ -41,6 +41,23 @@ bench-scsc: setup ## SCSC policy push to 36 real / 200 simulated forwarders -> b
 	@mkdir -p bench/results
 	$(PY) bench/bench_scsc.py $(ARGS)
 
+.PHONY: exp-failure exp-load exp-telemetry exp-sidecar experiments
+exp-failure: setup ## failure experiment on the fat tree -> results/failure/latest (QUICK=1: < 2 min)
+	$(PY) -m experiments.failure $(if $(filter 1 yes true,$(QUICK)),--quick) $(ARGS)
+
+exp-load: setup ## open-loop rate sweep, SCSC adaptive weights on/off -> results/load/latest (QUICK=1)
+	$(PY) -m experiments.load $(if $(filter 1 yes true,$(QUICK)),--quick) $(ARGS)
+
+exp-telemetry: setup ## per-hop telemetry vs tc/nftables ground truth, its cost -> results/telemetry/latest
+	$(PY) -m experiments.telemetry $(if $(filter 1 yes true,$(QUICK)),--quick) $(ARGS)
+
+exp-sidecar: setup ## the shop direct vs nginx sidecars vs DMSC -> results/sidecar/latest (QUICK=1)
+	$(PY) -m experiments.sidecar $(if $(filter 1 yes true,$(QUICK)),--quick) $(ARGS)
+
+experiments: setup ## all four experiments, one after another (QUICK=1 for the short runs)
+	@set -e; for e in failure load telemetry sidecar; do \
+		echo "experiments: $$e"; $(PY) -m experiments.$$e $(if $(filter 1 yes true,$(QUICK)),--quick); done
+
 clean: ## remove namespaces, links and processes left by crashed runs (by their records)
 	@if [ -x $(PY) ]; then $(PY) -m topologies.clean $(ARGS); else python3 -m topologies.clean $(ARGS); fi
 

@@ -31,12 +31,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from os_ken import cfg
     from os_ken.base import app_manager
+    from oslo_config.cfg import Error as ConfigError
     from . import app as scsc_app  # registers the options
 
     try:
         cfg.CONF(args=argv, project="dmsc-scsc", prog="python -m controller",
                  default_config_files=[])
-    except cfg.cfg.Error as exc:
+    except ConfigError as exc:
         print(f"controller: {exc}", file=sys.stderr)
         return 2
     level = str(cfg.CONF.log_level).upper()

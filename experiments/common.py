@@ -262,7 +262,16 @@ class Results:
         out = {"experiment": self.name, "quick": self.config.get("quick"),
                "duration_s": round(time.time() - self.started, 1), **headline,
                "files": sorted(set(files) | {"summary.json", "summary.md"})}
+        out["loadavg_start"] = self.config.get("machine", {}).get("loadavg")
+        out["loadavg_end"] = loadavg()
         self.path("summary.json").write_text(json.dumps(_jsonable(out), indent=1) + "\n")
+        la0, la1 = out["loadavg_start"], out["loadavg_end"]
+        cpus = os.cpu_count() or 1
+        if (la0 and la0[0] > 2 * cpus) or (la1 and la1[0] > 2 * cpus):
+            markdown = markdown.rstrip() + (
+                f"\n\n*Machine load: 1-minute load average {la0[0] if la0 else '?'} at the start, "
+                f"{la1[0] if la1 else '?'} at the end, on {cpus} CPUs: other work was running; "
+                "absolute numbers are noisy, compare the side-by-side ratios.*\n")
         self.path("summary.md").write_text(markdown.rstrip() + "\n")
 
     def close(self) -> None:
@@ -496,6 +505,31 @@ def start_lab(topo, res: Results, progress: Progress, *, run_kind: str, attempts
             last = exc
             progress.log(f"lab start failed ({exc}); {'retrying' if i + 1 < attempts else 'giving up'}")
     raise last  # type: ignore[misc]
+
+
+def settle(lab, timeout: float = 60.0, settle_s: float = 1.0) -> float:
+    """Wait until the lab is converged (link-state databases agree, no FIB change for
+    settle_s, every forwarder answers); returns the seconds it took.
+
+    A 2-core machine saturated by a previous measurement can starve the Python
+    forwarders long enough for adjacencies to flap; measuring DMSC before it has
+    converged again would measure the flap, not the data plane.
+    """
+    t0 = time.monotonic()
+    problems: List[str] = ["not checked"]
+    while time.monotonic() - t0 < timeout:
+        problems = lab.convergence_problems(settle_s=settle_s, full=False)
+        if not problems:
+            return time.monotonic() - t0
+        time.sleep(0.25)
+    raise TimeoutError(f"the lab did not settle within {timeout:.0f}s: {'; '.join(problems[:2])}")
+
+
+def loadavg() -> Optional[List[float]]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
 
 
 def lab_facts(lab) -> dict:

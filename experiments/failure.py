@@ -69,7 +69,7 @@ ANY_PREFIX = "/shop/catalog"
 
 DEFAULTS = dict(k=4, rate=50.0, timeout=0.5, attempts=3, flows=8, pre=3.0, post=2.0,
                 flap_cycles=5, flap_down=0.5, flap_up=0.5, scsc_down=6.0, converge_timeout=30.0,
-                events=",".join(EVENTS), kill_mode="process")
+                events=",".join(EVENTS), kill_mode="process", hello_ms=None, dead_ms=None)
 QUICK = dict(rate=40.0, pre=1.5, post=1.0, flap_cycles=3, flap_down=0.4, flap_up=0.4,
              scsc_down=3.0, converge_timeout=20.0)
 
@@ -88,6 +88,8 @@ def add_args(ap) -> None:
     ap.add_argument("--scsc-down", type=float, help="seconds the SCSC stays dead")
     ap.add_argument("--converge-timeout", type=float)
     ap.add_argument("--events", help=f"comma list of {','.join(EVENTS)}")
+    ap.add_argument("--hello-ms", type=int, help="routing hello interval (default: the lab's, 200)")
+    ap.add_argument("--dead-ms", type=int, help="routing dead interval (default: the lab's, 1000)")
     ap.add_argument("--kill-mode", choices=["process", "node"],
                     help="process: SIGKILL the forwarder, links stay up (default); "
                          "node: lab.fail (forwarder killed and its links down)")
@@ -269,7 +271,8 @@ class FailureExperiment:
         from forwarder.client import Client
         from topologies.lab.builders import fat_tree
         a = self.args
-        self.lab = start_lab(fat_tree(a.k), self.res, self.p, run_kind="exp-failure")
+        self.lab = start_lab(fat_tree(a.k), self.res, self.p, run_kind="exp-failure",
+                             hello_ms=a.hello_ms, dead_ms=a.dead_ms)
         self.net = Net(self.lab, self.p)
         self.procs = ProcSet(self.lab)
         topo = self.lab.topo

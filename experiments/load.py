@@ -23,6 +23,8 @@ flow, so anycast and ECMP choices are per request) offers each rate for
    * adaptive off: the same weights everywhere, pinned equal with a
      ``pin_weights`` intent (the SCSC and its telemetry still run, so both
      sweeps carry the same overhead).
+   On and off are measured side by side at each rate (alternating order), so
+   background load on a shared machine hits both alike.
    Tail latency (p99, p95) and the slow instance's share, on against off.
 
 Outputs: config.json, steps.csv (one row per step), requests-<phase>-<rate>.jsonl
@@ -40,7 +42,7 @@ from typing import Any, Dict, List, Optional
 
 from .common import (Progress, ProcSet, Results, build_topology, fmt, install_signal_handlers,
                      issue_identity, lab_facts, md_table, parse_args, parse_list, require_root,
-                     rnd, seed_all, start_lab, wait_until)
+                     rnd, seed_all, settle, start_lab, wait_until)
 from .loadgen import run_in_lab
 
 NAME = "load"
@@ -48,7 +50,8 @@ PREFIX = "/exp/work"
 
 DEFAULTS = dict(topology="fat-tree:4", rates="25,50,100,200,300,450", duration=8.0,
                 slow_rates="30,60,90,120", slow_delay_ms=20.0, slow_concurrency=1, instances=3,
-                timeout=2.0, telemetry_interval=1.0, adapt_timeout=30.0, workers=128)
+                timeout=2.0, telemetry_interval=1.0, adapt_timeout=30.0, workers=128, hello_ms=300,
+                dead_ms=3000)
 QUICK = dict(rates="25,100,250", duration=4.0, slow_rates="40,100", adapt_timeout=20.0)
 
 
@@ -64,6 +67,10 @@ def add_args(ap) -> None:
     ap.add_argument("--telemetry-interval", type=float, help="forwarders' SCSC report interval")
     ap.add_argument("--adapt-timeout", type=float, help="seconds to wait for the SCSC to react")
     ap.add_argument("--workers", type=int, help="generator threads (requests in flight at most)")
+    ap.add_argument("--hello-ms", type=int, help="routing hello interval (default 300)")
+    ap.add_argument("--dead-ms", type=int,
+                    help="routing dead interval (default 3000, so that overload does not flap "
+                         "adjacencies on a 2-core machine)")
 
 
 class LoadExperiment:
@@ -86,7 +93,8 @@ class LoadExperiment:
 
         def configure(lab) -> None:
             lab.telemetry_s = a.telemetry_interval
-        self.lab = start_lab(topo, self.res, self.p, run_kind="exp-load", configure=configure)
+        self.lab = start_lab(topo, self.res, self.p, run_kind="exp-load", configure=configure,
+                             hello_ms=a.hello_ms, dead_ms=a.dead_ms)
         self.procs = ProcSet(self.lab)
         sgs = topo.sgs
         self.client = sgs[0]
@@ -152,6 +160,7 @@ class LoadExperiment:
 
     def step(self, phase: str, rate: float) -> dict:
         a = self.a
+        settled = settle(self.lab, 60)
         before = self.served()
         tag = f"{phase}-{rate:g}"
         recs, summ = run_in_lab(self.procs, self.lab, self.client, PREFIX, rate, a.duration,
@@ -171,7 +180,7 @@ class LoadExperiment:
                "errors": summ.get("errors"),
                "slow_share": rnd(delta.get(self.slow, 0) / total, 4) if phase != "sweep" else None,
                "spread_cv": rnd(_cv(list(delta.values())), 4),
-               "served": delta, "weights": (pol or {}).get("weights")}
+               "served": delta, "weights": (pol or {}).get("weights"), "settle_s": round(settled, 2)}
         for n in self.instances:
             self.served_rows.append({"phase": phase, "rate": rate, "instance": n, "served": delta[n],
                                      "share": rnd(delta[n] / total, 4),
@@ -187,9 +196,19 @@ class LoadExperiment:
         cfg = {"delay_ms": self.a.slow_delay_ms, "concurrency": self.a.slow_concurrency} if on else {}
         self.controls[self.slow].write_text(json.dumps(cfg) + "\n")
 
+    def client_rule_starves(self) -> bool:
+        """Does the client SG hold an SCSC rule giving the slow instance at most 10 %?"""
+        rules = self.lab.fwd[self.client].api("GET", "/strategy")["rules"]
+        rule = next((r for r in rules if r["prefix"] == PREFIX), None)
+        if not rule or not rule.get("weights"):
+            return False
+        w = rule["weights"]
+        return w.get(f"/node/{self.slow}", 0) / (sum(w.values()) or 1) <= 0.1
+
     def pin_equal(self, on: bool) -> None:
-        if self.lab.scsc is None:
+        if self.lab.scsc is None or getattr(self, "pinned", False) == on:
             return
+        self.pinned = on
         if on:
             w = {f"/node/{n}": 1 for n in self.instances}
             self.lab.scsc_api("POST", "/intents?wait=10",
@@ -214,15 +233,12 @@ class LoadExperiment:
                                  timeout=a.timeout, flows=0, tag="w", workers=a.workers,
                                  label="loadgen-adapt")
             pol = self.policy("adapting", rate)
-            rules = self.lab.fwd[self.client].api("GET", "/strategy")["rules"]
-            rule = next((r for r in rules if r["prefix"] == PREFIX), None)
-            if rule and rule.get("weights"):
-                w = rule["weights"]
-                tot = sum(w.values()) or 1
-                if w.get(slow, 0) / tot <= 0.1:
-                    self.adapt = {"adaptation_s": rnd(time.time() - t0, 2), "rule": rule,
-                                  "degraded": (pol or {}).get("degraded")}
-                    return time.time() - t0
+            if self.client_rule_starves():
+                rules = self.lab.fwd[self.client].api("GET", "/strategy")["rules"]
+                rule = next((r for r in rules if r["prefix"] == PREFIX), None)
+                self.adapt = {"adaptation_s": rnd(time.time() - t0, 2), "rule": rule,
+                              "degraded": (pol or {}).get("degraded")}
+                return time.time() - t0
         self.adapt = {"adaptation_s": None, "note": f"no rule starving {slow} within "
                                                     f"{a.adapt_timeout:g}s"}
         return None
@@ -231,7 +247,7 @@ class LoadExperiment:
         a = self.a
         rates = parse_list(a.rates)
         slow_rates = parse_list(a.slow_rates)
-        self.p.total = 1 + len(rates) + 2 * len(slow_rates) + 2
+        self.p.total = 3 + len(rates) + 2 * len(slow_rates)
         self.p.step(f"bringing up {a.topology}")
         self.setup()
         # warm-up: flows, caches, the SCSC's first measurements
@@ -248,14 +264,19 @@ class LoadExperiment:
         took = self.wait_adapted()
         self.p.log(f"adaptive weights in place after {fmt(took, 1)} s" if took is not None else
                    f"the SCSC did not starve the slow instance: {self.adapt.get('note')}")
-        for r in slow_rates:
-            self.p.step(f"slow, adaptive on: {r:g} req/s")
-            self.step("adaptive_on", r)
-        self.p.step("pinning equal weights (adaptive off)")
-        self.pin_equal(True)
-        for r in slow_rates:
-            self.p.step(f"slow, adaptive off: {r:g} req/s")
-            self.step("adaptive_off", r)
+        # on and off side by side at each rate (the order alternates), so that the machine's
+        # background load hits both alike
+        self.p.step("one slow instance: adaptive on and off at each rate")
+        for i, r in enumerate(slow_rates):
+            for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                self.pin_equal(mode == "off")
+                if mode == "on" and self.lab.scsc is not None:
+                    try:
+                        wait_until(self.client_rule_starves, 15, 0.25, "the adaptive weights back")
+                    except TimeoutError as exc:
+                        self.p.log(str(exc))
+                self.p.step(f"slow, adaptive {mode}: {r:g} req/s")
+                self.step(f"adaptive_{mode}", r)
         self.pin_equal(False)
         self.set_slow(False)
 

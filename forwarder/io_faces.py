@@ -293,8 +293,15 @@ class EtherFace(FaceIO):
         return sent
 
     def carrier(self) -> bool:
+        """Operationally up: operstate turns "up" only once the kernel transmits
+        again (the carrier bit alone turns 1 a moment before, and frames sent
+        then are lost)."""
+        base = f"/sys/class/net/{self.interface}/"
         try:
-            return Path(f"/sys/class/net/{self.interface}/carrier").read_text().strip() == "1"
+            state = Path(base + "operstate").read_text().strip()
+            if state == "unknown":  # drivers that do not report operstate
+                return Path(base + "carrier").read_text().strip() == "1"
+            return state == "up"
         except OSError:
             return False
 

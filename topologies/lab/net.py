@@ -136,8 +136,8 @@ class DmscLab:
         # would eat the CPU, and a loaded machine delays hellos, so the dead interval
         # is generous (link failures are seen at once through carrier anyway).
         big = len(topo.nodes) > 80
-        self.hello_ms = hello_ms or (1000 if big else 200)
-        self.dead_ms = dead_ms or max(self.hello_ms * 5, 1000)
+        self.hello_ms = hello_ms or (1000 if big else 250)
+        self.dead_ms = dead_ms or max(self.hello_ms * 5, 2500)
         self.telemetry_s = 10.0 if big else 2.0
         self.log_level = log_level
         self.use_zygote = zygote
@@ -622,20 +622,21 @@ class DmscLab:
     def _revive_adapters(self, problems: List[str]) -> None:
         """A forwarder does not restart an HTTP adapter that exited (e.g. its ATTACH timed
         out on an overloaded machine): restart that forwarder, once per node."""
-        revived = getattr(self, "_revived", set())
+        revived: Dict[str, int] = getattr(self, "_revived", {})
         self._revived = revived
         for p in problems:
             if " not registered on " not in p:
                 continue
             node = p.rsplit(" ", 1)[-1]
-            if node in revived or node not in self.fwd:
+            if revived.get(node, 0) >= 3 or node not in self.fwd:
                 continue
             try:
                 tail = self.fwd[node].log.read_text(errors="replace")[-4000:]
             except OSError:
                 continue
-            if "adapter forwarder.http_backend exited" in tail:
-                revived.add(node)
+            if "adapter forwarder.http_backend exited" in tail[-600:] or \
+                    ("adapter forwarder.http_backend exited" in tail and node not in revived):
+                revived[node] = revived.get(node, 0) + 1
                 self.out(f"*** {node}: its HTTP adapter exited ({p}); restarting its forwarder")
                 self.fwd[node].restart()
 
@@ -752,6 +753,13 @@ class DmscLab:
                 res = _run(["ip", "-force", "-batch", "-"], check=False, input=cmds)
                 if res.returncode != 0:
                     errors.append(res.stderr.strip()[:300])
+        # the root-side management ports would go with their namespaces, but namespace
+        # teardown is asynchronous in the kernel: delete them now, then the bridge
+        ports = [f"{self._bridge}p{i}" for i in range(getattr(self, "_ports", 0))
+                 if os.path.exists(f"/sys/class/net/{self._bridge}p{i}")]
+        if ports:
+            _run(["ip", "-force", "-batch", "-"], check=False,
+                 input="".join(f"link del {p}\n" for p in ports))
         if self.run_dir is not None and os.path.exists(f"/sys/class/net/{self._bridge}"):
             res = _run(["ip", "link", "del", self._bridge], check=False)
             if res.returncode != 0:
