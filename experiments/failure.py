@@ -575,8 +575,10 @@ class FailureExperiment:
         stats0 = self._routing_totals()
         t0 = time.time()
         detections = []
+        marks = []
         for c in range(a.flap_cycles):
             td = time.time()
+            marks.append([td - t0, "down"])
             lab.fail(f"{x}-{y}")
             try:
                 e = wait_until(lambda: (lambda ev: ev if ev and not ev["up"] and ev["time"] >= td
@@ -589,6 +591,7 @@ class FailureExperiment:
             if rest > 0:
                 time.sleep(rest)
             tu = time.time()
+            marks.append([tu - t0, "up"])
             lab.restore(f"{x}-{y}")
             rest = a.flap_up - (time.time() - tu)
             if rest > 0 and c + 1 < a.flap_cycles:
@@ -609,6 +612,7 @@ class FailureExperiment:
               "local_failover_how": "carrier down: the pipeline skips the face at once",
               "global_convergence_s": rnd(t_conv - t_last, 4) if t_conv else 0.0,
               "global_convergence_how": "last restore to the last route change anywhere",
+              "marks": marks, "plot_gc_s": rnd(t_conv - t0, 4) if t_conv else None,
               "routing_packets_sent": {k: stats1.get(k, 0) - stats0.get(k, 0) for k in stats1}}
         return self._finish_event(ev, t0, t_done, t_done, t_done, "path")
 
@@ -686,12 +690,13 @@ class FailureExperiment:
                  "restore_convergence_ms": _ms(ev.get("restore_convergence_s")),
                  "restore_calls_failed": ev.get("restore_calls_failed"),
                  "calls_in_window": sum(s["calls"] for s in ev.get("calls", {}).values()),
+                 "errors": _merge_errors(ev.get("calls", {})),
                  "skipped": ev.get("skipped")}
             csvrows.append(d)
             head[name] = {k: v for k, v in d.items() if k not in ("event",)}
             rows.append([name, d["target"], fmt(d["detection_ms"]), fmt(d["local_failover_ms"]),
                          fmt(d["global_convergence_ms"]), d["calls_failed"], d["calls_retried"],
-                         d["calls_in_window"], fmt(d["disruption_ms"]),
+                         d["calls_in_window"], _errs_text(d["errors"]), fmt(d["disruption_ms"]),
                          f"{fmt(d['restore_convergence_ms'])} / {d['restore_calls_failed']}"])
         self.res.write_csv("events.csv", csvrows)
         all_calls = {label: g.snapshot() for label, g in self.streams.items()}
@@ -713,7 +718,8 @@ class FailureExperiment:
               f"{a.flows} flows per stream; kill mode `{a.kill_mode}`.", "",
               md_table(rows, ["event", "target", "detection ms", "local failover ms",
                               "global convergence ms", "calls failed", "calls retried",
-                              "calls in window", "disruption ms", "restore: convergence ms / failed"]),
+                              "calls in window", "why calls failed", "disruption ms",
+                              "restore: convergence ms / failed"]),
               "",
               "Definitions: detection = failure to the first node noticing it (carrier event, or "
               "a neighbour's `adjacency_down` after the hello dead interval, or the agents losing "
@@ -725,6 +731,16 @@ class FailureExperiment:
               f"Whole run: " + ", ".join(f"{k}: {v['calls']} calls, {v['failed']} failed, "
                                          f"{v['retried']} retried" for k, v in totals.items()), "",
               "Plots: `failure_timeline.png` (all events), `timeline_<event>.png`.", ""]
+        loops = {ev["event"]: _merge_errors(ev.get("calls", {})).get("nack:HOP_LIMIT_EXCEEDED", 0) +
+                 _merge_errors(ev.get("restore_calls", {})).get("nack:HOP_LIMIT_EXCEEDED", 0)
+                 for ev in self.results}
+        loops = {k: v for k, v in loops.items() if v}
+        if loops:
+            md += [f"**Forwarding loops seen**: calls answered with NACK HOP_LIMIT_EXCEEDED during "
+                   + ", ".join(f"{k} ({v})" for k, v in loops.items())
+                   + ", i.e. some flow went round in circles until its hop limit ran out while (or "
+                   "after) routing converged.", ""]
+            flat["hop_limit_exceeded_calls"] = loops
         if error:
             md += [f"**The run stopped early: {error}** (the table holds the events measured "
                    "before that).", ""]
@@ -760,10 +776,14 @@ class FailureExperiment:
                     ax.scatter(bad, [self.args.timeout * self.args.attempts * 1000 * 1.3] * len(bad),
                                marker="x", color="red", s=20, label=f"{label} failed")
             ax.axvline(0, color="black", lw=1, label="failure")
+            for m, what in ev.get("marks", []):
+                ax.axvline(m, color="black" if what == "down" else "tab:green", ls=":", lw=0.8)
             for key, col, lab in (("detection_s", "orange", "detection"),
                                   ("local_failover_s", "green", "local failover"),
                                   ("global_convergence_s", "red", "global convergence")):
                 v = ev.get(key)
+                if key == "global_convergence_s" and ev.get("plot_gc_s") is not None:
+                    v = ev["plot_gc_s"]
                 if v is not None:
                     ax.axvline(v, color=col, ls="--", lw=1, label=lab)
             ax.axvline(ev["t_restore"] - t0, color="grey", ls=":", lw=1, label="restore")
@@ -784,6 +804,18 @@ class FailureExperiment:
                 for i, ev in enumerate(evs):
                     draw(axes[i][0], ev)
                 axes[0][0].legend(fontsize=7, loc="upper right", ncol=3)
+
+
+def _merge_errors(calls: Dict[str, dict]) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for st in calls.values():
+        for k, v in st.get("errors", {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _errs_text(errs: Dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(errs.items())) or "-"
 
 
 def _loadavg() -> Optional[List[float]]:

@@ -48,11 +48,11 @@ from .loadgen import run_in_lab
 NAME = "load"
 PREFIX = "/exp/work"
 
-DEFAULTS = dict(topology="fat-tree:4", rates="25,50,100,200,300,450", duration=8.0,
-                slow_rates="30,60,90,120", slow_delay_ms=20.0, slow_concurrency=1, instances=3,
+DEFAULTS = dict(topology="fat-tree:4", rates="50,100,200,300,400,500,600", duration=8.0,
+                slow_rates="40,80,120,160,200", slow_delay_ms=20.0, slow_concurrency=1, instances=3,
                 timeout=2.0, telemetry_interval=1.0, adapt_timeout=30.0, workers=128, hello_ms=300,
                 dead_ms=3000)
-QUICK = dict(rates="25,100,250", duration=4.0, slow_rates="40,100", adapt_timeout=20.0)
+QUICK = dict(rates="50,150,300", duration=4.0, slow_rates="60,180", adapt_timeout=20.0)
 
 
 def add_args(ap) -> None:

@@ -79,10 +79,11 @@ class ForwarderApp:
         if not self.mgmt.exists():  # a link: exists() follows it to the live socket
             return False
         try:
-            self.api("GET", "/status", timeout=2)
-            return True
+            st = self.api("GET", "/status", timeout=2)
         except CtlError:
             return False
+        # links just created turn operationally up within about a second (linkwatch)
+        return all(f["up"] for f in st["faces"] if f["kind"] == "ether")
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
