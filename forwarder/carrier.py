@@ -17,22 +17,35 @@ IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 NLMSG_HDR = struct.Struct("=IHHII")
 IFINFOMSG = struct.Struct("=BxHiII")   # family, type, index, flags, change
 RTATTR = struct.Struct("=HH")
-IFLA_IFNAME = 3
+IFLA_IFNAME, IFLA_OPERSTATE = 3, 16
+IF_OPER_UNKNOWN, IF_OPER_UP = 0, 6
 
 
-def parse_link(msg: bytes) -> Tuple[str, int]:
-    """(interface name, flags) of one RTM_NEWLINK/RTM_DELLINK message body."""
+def parse_link(msg: bytes) -> Tuple[str, int, int]:
+    """(interface name, flags, operstate) of one RTM_NEWLINK/RTM_DELLINK message body."""
     _, _, _, flags, _ = IFINFOMSG.unpack_from(msg, 0)
-    off, name = IFINFOMSG.size, ""
+    off, name, oper = IFINFOMSG.size, "", IF_OPER_UNKNOWN
     while off + RTATTR.size <= len(msg):
         length, kind = RTATTR.unpack_from(msg, off)
         if length < RTATTR.size:
             break
         if kind == IFLA_IFNAME:
             name = msg[off + 4:off + length].split(b"\0", 1)[0].decode(errors="replace")
-            break
+        elif kind == IFLA_OPERSTATE and length > RTATTR.size:
+            oper = msg[off + 4]
         off += (length + 3) & ~3
-    return name, flags
+    return name, flags, oper
+
+
+def is_up(flags: int, oper: int) -> bool:
+    """Operationally up, as /sys/class/net/X/operstate says "up": the carrier flag
+    turns on a moment before the kernel transmits again (linkwatch), and frames
+    sent in between are lost, so the operational state decides."""
+    if not flags & IFF_UP:
+        return False
+    if oper == IF_OPER_UNKNOWN:  # drivers that do not report it
+        return bool(flags & IFF_LOWER_UP)
+    return oper == IF_OPER_UP
 
 
 class CarrierMonitor:
@@ -65,10 +78,9 @@ class CarrierMonitor:
                 if length < NLMSG_HDR.size:
                     break
                 if mtype in (RTM_NEWLINK, RTM_DELLINK):
-                    name, flags = parse_link(data[off + NLMSG_HDR.size:off + length])
+                    name, flags, oper = parse_link(data[off + NLMSG_HDR.size:off + length])
                     if name in self.watched:
-                        up = (mtype == RTM_NEWLINK and bool(flags & IFF_UP)
-                              and bool(flags & IFF_LOWER_UP))
+                        up = mtype == RTM_NEWLINK and is_up(flags, oper)
                         if self.state.get(name) != up:
                             self.state[name] = up
                             changes.append((name, up))

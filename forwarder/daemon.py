@@ -22,6 +22,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import wire
+from .wire import ETH_HEADER_LEN
 from .config import NodeConfig
 from .facetable import ETHER, LOCAL, UDP
 from .io_faces import EtherFace, FaceIO, LocalFace, LocalListener, UdpFace, UdpSocket
@@ -108,7 +109,8 @@ class Daemon:
             if fc.type == "ether":
                 face = self.core.add_face(ETHER, fc.name, fc.mtu)
                 try:
-                    io = EtherFace(face.face_id, fc.interface, fc.mtu)
+                    io = EtherFace(face.face_id, fc.interface, fc.mtu,
+                                   rings=os.environ.get("DMSC_RINGS", "1") != "0")
                 except OSError as exc:
                     raise OSError(exc.errno, f"face {fc.name}: cannot open interface "
                                              f"{fc.interface}: {exc.strerror}") from None
@@ -460,8 +462,26 @@ class Daemon:
         io = self.io.get(fid)
         if not up and isinstance(io, EtherFace):
             io.learn(b"\xff" * 6)
+        if up and isinstance(io, EtherFace) and io.ring_mode:
+            self._reopen(io)
         if self.router is not None:
             self._route_act(self.router.face_state(fid, up, now))
+
+    def _reopen(self, old: EtherFace) -> None:
+        """Fresh socket and rings once a link is back: after the interface went down
+        the kernel's ring positions no longer match ours, and the first frames in
+        either direction would wait in the rings (seen as lost pings after a flap)."""
+        self._unregister(old)
+        self._dirty.discard(old)
+        try:
+            new = EtherFace(old.face_id, old.interface, old.frame_max - ETH_HEADER_LEN - 4)
+        except OSError as exc:
+            log.error("face %s: cannot reopen %s: %s", old.face_id, old.interface, exc)
+            self.sel.register(old, selectors.EVENT_READ, ("ether", old))
+            return
+        old.close()
+        self.io[old.face_id] = new
+        self.sel.register(new, selectors.EVENT_READ, ("ether", new))
 
     # ---------------------------------------------------------------- routing
     def _validate_prefix(self, prefix: Name, authorization: bytes, originator: Name) -> Optional[str]:

@@ -329,6 +329,24 @@ def test_udp_faces_cross_an_ip_network(netns_net):
     assert faces["ip0"]["tx_packets"] >= 3 and faces["ip0"]["rx_packets"] >= 3
 
 
+def test_link_flap_loses_nothing_once_the_face_is_up(netns_net):
+    for n in ("a", "b"):
+        netns_net.add_node(n)
+    netns_net.add_link("a", "b")
+    fn = ForwarderNet(netns_net)
+    fn.add("a", routes=[{"prefix": "/node/b", "face": "a-eth0"}])
+    fn.add("b", routes=[{"prefix": "/node/a", "face": "b-eth0"}])
+    fn.start_all()
+    assert fn["a"].ping("/node/b")["received"] == 1
+    netns_net.link_down("a", "b")
+    wait_for(lambda: not fn["a"].status()["faces"][1]["up"], 5, what="a to see the link down")
+    netns_net.link_up("a", "b")
+    wait_for(lambda: all(f["up"] for n in "ab" for f in fn[n].status()["faces"]), 5,
+             what="both faces up again")
+    # the very first packets after the face is up get through (no stale ring state)
+    assert [fn["a"].ping("/node/b")["received"] for _ in range(3)] == [1, 1, 1]
+
+
 def test_bad_configuration_is_one_clear_line(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("node: /node/a\nfaces:\n  - {name: e0, type: ether}\nroutes:\n  - {prefix: /x, face: e1}\n")

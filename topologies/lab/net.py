@@ -687,10 +687,32 @@ class DmscLab:
         if not links:
             raise LabError(f"{target!r} is neither a node nor a link (a link is NODE-NODE, e.g. e1-a1)")
         self.down_links = [d for d in self.down_links if all(d is not l for l in links)]
-        self._set_links([l for l in links if l.a not in self.dead_nodes and l.b not in self.dead_nodes],
-                        "up")
+        up = [l for l in links if l.a not in self.dead_nodes and l.b not in self.dead_nodes]
+        self._set_links(up, "up")
+        self._wait_faces_up(up)
         self._reroute()
         return f"link {links[0].a}-{links[0].b} up"
+
+    def _wait_faces_up(self, links, timeout: float = 5.0) -> None:
+        """A veth is operationally up a moment after `ip link set up` (the kernel's
+        linkwatch); the forwarders use a face only from then on. Wait for it, so
+        that what follows a restore does not race the kernel."""
+        def all_up() -> bool:
+            for l in links:
+                for node in (l.a, l.b):
+                    app = self.fwd.get(node)
+                    if app is None or not app.running:
+                        continue
+                    try:
+                        faces = {f["name"]: f["up"] for f in app.status()["faces"]}
+                    except CtlError:
+                        return False
+                    if not faces.get(l.intf_of(node), True):
+                        return False
+            return True
+        deadline = time.monotonic() + timeout
+        while not all_up() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _reroute(self) -> None:
         """Static routing: recompute the shortest paths and push the differences."""
