@@ -267,7 +267,7 @@ class Results:
         self.path("summary.json").write_text(json.dumps(_jsonable(out), indent=1) + "\n")
         la0, la1 = out["loadavg_start"], out["loadavg_end"]
         cpus = os.cpu_count() or 1
-        if (la0 and la0[0] > 2 * cpus) or (la1 and la1[0] > 2 * cpus):
+        if (la0 and la0[0] > 4 * cpus) or (la1 and la1[0] > 4 * cpus):
             markdown = markdown.rstrip() + (
                 f"\n\n*Machine load: 1-minute load average {la0[0] if la0 else '?'} at the start, "
                 f"{la1[0] if la1 else '?'} at the end, on {cpus} CPUs: other work was running; "

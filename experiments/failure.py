@@ -51,7 +51,6 @@ failure_timeline.png (latency of each call around each event), summary.md/json.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import threading
 import time

@@ -18,9 +18,10 @@ them all (experiments/telemetry.py: HopClient, on top of forwarder.client).
 2. queueing (bandwidth ground truth): a raw-socket sender in r2 puts filler
    frames (EtherType 0x88B6, invisible to the forwarders) on r2's shaped egress
    at --load-levels times the link rate; telemetry pings h1 -> /node/s1 measure
-   the r2 -> s1 hop time, compared with the queueing delay the ground truth
-   predicts: the tbf qdisc's backlog (``tc -s qdisc``, sampled every 50 ms,
-   interpolated to the echo's arrival at r2)
+   the r2 -> s1 hop time, compared with the ground truth: the kernel's receive
+   timestamps (SO_TIMESTAMPNS on packet sockets in r2 and s1) of the same
+   echo; and with the queueing delay the tbf qdisc's backlog predicts
+   (``tc -s qdisc``, sampled every 50 ms, interpolated to the echo's arrival)
    times 8 / rate, plus the idle hop time. Also kept: the HOP_RECORD queue and
    utilisation fields at r2, and the SCSC's view of that face (its queue, which
    includes the qdisc backlog, and the capacity it learnt from the qdisc);
@@ -113,6 +114,7 @@ class HopClient(Client):
             return {"ok": False, "t_send_ns": sent, "nack": True}
         recs = [HopRecord.decode(v) for t, v in ans.tlvs if t == TlvType.HOP_RECORD]
         return {"ok": True, "t_send_ns": sent, "t_recv_ns": t_recv_ns,
+                "echo_id": EchoBody.decode(pkt.payload).echo_id,
                 "rtt_ms": (t_recv_ns - sent) / 1e6, "records": recs,
                 "reply_bytes": len(ans.encode())}
 
@@ -219,6 +221,61 @@ class Filler:
         if self.th.is_alive():
             self.th.join(2)
         self.sock.close()
+
+
+SO_TIMESTAMPNS = 35         # Linux, asm-generic/socket.h (Python's socket module lacks it)
+
+
+class KernelTap:
+    """Kernel receive timestamps (SO_TIMESTAMPNS) of echo requests arriving on an interface.
+
+    The ground truth for a hop time: when the kernel received the frame at one
+    node and at the next, on the same clock, independent of the forwarders'
+    own timestamps (which are taken when their loop gets to the frame).
+    """
+
+    def __init__(self, netns: str, intf: str) -> None:
+        from topologies.nsenter import socket_in
+        self.sock = socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(wire.ETHERTYPE))
+        self.sock.bind((intf, wire.ETHERTYPE))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.settimeout(0.2)
+        self.times: Dict[int, int] = {}
+        self.stop_ev = threading.Event()
+        self.th = threading.Thread(target=self._run, daemon=True, name=f"tap-{intf}")
+        self.th.start()
+
+    def _run(self) -> None:
+        import struct
+        while not self.stop_ev.is_set():
+            try:
+                data, anc, _, addr = self.sock.recvmsg(65535, 256)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if addr[2] == socket.PACKET_OUTGOING:
+                continue
+            ts = None
+            for lvl, typ, d in anc:
+                if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(d) >= 16:
+                    sec, nsec = struct.unpack("qq", d[:16])
+                    ts = sec * 1_000_000_000 + nsec
+            if ts is None:
+                continue
+            try:
+                pkt = wire.decode(data[14:])
+                if pkt.type != PacketType.ECHO_REQUEST:
+                    continue
+                self.times.setdefault(EchoBody.decode(pkt.payload).echo_id, ts)
+            except Exception:
+                continue
+
+    def stop(self) -> Dict[int, int]:
+        self.stop_ev.set()
+        self.th.join(2)
+        self.sock.close()
+        return self.times
 
 
 _BACKLOG = re.compile(r"backlog (\d+)b (\d+)p")
@@ -389,7 +446,11 @@ class TelemetryExperiment:
         rate_bps = a.bw * 1e6
         rows, backlog_rows, levels = [], [], []
         base: Optional[float] = None
+        topo = self.lab.topo
+        tap_at = {"r2": topo.links_between("r1", "r2")[0].intf_of("r2"), "s1": self.shaped["s1"]}
+        kernel_all: List[Tuple[float, float, float]] = []   # (level, kernel hop, telemetry hop)
         for f in parse_list(a.load_levels):
+            taps = {n: KernelTap(self.lab.netns[n], i) for n, i in tap_at.items()}
             filler = Filler(self.lab.netns["r2"], intf, f * rate_bps).start()
             time.sleep(1.0 if f else 0.2)           # let the queue reach its steady state
             sampler = BacklogSampler(self.lab, "r2", intf).start()
@@ -398,14 +459,25 @@ class TelemetryExperiment:
             scsc = self._scsc_face("r2", intf)
             samples = sampler.stop()
             filler.stop()
-            meas, exp, qf, uf = [], [], [], []
+            time.sleep(0.3)
+            tapped = {n: t.stop() for n, t in taps.items()}
+            meas, exp, qf, uf, kerr, khop = [], [], [], [], [], []
             for r in res:
                 d = hop_delta_ms(r, self.names, "r2", "s1") if r["ok"] else None
                 fw = dict(forward_records(r, self.names)) if r["ok"] else {}
                 t_r2 = fw["r2"].time_ns / 1e9 if "r2" in fw else r["t_send_ns"] / 1e9
                 s = sampler.at(t_r2)
                 q_ms = (s[1] * 8 / rate_bps * 1000) if s else None
-                row = {"level": f, "ok": r["ok"], "hop_ms": d, "backlog_bytes": s[1] if s else None,
+                k_r2 = tapped["r2"].get(r.get("echo_id"))
+                k_s1 = tapped["s1"].get(r.get("echo_id"))
+                k_ms = (k_s1 - k_r2) / 1e6 if k_r2 and k_s1 else None
+                if k_ms is not None and d is not None:
+                    kerr.append(d - k_ms)
+                    khop.append(k_ms)
+                    kernel_all.append((f, k_ms, d))
+                row = {"level": f, "ok": r["ok"], "hop_ms": d, "kernel_hop_ms": k_ms,
+                       "telemetry_minus_kernel_ms": (d - k_ms) if k_ms is not None and d is not None else None,
+                       "backlog_bytes": s[1] if s else None,
                        "backlog_packets": s[2] if s else None, "truth_queue_ms": q_ms,
                        "rec_queue": fw["r2"].queue if "r2" in fw else None,
                        "rec_util_permille": fw["r2"].util_permille if "r2" in fw else None,
@@ -425,6 +497,10 @@ class TelemetryExperiment:
             levels.append({"level": f, "filler_mbps": rnd(f * a.bw, 2), "pings": len(res),
                             "answered": sum(1 for r in res if r["ok"]),
                             "hop_ms_p50": rnd(percentile(meas, 50), 3),
+                            "kernel_hop_ms_p50": rnd(percentile(khop, 50), 3),
+                            "kernel_abs_error_ms_p50": rnd(percentile([abs(e) for e in kerr], 50), 3),
+                            "kernel_abs_error_ms_p99": rnd(percentile([abs(e) for e in kerr], 99), 3),
+                            "kernel_matched": len(kerr),
                             "truth_queue_ms_p50": rnd(percentile(exp, 50), 3),
                             "backlog_bytes_p50": percentile([s[1] for s in samples], 50),
                             "filler_frames_sent": filler.sent, "filler_frames_refused": filler.refused,
@@ -432,8 +508,10 @@ class TelemetryExperiment:
                             "record_util_permille_max": max(uf) if uf else None,
                             "scsc_face": scsc, "_meas": meas, "_exp": exp})
             self.p.log(f"queueing at {f:g}x{a.bw:g} Mbit/s: hop r2->s1 p50 "
-                       f"{fmt(levels[-1]['hop_ms_p50'], 2)} ms, ground truth queue p50 "
-                       f"{fmt(levels[-1]['truth_queue_ms_p50'], 2)} ms")
+                       f"{fmt(levels[-1]['hop_ms_p50'], 2)} ms (kernel timestamps "
+                       f"{fmt(levels[-1]['kernel_hop_ms_p50'], 2)} ms, |error| p50 "
+                       f"{fmt(levels[-1]['kernel_abs_error_ms_p50'], 3)} ms), qdisc backlog predicts "
+                       f"{fmt(levels[-1]['truth_queue_ms_p50'], 2)} ms of queueing")
         base = base if base is not None else 0.0
         errs = []
         for L in levels:
@@ -445,23 +523,40 @@ class TelemetryExperiment:
             errs += e
         self.res.write_csv("queue_pings.csv", rows)
         self.res.write_csv("backlog.csv", backlog_rows)
-        with self.res.figure("telemetry_queue", size=(7, 5)) as (fig, ax):
+        with self.res.figure("telemetry_queue", ncols=2, size=(12, 5)) as (fig, ax):
+            m = 1.0
+            for f in sorted({k[0] for k in kernel_all}):
+                xs = [k for lv, k, _ in kernel_all if lv == f]
+                ys = [t for lv, _, t in kernel_all if lv == f]
+                ax[0][0].scatter(xs, ys, s=8, alpha=0.6, label=f"filler {f:g}x rate")
+                m = max([m] + xs + ys)
+            ax[0][0].plot([0, m], [0, m], ":", color="grey", label="telemetry = kernel")
+            ax[0][0].set_xlabel("ground truth: kernel receive time at s1 - at r2 (ms)")
+            ax[0][0].set_ylabel("telemetry: r2 -> s1 hop time (ms)")
+            ax[0][0].set_title("per echo, against kernel timestamps")
+            ax[0][0].legend(fontsize=8)
+            ax[0][0].grid(alpha=0.3)
             m = 1.0
             for L in levels:
                 xs = [base + x for x in L["_exp"]]
-                ax[0][0].scatter(xs, L["_meas"], s=8, alpha=0.6, label=f"filler {L['level']:g}x rate")
+                ax[0][1].scatter(xs, L["_meas"], s=8, alpha=0.6, label=f"filler {L['level']:g}x rate")
                 m = max([m] + xs + L["_meas"])
-            ax[0][0].plot([0, m], [0, m], ":", color="grey", label="telemetry = ground truth")
-            ax[0][0].set_xlabel("ground truth: idle hop time + qdisc backlog x 8 / rate (ms)")
-            ax[0][0].set_ylabel("telemetry: r2 -> s1 hop time (ms)")
-            ax[0][0].set_title(f"queueing on the {a.bw:g} Mbit/s link")
-            ax[0][0].legend(fontsize=8)
-            ax[0][0].grid(alpha=0.3)
+            ax[0][1].plot([0, m], [0, m], ":", color="grey", label="telemetry = model")
+            ax[0][1].set_xlabel("model: idle hop time + sampled qdisc backlog x 8 / rate (ms)")
+            ax[0][1].set_ylabel("telemetry: r2 -> s1 hop time (ms)")
+            ax[0][1].set_title(f"queueing on the {a.bw:g} Mbit/s link (tbf backlog)")
+            ax[0][1].legend(fontsize=8)
+            ax[0][1].grid(alpha=0.3)
         for L in levels:
             L.pop("_meas")
             L.pop("_exp")
         sat = [L for L in levels if L["level"] >= 1.0]
+        allerr = [t - k for _, k, t in kernel_all]
         self.head["queueing"] = {"idle_hop_ms": rnd(base, 3), "levels": levels,
+                                 "kernel_abs_error_ms_p50": rnd(percentile([abs(e) for e in allerr], 50), 4),
+                                 "kernel_abs_error_ms_p99": rnd(percentile([abs(e) for e in allerr], 99), 4),
+                                 "kernel_error_ms_mean": rnd(sum(allerr) / len(allerr), 4) if allerr else None,
+                                 "kernel_matched": len(allerr),
                                  "abs_error_ms_p50_all": rnd(percentile([abs(e) for e in errs], 50), 3),
                                  "saturated_hop_ms_p50": sat[-1]["hop_ms_p50"] if sat else None,
                                  "saturated_truth_queue_ms_p50": sat[-1]["truth_queue_ms_p50"] if sat else None,
@@ -732,6 +827,8 @@ class TelemetryExperiment:
         flat = {"bw_truth_mbps": a.bw, "bw_train_estimate_mbps": bw.get("train_estimate_mbps"),
                 "bw_counters_mbps": bw.get("counters_mbps"),
                 "queue_abs_error_ms_p50": q.get("abs_error_ms_p50_all"),
+                "hop_time_abs_error_ms_p50": q.get("kernel_abs_error_ms_p50"),
+                "hop_time_abs_error_ms_p99": q.get("kernel_abs_error_ms_p99"),
                 "loss_truth_pct": a.loss, "loss_e2e_estimate_pct": lo.get("e2e_estimate_pct"),
                 "loss_counters_pct": lo.get("counters_r3_to_l1_pct"),
                 "delay_measured": dl.get("measured"), "netem_available": dl.get("netem_available"),
@@ -752,15 +849,26 @@ class TelemetryExperiment:
                    "records per reply, out and back). Idle hop times p50 (ms): "
                    + ", ".join(f"{k} {v}" for k, v in (idle.get("hop_ms_p50") or {}).items()) + ".", ""]
         if q:
-            md += ["**Queueing** (r2 -> s1 hop time from the timestamps vs the qdisc backlog):", "",
+            md += ["**Queueing** on the shaped link: the r2 -> s1 hop time from the HOP_RECORD timestamps "
+                   "against the kernel's receive timestamps of the same echo at r2 and at s1 (ground "
+                   "truth), and against the queueing the tbf backlog predicts (idle hop + backlog x 8 / "
+                   "rate, backlog sampled every 50 ms):", "",
                    md_table([[f"{L['level']:g}", fmt(L["filler_mbps"], 1), fmt(L["hop_ms_p50"], 2),
+                              fmt(L["kernel_hop_ms_p50"], 2), fmt(L["kernel_abs_error_ms_p50"], 3),
+                              fmt(L["kernel_abs_error_ms_p99"], 3),
                               fmt((q.get("idle_hop_ms") or 0) + (L["truth_queue_ms_p50"] or 0), 2),
-                              fmt(L["abs_error_ms_p50"], 2), f"{L['answered']}/{L['pings']}",
+                              f"{L['answered']}/{L['pings']}",
                               L["record_queue_max"], L["record_util_permille_max"],
                               (L.get("scsc_face") or {}).get("queued")] for L in q["levels"]],
                             ["filler x rate", "filler Mbit/s", "telemetry hop ms p50",
-                             "ground truth ms p50", "|error| ms p50", "answered", "HOP queue max",
-                             "HOP util max (per mille)", "SCSC face queue (pkts)"]), ""]
+                             "kernel hop ms p50", "|telemetry - kernel| ms p50", "p99",
+                             "backlog model ms p50", "answered", "HOP queue max",
+                             "HOP util max (per mille)", "SCSC face queue (pkts)"]), "",
+                   f"Over all {q.get('kernel_matched')} echoes the telemetry hop time is within "
+                   f"{q.get('kernel_abs_error_ms_p50')} ms (p50) / {q.get('kernel_abs_error_ms_p99')} ms "
+                   f"(p99) of the kernel's (mean error {q.get('kernel_error_ms_mean')} ms: each forwarder "
+                   "stamps a packet when its loop gets to it, not when the kernel received it). The "
+                   "backlog model is coarser: the qdisc queue changes between 50 ms samples.", ""]
             if not q.get("record_util_permille_max"):
                 md += ["The HOP_RECORD utilisation field stayed 0 even on a saturated link: the forwarder "
                        "does not fill it in (FaceInfo.util_permille is never updated). Its queue field "

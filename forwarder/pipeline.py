@@ -270,10 +270,11 @@ class Forwarder:
         route = None
         gen = self.generation
         if fe is not None and fe.generation != gen:
-            # Tables changed since the flow was pinned: keep the choice if still valid.
-            cands = self._candidates(entry, in_face)
-            keep = next((r for r in cands if r.face_id == fe.face_id), None)
-            if keep is None:
+            # Tables changed since the flow was pinned: keep the hop only if it is still
+            # one the node would choose now. Merely "some route uses that face" is not
+            # enough: after a failure, flows pinned to backup or detour routes would
+            # keep a loop alive forever, each refreshing the others' entries.
+            if not self._still_chosen(fe.face_id, entry, in_face, rule, pin):
                 self.flows._flows.pop(key, None)
                 fe = None
             else:  # same hop; the policy (rule, priority) may have changed
@@ -329,6 +330,9 @@ class Forwarder:
             return self._at_self(in_face, data, h, now)
         if face.network:
             if h.hop_limit <= 1:
+                if in_face != SELF_FACE:
+                    # likely a loop through stale flow entries: choose afresh next time
+                    self.flows._flows.pop(key, None)
                 return self._refuse(in_face, data, h, NackReason.HOP_LIMIT_EXCEEDED, now,
                                     prefix_text)
             out = bytearray(data[:total])
@@ -358,6 +362,20 @@ class Forwarder:
         skip = in_face if in_face in faces and faces[in_face].network else None
         return [r for r in entry.nexthops
                 if r.face_id != skip and r.face_id in faces and faces[r.face_id].up]
+
+    def _still_chosen(self, face_id: int, entry: Optional[FibEntry], in_face: int,
+                      rule: Optional[Rule], pin: Optional[int]) -> bool:
+        cands = self._candidates(entry, in_face)
+        if pin is not None:
+            cands = [r for r in cands if r.instance and self._instance_hash(r.instance) == pin] or cands
+        if not cands:
+            return False
+        if rule is not None and rule.weights:
+            ok = [r for r in cands if self.strategy.weight(rule, r, self._face_name) > 0]
+            if ok:
+                return any(r.face_id == face_id for r in ok)
+        best = cands[0].rank
+        return any(r.face_id == face_id and r.rank == best for r in cands)
 
     def _choose(self, rule: Optional[Rule], cands: List[Route], key: bytes) -> Route:
         if rule is not None and rule.weights:

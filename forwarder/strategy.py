@@ -108,14 +108,20 @@ class StrategyTable:
             self.generation += 1
         return len(dead)
 
+    @staticmethod
+    def weight(rule: Rule, route: Route, face_name) -> float:
+        """The rule's weight for a route: by its instance, else by its face name; 0 if unnamed."""
+        w = rule.weights.get(route.instance) if route.instance is not None else None
+        if w is None:
+            w = rule.weights.get(face_name(route.face_id))
+        return w or 0.0
+
     def choose(self, rule: Rule, candidates: Sequence[Route], face_name) -> Optional[Route]:
         """Weighted pick among candidate routes; None when the weights name none of them."""
         weighted = []
         for r in candidates:
-            w = rule.weights.get(r.instance) if r.instance is not None else None
-            if w is None:
-                w = rule.weights.get(face_name(r.face_id))
-            if w is not None and w > 0:
+            w = self.weight(rule, r, face_name)
+            if w > 0:
                 weighted.append((r, w))
         if not weighted:
             return None

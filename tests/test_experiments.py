@@ -111,7 +111,7 @@ def test_telemetry_quick():
                       "telemetry_loss.png", "telemetry_cost.png"])
     for k in ("bw_truth_mbps", "bw_train_estimate_mbps", "bw_counters_mbps", "loss_truth_pct",
               "loss_e2e_estimate_pct", "loss_counters_pct", "echo_per_s_on", "echo_per_s_off",
-              "telemetry_throughput_cost_pct", "queue_abs_error_ms_p50"):
+              "telemetry_throughput_cost_pct", "queue_abs_error_ms_p50", "hop_time_abs_error_ms_p50"):
         assert _num(s[k]), (k, s.get(k))
     assert s["idle"]["records_match_path"] > 0
     assert isinstance(s["delay_measured"], bool) and isinstance(s["netem_available"], bool)

@@ -70,11 +70,13 @@ def test_default_route(fwd):
 def test_flow_is_sticky_until_its_face_goes_down_then_fails_over(fwd):
     (a,) = fwd.receive(fwd.up, req("/svc"), 1.0)
     assert a.face_id == fwd.e1  # lower cost
-    fwd.add_route(Route(N("/svc"), fwd.e2, cost=0), 1.1)   # a better route appears...
+    fwd.add_route(Route(N("/other"), fwd.e2), 1.1)           # unrelated change...
+    fwd.add_route(Route(N("/svc"), fwd.e2, cost=1), 1.1)     # ...and an equal-cost path
     (a,) = fwd.receive(fwd.up, req("/svc"), 1.2)
-    assert a.face_id == fwd.e1                               # ...the flow keeps its hop
-    (a,) = fwd.receive(fwd.up, req("/svc", src="/node/c/_app/2"), 1.2)
-    assert a.face_id == fwd.e2                               # a new flow takes the new best
+    assert a.face_id == fwd.e1                               # the flow keeps its hop
+    fwd.add_route(Route(N("/svc"), fwd.e2, cost=0), 1.25)    # a strictly better route:
+    (a,) = fwd.receive(fwd.up, req("/svc"), 1.26)
+    assert a.face_id == fwd.e2                               # flows move (no stale detours)
     fwd.set_face_state(fwd.e1, False, 1.3)                   # carrier lost: local failover
     (a,) = fwd.receive(fwd.up, req("/svc"), 1.4)
     assert a.face_id == fwd.e2
@@ -274,3 +276,22 @@ def test_new_priority_applies_to_existing_flows(fwd):
     fwd.set_rule(Rule(N("/svc"), priority=7))   # e.g. the SCSC marks /svc critical
     (a,) = fwd.receive(fwd.up, req("/svc"), 1.1)
     assert a.priority == 7 and a.face_id == fwd.e1
+
+
+def test_flows_leave_a_detour_once_the_best_route_is_back(fwd):
+    """After a failure a flow takes a worse route; when the better one returns the flow
+    moves back, so stale detours cannot keep a loop alive."""
+    fwd.set_face_state(fwd.e1, False, 1.0)
+    (a,) = fwd.receive(fwd.up, req("/svc"), 1.1)
+    assert a.face_id == fwd.e2                 # detour while e1 is down
+    fwd.set_face_state(fwd.e1, True, 1.2)
+    (a,) = fwd.receive(fwd.up, req("/svc"), 1.3)
+    assert a.face_id == fwd.e1                 # back on the best route
+
+
+def test_hop_limit_expiry_forgets_the_flow(fwd):
+    data = req("/svc", hop_limit=5)
+    fwd.receive(fwd.up, data, 1.0)
+    assert len(fwd.flows) == 1
+    fwd.receive(fwd.up, req("/svc", hop_limit=1), 1.1)
+    assert [f.dst for f in fwd.flows.entries()] == ["/node/c/_app/1"]  # only the NACK's flow
