@@ -167,6 +167,10 @@ def test_instance_chosen_by_weight_is_kept_downstream(netns_net):
         one.serve("/any", lambda p, r: b"i1")
         two.serve("/any", lambda p, r: b"i2")
 
+        names = {f"/node/{n}" for n in ("c", "r", "m", "i1", "i2")}
+        wait_for(lambda: all(names <= _fib_prefixes(fn[n]) for n in ("c", "r", "m", "i1", "i2")),
+                 10, what="every node to reach every node")
+
         def both_known():
             for n in ("c", "r"):
                 e = next((e for e in fn[n].api("GET", "/fib")["entries"] if e["prefix"] == "/any"), None)
