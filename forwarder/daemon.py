@@ -63,6 +63,8 @@ class Daemon:
         self._dirty: set = set()  # ring faces with frames written but not yet kicked
         self.on_crl: Optional[Callable[[], None]] = None  # routing re-validates its LSDB
         self.router = None
+        self._routing_due = float("inf")
+        self._routing_token = 0
         self.carrier = None
         self.face_events: Dict[str, dict] = {}  # face name -> last carrier change seen
         if cfg.routing.enabled:
@@ -502,13 +504,30 @@ class Daemon:
     def _schedule_routing(self) -> None:
         """Run the router's timers exactly when it says something is due: an idle
         forwarder must not wake up for nothing (a 208-node lab shares 2 cores)."""
+        self._routing_token += 1
+        token = self._routing_token
+
         def run() -> None:
-            self._route_act(self.router.tick(time.time()))
+            if token != self._routing_token:
+                return  # superseded by an earlier run scheduled after it
+            self._routing_due = float("inf")
+            self._route_apply(self.router.tick(time.time()))
             self._schedule_routing()
-        due = self.router.next_tick() - time.time()
-        self.call_later(min(max(due, 0.002), 1.0), run)
+        delay = min(max(self.router.next_tick() - time.time(), 0.002), 1.0)
+        self._routing_due = time.time() + delay
+        self.call_later(delay, run)
+
+    def _routing_woken(self) -> None:
+        """After an input (a packet, a carrier change, a registration) the router may
+        have work due sooner than the timer already set, e.g. an SPF run: bring it forward."""
+        if self.router is not None and self.router.next_tick() < self._routing_due - 0.001:
+            self._schedule_routing()
 
     def _route_act(self, actions) -> None:
+        self._route_apply(actions)
+        self._routing_woken()
+
+    def _route_apply(self, actions) -> None:
         from .routing import RoutesChanged, RoutingEvent, SendControl
         for a in actions:
             if type(a) is SendControl:

@@ -172,12 +172,12 @@ def test_instance_chosen_by_weight_is_kept_downstream(netns_net):
                  10, what="every node to reach every node")
 
         def both_known():
-            for n in ("c", "r"):
+            for n in ("c", "r", "m"):
                 e = next((e for e in fn[n].api("GET", "/fib")["entries"] if e["prefix"] == "/any"), None)
                 if not e or {nh["instance"] for nh in e["nexthops"]} != {"/node/i1", "/node/i2"}:
                     return False
             return True
-        wait_for(both_known, 10, what="both instances at c and r")
+        wait_for(both_known, 10, what="both instances at c, r and m")
         assert {cli.call("/any", b"x", flow=f"f{k}") for k in range(20)} == {b"i1"}  # nearest
         fn["c"].api("POST", "/strategy", {"prefix": "/any", "weights": {"/node/i1": 0, "/node/i2": 1}})
         answers = [cli.call("/any", b"x", flow=f"g{k}") for k in range(50)]
