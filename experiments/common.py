@@ -677,3 +677,31 @@ def log_events(path: Path, needle: str, since: float, contains: str = "") -> Lis
     except OSError:
         pass
     return out
+
+
+def run_main(name: str, doc: str, add_args, defaults, quick, experiment, argv=None, check=None) -> int:
+    """The main of every experiment: run it; whatever happens, tear the lab down and
+    write the configuration; then report what was measured, even after a failure
+    (exit status 1 then). `check(args)` may refuse bad parameters first."""
+    args = parse_args(name, doc, add_args, defaults, quick, argv)
+    require_root(name)
+    if check is not None:
+        check(args)
+    install_signal_handlers()
+    res = Results(name, args)
+    progress = Progress(name)
+    progress.log(f"results in {res.dir}")
+    exp = experiment(args, res, progress)
+    error = None
+    try:
+        exp.run()
+    except (Exception, KeyboardInterrupt) as exc:  # report what was measured, then fail
+        error = f"{type(exc).__name__}: {exc}"
+        progress.log(f"FAILED: {error}")
+    finally:
+        exp.teardown()
+        res.write_config(progress=progress.lines)
+    exp.report(error)
+    progress.log(f"{'FAILED' if error else 'done'}: {res.dir}/summary.md")
+    print((res.dir / "summary.md").read_text())
+    return 1 if error else 0

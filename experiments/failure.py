@@ -57,9 +57,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .common import (Progress, ProcSet, Results, fmt, install_signal_handlers, issue_identity,
-                     lab_facts, log_events, md_table, parse_args, parse_list, require_root, rnd,
-                     seed_all, start_lab, wait_until)
+from .common import (Progress, ProcSet, Results, fmt, issue_identity, lab_facts, log_events,
+                     md_table, parse_list, rnd, seed_all, start_lab, wait_until, run_main)
 
 NAME = "failure"
 EVENTS = ["link_cut", "sr_kill", "sg_kill", "scsc_kill", "link_flap"]
@@ -828,29 +827,13 @@ def _ms(s: Optional[float]) -> Optional[float]:
     return None if s is None else round(s * 1000.0, 1)
 
 
-def main(argv=None) -> int:
-    args = parse_args(NAME, __doc__, add_args, DEFAULTS, QUICK, argv)
-    require_root(NAME)
+def _check(args) -> None:
     if args.k < 2 or args.k % 2:
         sys.exit("failure: --k must be an even integer >= 2")
-    install_signal_handlers()
-    res = Results(NAME, args)
-    progress = Progress(NAME)
-    progress.log(f"results in {res.dir}")
-    exp = FailureExperiment(args, res, progress)
-    error = None
-    try:
-        exp.run()
-    except (Exception, KeyboardInterrupt) as exc:  # report what was measured, then fail
-        error = f"{type(exc).__name__}: {exc}"
-        progress.log(f"FAILED: {error}")
-    finally:
-        exp.teardown()
-        res.write_config(progress=progress.lines)
-    exp.report(error)
-    progress.log(f"{'FAILED' if error else 'done'}: {res.dir}/summary.md")
-    print((res.dir / "summary.md").read_text())
-    return 1 if error else 0
+
+
+def main(argv=None) -> int:
+    return run_main(NAME, __doc__, add_args, DEFAULTS, QUICK, FailureExperiment, argv, check=_check)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .common import (Progress, ProcSet, Results, build_topology, fmt, install_signal_handlers,
-                     issue_identity, lab_facts, md_table, parse_args, parse_list, require_root,
-                     rnd, seed_all, settle, start_lab, wait_until)
+from .common import (Progress, ProcSet, Results, build_topology, fmt, issue_identity,
+                     lab_facts, md_table, parse_list, rnd, seed_all, settle, start_lab,
+                     wait_until, run_main)
 from .loadgen import run_in_lab
 
 NAME = "load"
@@ -431,26 +431,7 @@ def _cv(values: List[float]) -> Optional[float]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(NAME, __doc__, add_args, DEFAULTS, QUICK, argv)
-    require_root(NAME)
-    install_signal_handlers()
-    res = Results(NAME, args)
-    progress = Progress(NAME)
-    progress.log(f"results in {res.dir}")
-    exp = LoadExperiment(args, res, progress)
-    error = None
-    try:
-        exp.run()
-    except (Exception, KeyboardInterrupt) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        progress.log(f"FAILED: {error}")
-    finally:
-        exp.teardown()
-        res.write_config(progress=progress.lines)
-    exp.report(error)
-    progress.log(f"{'FAILED' if error else 'done'}: {res.dir}/summary.md")
-    print((res.dir / "summary.md").read_text())
-    return 1 if error else 0
+    return run_main(NAME, __doc__, add_args, DEFAULTS, QUICK, LoadExperiment, argv)
 
 
 if __name__ == "__main__":

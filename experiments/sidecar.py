@@ -47,10 +47,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from .common import (Progress, ProcSet, Results, build_topology, children_map, fmt, group_usage,
-                     install_signal_handlers, issue_identity, lab_facts, machine_cpu_busy_s,
-                     md_table, parse_args, parse_list, proc_cpu_s, require_root, rnd, seed_all,
-                     settle, start_lab, wait_until, with_descendants)
+from .common import (Progress, ProcSet, Results, build_topology, children_map, fmt,
+                     group_usage, issue_identity, lab_facts, machine_cpu_busy_s, md_table,
+                     parse_list, proc_cpu_s, rnd, seed_all, settle, start_lab, wait_until,
+                     with_descendants, run_main)
 from .sidecar_mesh import (IN_BASE_PORT, OUT_BASE_PORT, IpFabric, NginxApp, Sidecar, run_wrk,
                            wait_listening)
 
@@ -648,26 +648,7 @@ def _host(prefix: str) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(NAME, __doc__, add_args, DEFAULTS, QUICK, argv)
-    require_root(NAME)
-    install_signal_handlers()
-    res = Results(NAME, args)
-    progress = Progress(NAME)
-    progress.log(f"results in {res.dir}")
-    exp = SidecarExperiment(args, res, progress)
-    error = None
-    try:
-        exp.run()
-    except (Exception, KeyboardInterrupt) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        progress.log(f"FAILED: {error}")
-    finally:
-        exp.teardown()
-        res.write_config(progress=progress.lines)
-    exp.report(error)
-    progress.log(f"{'FAILED' if error else 'done'}: {res.dir}/summary.md")
-    print((res.dir / "summary.md").read_text())
-    return 1 if error else 0
+    return run_main(NAME, __doc__, add_args, DEFAULTS, QUICK, SidecarExperiment, argv)
 
 
 if __name__ == "__main__":

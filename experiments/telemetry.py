@@ -58,9 +58,8 @@ from forwarder.client import Client, _Waiter, flow_id_for
 from forwarder.names import Name
 from forwarder.wire import EchoBody, HopRecord, Packet, PacketType, TlvType
 
-from .common import (Progress, Results, fmt, install_signal_handlers, lab_facts, md_table,
-                     ns_run, parse_args, parse_list, percentile, proc_cpu_s, require_root, rnd,
-                     seed_all, start_lab, wait_until)
+from .common import (Progress, Results, fmt, lab_facts, md_table, ns_run, parse_list,
+                     percentile, proc_cpu_s, rnd, seed_all, start_lab, wait_until, run_main)
 
 NAME = "telemetry"
 FILLER_ETHERTYPE = 0x88B6
@@ -905,26 +904,7 @@ class TelemetryExperiment:
 
 
 def main(argv=None) -> int:
-    args = parse_args(NAME, __doc__, add_args, DEFAULTS, QUICK, argv)
-    require_root(NAME)
-    install_signal_handlers()
-    res = Results(NAME, args)
-    progress = Progress(NAME)
-    progress.log(f"results in {res.dir}")
-    exp = TelemetryExperiment(args, res, progress)
-    error = None
-    try:
-        exp.run()
-    except (Exception, KeyboardInterrupt) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        progress.log(f"FAILED: {error}")
-    finally:
-        exp.teardown()
-        res.write_config(progress=progress.lines)
-    exp.report(error)
-    progress.log(f"{'FAILED' if error else 'done'}: {res.dir}/summary.md")
-    print((res.dir / "summary.md").read_text())
-    return 1 if error else 0
+    return run_main(NAME, __doc__, add_args, DEFAULTS, QUICK, TelemetryExperiment, argv)
 
 
 if __name__ == "__main__":
