@@ -599,23 +599,10 @@ class ProcSet:
         return self.start(node, name, [self.lab.python, "-m", module, *args])
 
     def stop(self, procs: Optional[List[Any]] = None) -> None:
+        from topologies.lab.apps import stop_all
         targets = list(self.procs if procs is None else procs)
-        for p in targets:
-            if p.running:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except OSError:
-                    pass
-        deadline = time.monotonic() + 3.0
-        for p in targets:
-            if p.proc is not None:
-                try:
-                    p.proc.wait(max(0.05, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            p.kill()
-            if p in self.procs:
-                self.procs.remove(p)
+        stop_all(targets)
+        self.procs = [p for p in self.procs if p not in targets]
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.1,

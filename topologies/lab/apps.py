@@ -213,6 +213,23 @@ def _killpg(pid: int, sig: int) -> None:
         pass
 
 
+def stop_all(procs, grace: float = STOP_GRACE_S) -> None:
+    """Stop many processes in one grace period: SIGTERM every group at once, wait
+    up to `grace` for them together, then SIGKILL what is left."""
+    procs = list(procs)
+    for p in procs:
+        if p.running:
+            _killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        if p.proc is not None:
+            try:
+                p.proc.wait(max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        p.kill()
+
+
 class ForwarderApp(Proc):
     """The DMSC forwarder of one node (`python -m forwarder -c <workdir>/forwarder.yaml`)."""
 

@@ -47,7 +47,7 @@ from urllib.parse import urlencode
 from forwarder.ctl import CtlError
 
 from ..records import Records, new_run_dir, process_group
-from .apps import ForwarderApp, LabError, ScscApp, ServiceApp, Zygote
+from .apps import ForwarderApp, LabError, ScscApp, ServiceApp, Zygote, stop_all
 from .linkopts import apply_link_options
 from .model import LinkSpec, Topology, expected_prefixes, static_routes
 
@@ -612,33 +612,11 @@ class DmscLab:
             problems = self.convergence_problems(settle_s)
             if not problems:
                 return time.monotonic() - t0
-            self._revive_adapters(problems)
             if time.monotonic() - last_print > (1 if os.environ.get("DMSC_LAB_DEBUG") else 10):
                 self.out(f"*** still converging: {problems[0]}")
                 last_print = time.monotonic()
             time.sleep(0.2)
         raise LabError(f"no convergence within {timeout:.0f}s: {'; '.join(problems[:3])}")
-
-    def _revive_adapters(self, problems: List[str]) -> None:
-        """A forwarder does not restart an HTTP adapter that exited (e.g. its ATTACH timed
-        out on an overloaded machine): restart that forwarder, once per node."""
-        revived: Dict[str, int] = getattr(self, "_revived", {})
-        self._revived = revived
-        for p in problems:
-            if " not registered on " not in p:
-                continue
-            node = p.rsplit(" ", 1)[-1]
-            if revived.get(node, 0) >= 3 or node not in self.fwd:
-                continue
-            try:
-                tail = self.fwd[node].log.read_text(errors="replace")[-4000:]
-            except OSError:
-                continue
-            if "adapter forwarder.http_backend exited" in tail[-600:] or \
-                    ("adapter forwarder.http_backend exited" in tail and node not in revived):
-                revived[node] = revived.get(node, 0) + 1
-                self.out(f"*** {node}: its HTTP adapter exited ({p}); restarting its forwarder")
-                self.fwd[node].restart()
 
     # ------------------------------------------------------- failures (CLI)
     def node(self, name: str) -> ForwarderApp:
@@ -745,21 +723,7 @@ class DmscLab:
             return
         self._stopped = True
         errors: List[str] = []
-        procs = list(self.services) + list(self.fwd.values()) + ([self.scsc] if self.scsc else [])
-        for p in procs:  # SIGTERM everything at once, then wait
-            if p.running:
-                try:
-                    os.killpg(p.pid, 15)
-                except OSError:
-                    pass
-        deadline = time.monotonic() + 3.0
-        for p in procs:
-            if p.proc is not None:
-                try:
-                    p.proc.wait(max(0.05, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-                p.kill()
+        stop_all(list(self.services) + list(self.fwd.values()) + ([self.scsc] if self.scsc else []))
         if self.zygote is not None:
             self.zygote.close()
         if self.net is not None:
