@@ -54,6 +54,7 @@ import json
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
@@ -161,13 +162,27 @@ class Net:
                     ts.append(v)
         return max(ts) if ts else None
 
-    def fully_converged(self) -> bool:
+    @contextmanager
+    def _killed_counted_dead(self):
+        """The lab's convergence check, with the nodes this experiment killed counted as dead."""
         saved = set(self.lab.dead_nodes)
         self.lab.dead_nodes |= self.killed
         try:
-            return not self.lab.convergence_problems()
+            yield
         finally:
             self.lab.dead_nodes = saved
+
+    def why_not_converged(self) -> str:
+        """The lab's own list of what keeps it from being converged, for a timeout message."""
+        try:
+            with self._killed_counted_dead():
+                return "; ".join(self.lab.convergence_problems()[:3]) or "converged now"
+        except Exception as exc:  # a diagnosis must not hide the timeout
+            return f"could not ask ({exc})"
+
+    def fully_converged(self) -> bool:
+        with self._killed_counted_dead():
+            return not self.lab.convergence_problems()
 
 
 class FibWatcher:
@@ -372,7 +387,10 @@ class FailureExperiment:
         return {label: window_stats(g.snapshot(), t_from, t_to) for label, g in self.streams.items()}
 
     def _wait(self, pred: Callable[[], Any], what: str) -> Any:
-        return wait_until(pred, self.args.converge_timeout, 0.25, what)
+        try:
+            return wait_until(pred, self.args.converge_timeout, 0.25, what)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; the lab says: {self.net.why_not_converged()}") from None
 
     def _finish_event(self, ev: dict, t0: float, t_conv_seen: float, t_restore: float,
                       t_restored: float, affected: str) -> dict:
@@ -594,8 +612,11 @@ class FailureExperiment:
             rest = a.flap_up - (time.time() - tu)
             if rest > 0 and c + 1 < a.flap_cycles:
                 time.sleep(rest)
-        t_last = time.time()
-        self._wait(lambda: net.converged_after(t_last - 0.01, [x, y]) and net.fully_converged(),
+        # From the last restore, not from its return: the ends send a hello the moment
+        # carrier comes back, so the adjacency (and its route change) can be up before
+        # lab.restore() has seen both faces up.
+        t_last = tu
+        self._wait(lambda: net.converged_after(t_last, [x, y]) and net.fully_converged(),
                    "convergence after the flapping")
         t_done = time.time()
         sts = lab.statuses(net.alive())

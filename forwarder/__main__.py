@@ -153,12 +153,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     profile = os.environ.get("DMSC_PROFILE")
     try:
         if profile:  # where the forwarder spends its time: python -m pstats FILE
-            import cProfile
-            cProfile.runctx("daemon.run()", globals(), {"daemon": daemon}, profile)
+            import cProfile  # FILE may hold {node}: one profile per forwarder of a lab
+            cProfile.runctx("daemon.run()", globals(), {"daemon": daemon},
+                            profile.replace("{node}", cfg.node.text.strip("/").replace("/", "_")))
         else:
             daemon.run()
     finally:
-        server.shutdown()
+        server.server_close()
         daemon.shutdown_routing()
         if agent:
             agent.stop()

@@ -56,6 +56,11 @@ class RoutingConfig:
     hello_ms: int = 100
     dead_ms: int = 300
     costs: Dict[str, int] = field(default_factory=dict)  # face name -> link cost
+    # RFC 8405 back-offs, [initial, short, long, time_to_learn, holddown] ms (None: the router's)
+    spf_backoff_ms: Optional[Tuple[int, ...]] = None
+    lsa_backoff_ms: Optional[Tuple[int, ...]] = None
+    retransmit_ms: int = 200  # an unacknowledged LSA is sent again after this
+    ack_delay_ms: int = 0     # ACKs wait this long to cover a burst of LSAs in one packet
 
 
 @dataclass
@@ -122,6 +127,23 @@ def _int(d: dict, key: str, where: str, default: int, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise ConfigError(f"{where}.{key}: expected an integer in {lo}..{hi}, got {v!r}")
     return v
+
+
+def _backoff(rt: dict, key: str) -> Optional[Tuple[int, ...]]:
+    """routing.<key>: [initial, short, long, time_to_learn, holddown] in ms, checked whole."""
+    v = rt.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 5 or any(
+            isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 600_000 for x in v):
+        raise ConfigError(f"routing.{key}: expected [initial, short, long, time_to_learn, "
+                          f"holddown], five integers in 0..600000 ms, got {v!r}")
+    from .backoff import Backoff
+    try:
+        Backoff.from_ms(v)
+    except ValueError as exc:
+        raise ConfigError(f"routing.{key}: {exc}") from None
+    return tuple(v)
 
 
 def _check_keys(d: Any, allowed: set, where: str) -> dict:
@@ -274,7 +296,8 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
     if rt is not None:
         if rt is True or rt is False:
             rt = {"enabled": rt}
-        _check_keys(rt, {"enabled", "hello_ms", "dead_ms", "costs"}, "routing")
+        _check_keys(rt, {"enabled", "hello_ms", "dead_ms", "costs", "spf_backoff_ms",
+                         "lsa_backoff_ms", "retransmit_ms", "ack_delay_ms"}, "routing")
         costs = rt.get("costs") or {}
         if not isinstance(costs, dict) or any(k not in seen for k in costs):
             raise ConfigError(f"routing.costs: expected a mapping of face name (one of {sorted(seen)}) "
@@ -282,9 +305,15 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
         cfg.routing = RoutingConfig(bool(rt.get("enabled", True)),
                                     _int(rt, "hello_ms", "routing", 100, 10, 60_000),
                                     _int(rt, "dead_ms", "routing", 300, 20, 600_000),
-                                    {k: _int(costs, k, "routing.costs", 1, 1, 65535) for k in costs})
+                                    {k: _int(costs, k, "routing.costs", 1, 1, 65535) for k in costs},
+                                    _backoff(rt, "spf_backoff_ms"), _backoff(rt, "lsa_backoff_ms"),
+                                    _int(rt, "retransmit_ms", "routing", 200, 10, 60_000),
+                                    _int(rt, "ack_delay_ms", "routing", 0, 0, 60_000))
         if cfg.routing.dead_ms <= cfg.routing.hello_ms:
             raise ConfigError("routing.dead_ms must be longer than routing.hello_ms")
+        if cfg.routing.ack_delay_ms >= cfg.routing.retransmit_ms:
+            raise ConfigError("routing.ack_delay_ms must be shorter than routing.retransmit_ms "
+                              "(else every LSA is sent twice)")
     sp = d.get("spa")
     if sp is not None:
         _check_keys(sp, {"trust", "crl", "enforce"}, "spa")

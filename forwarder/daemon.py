@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import wire
@@ -32,7 +33,17 @@ from .rib import Route
 from .strategy import Rule
 
 log = logging.getLogger("dmsc.forwarder")
-TICK_S = 0.25  # housekeeping: flow expiry, kernel drop counters, /sys carrier fallback
+# Housekeeping: flow and rule expiry, kernel drop counters, the /sys carrier fallback
+# (netlink is the fast signal), the revocation list. Once a second: every wake-up of
+# an idle forwarder counts when 200 of them share 2 cores.
+TICK_S = 1.0
+# LSAs handled per turn of the event loop. Hellos and ACKs are handled as they
+# arrive; LSAs wait in a queue, so a flood of them (a database exchange, a big
+# network coming up) cannot keep a starved forwarder from its hellos, timers and
+# management requests for longer than one batch, and adjacencies do not time out
+# behind it.
+LSA_BATCH = 16
+SLOW_TURN_S = 1.0  # a loop turn longer than this is logged
 
 
 class Daemon:
@@ -63,15 +74,24 @@ class Daemon:
         self._dirty: set = set()  # ring faces with frames written but not yet kicked
         self.on_crl: Optional[Callable[[], None]] = None  # routing re-validates its LSDB
         self.router = None
+        self._lsa_queue: deque = deque()  # (face id, packet, time received)
+        self.lsa_queue_max = 0  # the longest the queue has been (GET /status)
+        self.slow_turns = 0  # loop turns longer than SLOW_TURN_S (GET /status)
+        self._slow_logged = -1e9
         self._routing_due = float("inf")
         self._routing_token = 0
         self.carrier = None
         self.face_events: Dict[str, dict] = {}  # face name -> last carrier change seen
         if cfg.routing.enabled:
+            from .backoff import Backoff
             from .routing import LinkStateRouter
-            self.router = LinkStateRouter(cfg.node, hello_interval=cfg.routing.hello_ms / 1000,
-                                          dead_interval=cfg.routing.dead_ms / 1000,
-                                          validator=self._validate_prefix)
+            rc = cfg.routing
+            self.router = LinkStateRouter(
+                cfg.node, hello_interval=rc.hello_ms / 1000, dead_interval=rc.dead_ms / 1000,
+                validator=self._validate_prefix, retransmit_interval=rc.retransmit_ms / 1000,
+                ack_delay=rc.ack_delay_ms / 1000,
+                spf_backoff=Backoff.from_ms(rc.spf_backoff_ms) if rc.spf_backoff_ms else None,
+                lsa_backoff=Backoff.from_ms(rc.lsa_backoff_ms) if rc.lsa_backoff_ms else None)
             self.control_handler = self._on_control
             self.on_crl = lambda: self._route_act(self.router.revalidate(time.time()))
 
@@ -151,9 +171,8 @@ class Daemon:
             self.listener = LocalListener(self.cfg.local_socket)
             self.sel.register(self.listener, selectors.EVENT_READ, ("listen", self.listener))
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
-        self.every(TICK_S, self._tick)
         self.reload_crl()
-        self.every(1.0, self.reload_crl)
+        self.every(TICK_S, self._tick)
 
     def start_children(self, python: str = sys.executable) -> None:
         """HTTP adapters run as child processes that die with the forwarder."""
@@ -244,10 +263,12 @@ class Daemon:
                  self.cfg.local_socket, self.cfg.management)
         select = self.sel.select
         while self._running:
-            timeout = 0.5
+            timeout = 0.0 if self._lsa_queue else 5.0
             if self._timers:
                 timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
-            for key, mask in select(timeout):
+            events = select(timeout)
+            t_turn = time.monotonic()
+            for key, mask in events:
                 kind, obj = key.data
                 if mask & selectors.EVENT_WRITE:
                     self._flush(obj)
@@ -265,6 +286,8 @@ class Daemon:
                     self._drain_calls()
                 elif kind == "carrier":
                     self._carrier_events()
+            if self._lsa_queue:
+                self._drain_lsas()
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 _, _, fn = heapq.heappop(self._timers)
@@ -274,6 +297,20 @@ class Daemon:
                     log.exception("timer failed")
             if self._dirty:
                 self._kick()
+            turn = time.monotonic() - t_turn
+            if turn > SLOW_TURN_S:
+                self._slow_turn(turn, len(events))
+
+    def _slow_turn(self, seconds: float, events: int) -> None:
+        """A turn of the loop long enough to endanger adjacencies: say so, with what
+        was in it, so that an overloaded lab shows in the logs (at most every 10 s)."""
+        self.slow_turns += 1
+        now = time.monotonic()
+        if now - self._slow_logged >= 10.0:
+            self._slow_logged = now
+            log.warning("one turn of the event loop took %.2f s (%d ready sources, %d LSAs "
+                        "queued, CPU time of this process %.1f s): the machine is overloaded",
+                        seconds, events, len(self._lsa_queue), time.process_time())
 
     def _kick(self) -> None:
         for io in self._dirty:
@@ -281,7 +318,12 @@ class Daemon:
         self._dirty.clear()
 
     def stop(self) -> None:
+        """Safe from a signal handler: the loop wakes up at once to notice."""
         self._running = False
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
 
     def close(self) -> None:
         if self.carrier is not None:
@@ -445,6 +487,7 @@ class Daemon:
                 # netlink is the fast signal; this poll catches a missed message
                 self._set_carrier(fid, io.carrier(), now, "poll")
         self._supervise(now)
+        self.reload_crl()
 
     # ---------------------------------------------------------------- carrier
     def _carrier_events(self) -> None:
@@ -499,7 +542,22 @@ class Daemon:
         return None
 
     def _on_control(self, face_id: int, packet: wire.Packet, now: float) -> None:
-        self._route_act(self.router.on_packet(face_id, packet, now))
+        if packet.type == wire.PacketType.LSA:
+            self._lsa_queue.append((face_id, packet, now))
+            self.lsa_queue_max = max(self.lsa_queue_max, len(self._lsa_queue))
+        else:
+            self._route_act(self.router.on_packet(face_id, packet, now))
+
+    def lsa_queue_len(self) -> int:
+        return len(self._lsa_queue)
+
+    def _drain_lsas(self) -> None:
+        """Hand at most LSA_BATCH queued LSAs to routing, with the time they arrived."""
+        q, on_packet, apply = self._lsa_queue, self.router.on_packet, self._route_apply
+        for _ in range(min(LSA_BATCH, len(q))):
+            face_id, packet, t = q.popleft()
+            apply(on_packet(face_id, packet, time.time()))
+        self._routing_woken()
 
     def _schedule_routing(self) -> None:
         """Run the router's timers exactly when it says something is due: an idle

@@ -64,7 +64,9 @@ class Views:
         if r is None:
             return None
         return {"lsdb_digest": r.lsdb_digest(), "last_change": r.last_change,
-                "neighbors": r.neighbors(), "stats": dict(r.stats)}
+                "neighbors": r.neighbors(), "stats": dict(r.stats),
+                "lsa_queue": self.d.lsa_queue_len(), "lsa_queue_max": self.d.lsa_queue_max,
+                "slow_loop_turns": self.d.slow_turns}
 
     def routing(self) -> dict:
         r = self.d.router
@@ -368,5 +370,8 @@ def serve(daemon, endpoint: str) -> socketserver.BaseServer:
     else:
         host, _, port = endpoint[4:].rpartition(":")
         server = _TcpServer((host, int(port)), handler)
-    threading.Thread(target=server.serve_forever, name="mgmt", daemon=True).start()
+    # No periodic wake-up: the thread sleeps until a request comes. The process
+    # ends with server_close(), never shutdown() (which would wait for a poll).
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": None},
+                     name="mgmt", daemon=True).start()
     return server

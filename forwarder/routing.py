@@ -22,6 +22,7 @@ from typing import (Callable, Dict, FrozenSet, List, NamedTuple, Optional, Set,
                     Tuple, Union)
 
 from . import spf, wire
+from .backoff import Backoff
 from .names import Name
 from .rib import Route
 from .wire import (ACK_NAME, HELLO_NAME, LSA_NAME, AckBody, DecodeError, HelloBody, LsaBody,
@@ -72,6 +73,13 @@ class _Face:
     up_since: Optional[float] = None
     # originator -> (seq sent, time last sent): LSAs awaiting an ACK on this link
     pending: Dict[Name, Tuple[int, float]] = field(default_factory=dict)
+    # never later than the earliest retransmission due in `pending`: a whole LSDB
+    # awaits an ACK after a database exchange, and every packet asks when to wake up
+    rtx_due: float = INFINITY
+    # (originator -> seq) the neighbour said it holds before the adjacency was up: its
+    # database summary, so the exchange sends only what it lacks (section 12)
+    peer_has: Dict[Name, int] = field(default_factory=dict)
+    unsent: Set[Name] = field(default_factory=set)  # pending, waiting for the summary
     acks: List[Tuple[Name, int]] = field(default_factory=list)
     # (originator, header seq) -> (first fragment time, {index: bytes}, count)
     frags: Dict[Tuple[Name, int], Tuple[float, Dict[int, bytes], int]] = field(default_factory=dict)
@@ -115,13 +123,13 @@ class LinkStateRouter:
     UNREACHABLE_PURGE_S = 60.0   # drop the LSA of a node unreachable for this long
     FLUSH_HOLD_S = 60.0          # keep a flush marker this long so stale copies lose
     REASSEMBLY_TIMEOUT_S = 2.0   # give up on an incomplete fragmented LSA
-    SPF_DELAY_S = 0.0            # hold-down between an LSDB change and the SPF run
-    MIN_LS_INTERVAL_S = 0.0      # least time between two of our own LSAs
     REVALIDATE_S = 5.0           # recheck every prefix this often (authorizations expire)
 
     def __init__(self, node: Name, *, hello_interval: float = 0.1, dead_interval: float = 0.3,
                  retransmit_interval: float = 0.2, lsa_refresh_s: float = 600.0,
-                 max_age_s: float = 3600.0, validator: Optional[Validator] = None) -> None:
+                 max_age_s: float = 3600.0, validator: Optional[Validator] = None,
+                 spf_backoff: Optional[Backoff] = None,
+                 lsa_backoff: Optional[Backoff] = None, ack_delay: float = 0.0) -> None:
         self.node = Name.parse(node)
         if len(self.node) == 0:
             raise ValueError("the node name must have at least one component")
@@ -131,12 +139,22 @@ class LinkStateRouter:
             raise ValueError("need 0 < lsa_refresh_s < max_age_s <= 65535")
         if retransmit_interval <= 0:
             raise ValueError("retransmit_interval must be positive")
+        if not 0 <= ack_delay < retransmit_interval:
+            raise ValueError("need 0 <= ack_delay < retransmit_interval")
+        # ACKs wait this long so that one packet acknowledges a burst of LSAs
+        self.ack_delay = ack_delay
+        # how long a new adjacency waits for the neighbour's database summary
+        self.sync_wait = ack_delay + retransmit_interval / 4
         self.hello_interval = hello_interval
         self.dead_interval = dead_interval
         self.retransmit_interval = retransmit_interval
         self.lsa_refresh_s = lsa_refresh_s
         self.max_age_s = max_age_s
         self.validator = validator
+        # RFC 8405 back-offs: the first change after a quiet period is acted on at
+        # once, a storm of them (a network coming up, a flapping link) is batched.
+        self.spf_backoff = spf_backoff if spf_backoff is not None else Backoff()
+        self.lsa_backoff = lsa_backoff if lsa_backoff is not None else Backoff()
         self.last_change: Optional[float] = None
         self.stats: dict = {
             "hellos_sent": 0, "hellos_recv": 0, "lsas_sent": 0, "lsas_recv": 0,
@@ -156,6 +174,9 @@ class LinkStateRouter:
         self._routes: List[Route] = []
         self._route_set: Set[Route] = set()
         self._unreachable_since: Dict[Name, float] = {}
+        # Never later than the earliest LSDB expiry (max age, flush hold, unreachable
+        # purge): ticks skip the O(LSDB) scan until then.
+        self._expire_due = INFINITY
         self._now = 0.0
         self._validated_at = -INFINITY
 
@@ -267,6 +288,8 @@ class LinkStateRouter:
             p = f.pending.get(orig)
             if p is not None and p[0] <= seq:
                 del f.pending[orig]
+            if f.state != UP and len(f.peer_has) < 4 * MAX_REASSEMBLIES * MAX_FRAGMENTS:
+                f.peer_has[orig] = max(seq, f.peer_has.get(orig, 0))  # a summary, early
 
     def _on_lsa_fragment(self, f: _Face, packet: Packet, now: float,
                          acts: List[Action]) -> None:
@@ -343,6 +366,7 @@ class LinkStateRouter:
         entry = _Lsa(orig, body, now, body.age_s, _content(body), [], {})
         self._check_prefixes(entry, old.rejected if old else {}, acts)
         self._lsdb[orig] = entry
+        self._expire_due = min(self._expire_due, self._expiry(entry))
         self.stats["lsas_installed"] += 1
         if old is None or (old.body.flags, old.body.adjacencies, old.accepted) != (
                 body.flags, body.adjacencies, entry.accepted):
@@ -426,8 +450,9 @@ class LinkStateRouter:
                     and self._validated_at + self.REVALIDATE_S <= now + EPS):
                 self._revalidate(now, acts)
             if (self._originated_at is not None
-                    and self._originated_at + self.lsa_refresh_s <= now + EPS):
-                self._reoriginate(now)
+                    and self._originated_at + self.lsa_refresh_s <= now + EPS
+                    and self._originate_due is None):
+                self._originate_due = now  # a refresh is not a change: no back-off
             if self._originate_due is not None and self._originate_due <= now + EPS:
                 self._originate(now, acts)
         for f in self._faces.values():
@@ -435,10 +460,16 @@ class LinkStateRouter:
                 continue
             if self._stopped and f.last_heard + f.hold <= now + EPS:
                 f.pending.clear()  # we no longer listen to hellos: give up on silent peers
+            if f.rtx_due > now + EPS:
+                continue
+            f.rtx_due = INFINITY
             for orig, (seq, sent) in list(f.pending.items()):
                 if sent + self.retransmit_interval <= now + EPS:
-                    if self._send_lsa(f, orig, now, acts):
+                    first = orig in f.unsent
+                    if self._send_lsa(f, orig, now, acts) and not first:
                         self.stats["lsas_retransmitted"] += 1
+                else:
+                    f.rtx_due = min(f.rtx_due, sent + self.retransmit_interval)
         if not self._stopped and self._spf_due is not None and self._spf_due <= now + EPS:
             self._run_spf(now, acts)
         if self._ack_due is not None and self._ack_due <= now + EPS:
@@ -449,8 +480,8 @@ class LinkStateRouter:
         """Earliest time something is due, for the caller's event loop (inf: nothing)."""
         due = [self._ack_due] if self._ack_due is not None else []
         for f in self._faces.values():
-            due.extend(sent + self.retransmit_interval for _, sent in f.pending.values()
-                       if f.state == UP)
+            if f.state == UP and f.pending:
+                due.append(f.rtx_due)
             if self._stopped or not f.carrier:
                 continue
             due.append(f.next_hello)
@@ -467,12 +498,7 @@ class LinkStateRouter:
             due.append(self._originate_due)
         elif self._originated_at is not None:
             due.append(self._originated_at + self.lsa_refresh_s)
-        for orig, e in self._lsdb.items():
-            if orig == self.node:
-                continue
-            due.append(e.received_at + (self.FLUSH_HOLD_S if e.flushed
-                                        else self.max_age_s - e.age_at_receipt))
-        due.extend(t + self.UNREACHABLE_PURGE_S for t in self._unreachable_since.values())
+        due.append(self._expire_due)
         return min(due, default=INFINITY)
 
     def shutdown(self, now: float) -> List[Action]:
@@ -548,10 +574,12 @@ class LinkStateRouter:
     def _reoriginate(self, now: float) -> None:
         """Ask for a new own LSA at the next tick. Every change within one tick
         (eight adjacencies coming up together) then costs one LSA, not eight,
-        and MIN_LS_INTERVAL_S spaces LSAs out under a flapping link."""
-        if self._originate_due is None and not self._stopped:
-            last = self._originated_at
-            self._originate_due = now if last is None else max(now, last + self.MIN_LS_INTERVAL_S)
+        and the back-off spaces LSAs out while adjacencies keep changing."""
+        if self._stopped:
+            return
+        delay = self.lsa_backoff.event(now)
+        if self._originate_due is None:
+            self._originate_due = now if self._originated_at is None else now + delay
 
     def _own_adjacencies(self) -> List[Tuple[Name, int]]:
         best: Dict[Name, int] = {}
@@ -581,11 +609,26 @@ class LinkStateRouter:
         self._event(acts, "adjacency_up", face=f.face_id, neighbor=f.neighbor.text,
                     cost=f.cost)
         self._adjacencies_changed(now)
-        # Database synchronisation: it gets our whole LSDB, reliably. Our own
-        # LSA follows at the next tick, re-originated with the new adjacency.
+        # Database synchronisation (section 12.4). Our summary -- an ACK listing every
+        # LSA we hold -- tells it what not to send us; its summary does the same for us.
+        # Every LSA its summary does not cover goes out reliably after `sync_wait`
+        # (sooner if the summary came already), so an adjacency that flaps or forms
+        # late in a big network costs a few ACK packets instead of the whole LSDB.
+        # Our own LSA follows at the next tick, re-originated with the new adjacency.
+        self._send_hello(f, now, acts, reschedule=False)  # it sees two-way at once
+        f.acks.extend((orig, e.seq) for orig, e in sorted(self._lsdb.items()))
+        self._ack_due = now
+        wait = 0.0 if f.peer_has else self.sync_wait
         for orig in sorted(self._lsdb):
-            if orig != self.node:
+            if orig == self.node or f.peer_has.get(orig, -1) >= self._lsdb[orig].seq:
+                continue
+            if wait:
+                f.pending[orig] = (self._lsdb[orig].seq, now + wait - self.retransmit_interval)
+                f.unsent.add(orig)
+                f.rtx_due = min(f.rtx_due, now + wait)
+            else:
                 self._send_lsa(f, orig, now, acts)
+        f.peer_has.clear()
 
     def _lose(self, f: _Face, reason: str, now: float, acts: List[Action], state: str) -> None:
         was_up = f.state == UP
@@ -593,6 +636,8 @@ class LinkStateRouter:
         f.pending.clear()
         f.acks.clear()
         f.frags.clear()
+        f.peer_has.clear()
+        f.unsent.clear()
         if was_up:
             f.up_since = None
             self._event(acts, "adjacency_down", face=f.face_id,
@@ -606,8 +651,9 @@ class LinkStateRouter:
         self._spf_needed(now)
 
     def _spf_needed(self, now: float) -> None:
+        delay = self.spf_backoff.event(now)
         if self._spf_due is None:
-            self._spf_due = now + self.SPF_DELAY_S
+            self._spf_due = now + delay
 
     def _send_hello(self, f: _Face, now: float, acts: List[Action],
                     reschedule: bool = True) -> None:
@@ -642,13 +688,15 @@ class LinkStateRouter:
                 PacketType.LSA, dst=LSA_NAME, src=orig, hop_limit=1, payload=chunk,
                 seq=e.seq & 0xFFFFFFFF, frag_index=i, frag_count=len(chunks))))
         f.pending[orig] = (e.seq, now)
+        f.unsent.discard(orig)
+        f.rtx_due = min(f.rtx_due, now + self.retransmit_interval)
         self.stats["lsas_sent"] += 1
         return True
 
     def _ack(self, f: _Face, orig: Name, seq: int, now: float) -> None:
         f.acks.append((orig, seq))
         if self._ack_due is None:
-            self._ack_due = now
+            self._ack_due = now + self.ack_delay
 
     def _flush_acks(self, acts: List[Action]) -> None:
         """Send the queued ACKs, as few packets as fit the packet budget."""
@@ -675,8 +723,16 @@ class LinkStateRouter:
         self.stats["acks_sent"] += 1
         self.stats["ack_entries_sent"] += len(batch)
 
+    def _expiry(self, e: _Lsa) -> float:
+        """When this entry leaves the LSDB unless something newer replaces it."""
+        return e.received_at + (self.FLUSH_HOLD_S if e.flushed
+                                else self.max_age_s - e.age_at_receipt)
+
     def _expire(self, now: float, acts: List[Action]) -> None:
         """Max age, flush markers past their hold time, nodes unreachable too long."""
+        if now + EPS < self._expire_due:
+            return
+        due = INFINITY
         for orig, e in list(self._lsdb.items()):
             if orig == self.node:
                 continue
@@ -689,6 +745,8 @@ class LinkStateRouter:
                   and self._unreachable_since[orig] + self.UNREACHABLE_PURGE_S <= now + EPS):
                 reason = "unreachable"
             if reason is None:
+                due = min(due, self._expiry(e), self._unreachable_since.get(orig, INFINITY)
+                          + self.UNREACHABLE_PURGE_S)
                 continue
             del self._lsdb[orig]
             self._unreachable_since.pop(orig, None)
@@ -698,6 +756,7 @@ class LinkStateRouter:
             self._event(acts, "lsa_purged", originator=orig.text, seq=e.seq, reason=reason)
             if not e.flushed:
                 self._spf_needed(now)
+        self._expire_due = due
 
     def _run_spf(self, now: float, acts: List[Action]) -> None:
         self._spf_due = None
@@ -730,15 +789,19 @@ class LinkStateRouter:
         dist, hops = spf.shortest_paths(graph, me, faces_to)
         face_nb = {fid: nb for nb, fids in faces_to.items() for fid in fids}
         primary = {d: frozenset(face_nb[fid] for fid in h) for d, h in hops.items()}
-        alternates = spf.loop_free_alternates(graph, me, dist, primary)
+        # one neighbour is the primary next hop of everything: no alternate can
+        # exist, so a leaf SG skips the Dijkstra run the search would cost
+        alternates = (spf.loop_free_alternates(graph, me, dist, primary)
+                      if len(graph.get(me, ())) > 1 else {})
 
         for orig in self._lsdb:
             if orig == self.node:
                 continue
             if orig.wire in dist:
                 self._unreachable_since.pop(orig, None)
-            else:
-                self._unreachable_since.setdefault(orig, now)
+            elif orig not in self._unreachable_since:
+                self._unreachable_since[orig] = now
+                self._expire_due = min(self._expire_due, now + self.UNREACHABLE_PURGE_S)
 
         routes: Set[Route] = set()
         for dest, d in dist.items():

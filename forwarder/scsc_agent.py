@@ -429,14 +429,17 @@ class ScscAgent:
                 from pyroute2 import IPRoute
                 self._iproute = IPRoute()
             ipr = self._iproute
-            for face, ifname in ifnames.items():
-                idx = ipr.link_lookup(ifname=ifname)
-                if not idx:
-                    continue
+            # One qdisc dump for every face: a lookup per face would dump and parse
+            # every link and qdisc of the node each time (milliseconds per report).
+            index = {face: socket.if_nametoindex(ifname) for face, ifname in ifnames.items()}
+            qdiscs: Dict[int, list] = {}
+            for q in ipr.get_qdiscs():
+                qdiscs.setdefault(q["index"], []).append(q)
+            for face, idx in index.items():
                 drops = backlog = 0
                 capacity = None
                 root_kind = None
-                for q in ipr.get_qdiscs(index=idx[0]):
+                for q in qdiscs.get(idx, ()):
                     s2 = q.get_attr("TCA_STATS2")
                     qs = s2.get_attr("TCA_STATS_QUEUE") if s2 else None
                     if qs:
@@ -450,7 +453,7 @@ class ScscAgent:
                             capacity = 8 * int(parms["rate"]) if parms else None
                 if root_kind == "htb":  # a shaped link: the top classes' ceilings
                     tops = [c.get_attr("TCA_OPTIONS").get_attr("TCA_HTB_PARMS")
-                            for c in ipr.get_classes(index=idx[0]) if c["parent"] == 0xFFFFFFFF]
+                            for c in ipr.get_classes(index=idx) if c["parent"] == 0xFFFFFFFF]
                     tops = [t for t in tops if t]
                     capacity = 8 * sum(int(t["ceil"]) for t in tops) if tops else None
                 out[face]["qdisc_drops"] = drops

@@ -123,6 +123,12 @@ class Net:
         for _ in range(int(round(seconds / STEP))):
             self.step()
 
+    def quiet(self) -> None:
+        """Run until every back-off is back to its initial delay, as in a network that has
+        been stable for a while before a real failure (RFC 8405 HOLDDOWN)."""
+        self.run(max(max(r.spf_backoff.holddown, r.lsa_backoff.holddown)
+                     for r in self.routers.values()))
+
     def run_until(self, pred: Callable[[], bool], timeout: float = 5.0) -> float:
         """Step until pred() holds; return the virtual time it took."""
         start = self.now
@@ -208,6 +214,7 @@ def test_carrier_loss_takes_adjacency_down_at_once():
     net = six_nodes()
     net.run_until(net.converged)
     a = net.routers["a"]
+    net.quiet()
     fab = net.face("a", "b")
     acts = a.face_state(fab, False, net.now)
     assert [x.kind for x in acts if isinstance(x, RoutingEvent)] == ["adjacency_down"]
@@ -224,7 +231,9 @@ def test_carrier_loss_takes_adjacency_down_at_once():
     net.handle("a", acts)
     # Carrier back: a hello goes out at once and the adjacency returns.
     net.handle("a", a.face_state(fab, True, net.now))
-    net.run_until(lambda: net.prim("a", node("b"))[0].face_id == fab, timeout=0.2)
+    # A second change within HOLDDOWN waits the short delay, for the LSA and for SPF.
+    net.run_until(lambda: net.prim("a", node("b"))[0].face_id == fab,
+                  timeout=0.2 + a.lsa_backoff.short + a.spf_backoff.short)
 
 
 def test_neighbour_restart_resynchronises():
@@ -394,6 +403,7 @@ def test_set_prefixes_withdrawal_removes_routes_everywhere():
     seq = c._seq
     assert c.set_prefixes([(N("/svc/y"), 1, b""), (N("/svc/x"), 0, b"")], net.now) == []
     assert c._seq == seq  # same set in another order: no new LSA
+    net.quiet()
     net.handle("c", c.set_prefixes([(N("/svc/y"), 1, b"")], net.now))
     t = net.run_until(lambda: not any(net.prim(x, N("/svc/x")) or net.backups(x, N("/svc/x"))
                                       for x in "abdef"))
@@ -466,6 +476,7 @@ def test_unreachable_node_is_purged():
     assert all(e["originator"] != "/node/c" for e in net.routers["a"].lsdb()["lsas"])
     assert net.kinds("a", "lsa_purged")[0].detail["reason"] == "unreachable"
     # Healing the partition brings it back through the database exchange.
+    net.quiet()
     net.cut.clear()
     net.run_until(net.converged, timeout=2)
 
@@ -507,10 +518,12 @@ def test_lost_lsas_are_retransmitted():
         return False
     net.drop = drop
     net.link("a", "b")
-    t = net.run_until(net.converged, timeout=2)
+    t = net.run_until(lambda: any(e["originator"] == "/node/a"
+                                  for e in net.routers["b"].lsdb()["lsas"]), timeout=2)
     assert lost["a"] == 3
     assert net.routers["a"].stats["lsas_retransmitted"] >= 3
     assert 0.4 < t < 1.0  # three retransmit intervals of 0.2 s
+    net.run_until(net.converged, timeout=3)
     net.run(0.3)
     assert all(n["lsas_awaiting_ack"] == 0 for x in "ab" for n in net.routers[x].neighbors())
 
@@ -663,6 +676,7 @@ def test_revalidation_withdraws_revoked_and_expired_prefixes():
     net.handle("c", net.routers["c"].set_prefixes(
         [(N("/svc/x"), 0, b"x"), (N("/svc/y"), 0, b"y")], net.now))
     net.run_until(lambda: net.prim("a", N("/svc/x")) and net.prim("a", N("/svc/y")))
+    net.quiet()
     # A new revocation list: the owner calls revalidate(); routes go at the next tick.
     revoked.add(N("/svc/x"))
     a = net.routers["a"]
@@ -679,8 +693,9 @@ def test_revalidation_withdraws_revoked_and_expired_prefixes():
     assert net.routers["b"].stats["rejected_prefixes"] == {"revoked": 1}
     revoked.clear()
     net.handle("a", a.revalidate(net.now))
-    net.step()
-    assert net.prim("a", N("/svc/x"))
+    # Seconds after the revocation at a (within HOLDDOWN, past TIME_TO_LEARN): the SPF
+    # run waits the long delay.
+    net.run_until(lambda: net.prim("a", N("/svc/x")), timeout=a.spf_backoff.long + STEP)
 
 
 def test_validator_exception_is_a_rejection():
@@ -810,3 +825,52 @@ def test_spf_matches_floyd_warshall(n, extra, seed):
 def test_two_way_graph_drops_one_sided_links():
     g = spf.two_way_graph({"a": [("b", 1), ("c", 2)], "b": [("a", 3)], "c": []})
     assert g == {"a": {"b": 1}, "b": {"a": 3}, "c": {}}
+
+
+def test_a_flapping_link_is_batched_by_the_spf_and_lsa_backoffs():
+    """20 carrier flaps in 2 s: far fewer SPF runs and LSAs than flaps (RFC 8405),
+    and the network still ends converged with the link up."""
+    net = six_nodes()
+    net.run_until(net.converged)
+    net.quiet()
+    a, f = net.routers["a"], net.routers["f"]
+    fab = net.face("a", "b")
+    spf0, orig0 = f.stats["spf_runs"], a.stats["lsas_originated"]
+    for i in range(40):  # down, up, down, up ... every 50 ms
+        net.handle("a", a.face_state(fab, i % 2 == 1, net.now))
+        net.run(0.05)
+    b = f.spf_backoff
+    # the first at once, then the short delay until TIME_TO_LEARN, then the long delay
+    bound = 1 + b.time_to_learn / b.short + (2.0 - b.time_to_learn) / b.long + 1
+    assert f.stats["spf_runs"] - spf0 <= bound
+    lb = a.lsa_backoff
+    assert a.stats["lsas_originated"] - orig0 <= 1 + lb.time_to_learn / lb.short + \
+        (2.0 - lb.time_to_learn) / lb.long + 1
+    net.run_until(lambda: net.converged() and net.prim("a", node("b"))[0].face_id == fab,
+                  timeout=b.long + lb.long + 1)
+
+
+def test_database_exchange_sends_only_what_the_neighbour_lacks():
+    """A link that comes back between two synchronised routers: the summaries (ACKs
+    listing every LSA held) replace the whole-LSDB exchange; a new router joining gets
+    everything."""
+    net = six_nodes()
+    net.run_until(net.converged)
+    net.quiet()
+    a = net.routers["a"]
+    fab = net.face("a", "b")
+    net.handle("a", a.face_state(fab, False, net.now))
+    net.run(0.3)
+    sent0 = len(net.sent)
+    net.handle("a", a.face_state(fab, True, net.now))
+    net.run_until(lambda: net.converged() and net.prim("a", node("b"))[0].face_id == fab, timeout=2)
+    net.run(1.0)
+    lsas = [(x, p.src) for _, x, f, p in net.sent[sent0:] if p.type == PacketType.LSA
+            and (x, f) in ((("a", fab)), ("b", net.face("b", "a")))]
+    # only the two ends' own new LSAs cross the link, not the six-entry databases
+    assert sorted(set(lsas)) == [("a", node("a")), ("b", node("b"))]
+    assert a.stats["lsas_retransmitted"] == 0
+    # a newcomer knows nothing: it gets the whole database over its link
+    net.link("g", "c")
+    net.run_until(net.converged, timeout=3)
+    assert len(net.routers["g"].lsdb()["lsas"]) == 7

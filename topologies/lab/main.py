@@ -32,7 +32,8 @@ def build_parser(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) 
     g.add_argument("--bw", type=float, help="bandwidth of every link, Mbit/s (tc)")
     g.add_argument("--delay", type=float, help="delay of every link, ms (netem; warns if absent)")
     g.add_argument("--loss", type=float, help="loss of every link, percent (nftables)")
-    g.add_argument("--hello-ms", type=int, help="routing hello interval (default 100; 250 above 80 nodes)")
+    g.add_argument("--hello-ms", type=int, help="routing hello interval, ms (default 250; 1000 above 80 nodes); "
+                        "the dead interval is 5 hellos, at least 2500 ms")
     g.add_argument("--timeout", type=float, help="convergence timeout, seconds")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="forwarders' log level")

@@ -139,6 +139,13 @@ class DmscLab:
         self.hello_ms = hello_ms or (1000 if big else 250)
         self.dead_ms = dead_ms or max(self.hello_ms * 5, 2500)
         self.telemetry_s = 10.0 if big else 2.0
+        # A big lab comes up as one long storm of adjacencies and LSAs on a CPU that
+        # 200 forwarders share: slower retransmission (a starved neighbour acks late,
+        # not never), delayed ACKs (one packet per burst) and RFC 8405 back-offs that
+        # reach their long delay early. A small lab keeps the forwarder's defaults.
+        self.routing_tuning: Dict[str, Any] = {} if not big else {
+            "retransmit_ms": 2000, "ack_delay_ms": 200,
+            "spf_backoff_ms": [0, 200, 2000, 500, 5000], "lsa_backoff_ms": [0, 200, 2000, 500, 5000]}
         self.log_level = log_level
         self.use_zygote = zygote
         self.zygote: Optional[Zygote] = None
@@ -413,7 +420,8 @@ class DmscLab:
         }
         if self.routing == "linkstate":
             costs = {l.intf_of(name): l.opts.cost for l in self.topo.links_of(name) if l.opts.cost != 1}
-            cfg["routing"] = {"enabled": True, "hello_ms": self.hello_ms, "dead_ms": self.dead_ms}
+            cfg["routing"] = {"enabled": True, "hello_ms": self.hello_ms, "dead_ms": self.dead_ms,
+                              **self.routing_tuning}
             if costs:
                 cfg["routing"]["costs"] = costs
         else:
@@ -615,7 +623,9 @@ class DmscLab:
             if time.monotonic() - last_print > (1 if os.environ.get("DMSC_LAB_DEBUG") else 10):
                 self.out(f"*** still converging: {problems[0]}")
                 last_print = time.monotonic()
-            time.sleep(0.2)
+            # every poll asks every forwarder for /status: in a 200-node lab on 2 cores
+            # asking 5 times a second would itself slow the convergence it measures
+            time.sleep(0.2 if len(self.topo.nodes) <= 80 else 1.0)
         raise LabError(f"no convergence within {timeout:.0f}s: {'; '.join(problems[:3])}")
 
     # ------------------------------------------------------- failures (CLI)

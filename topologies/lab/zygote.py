@@ -95,13 +95,18 @@ def serve() -> int:
     for modname, _ in MODULES.values():
         importlib.import_module(modname)
     # what the forwarder imports lazily at start-up, imported once here
-    for extra in ("forwarder.daemon", "forwarder.mgmt", "forwarder.routing", "forwarder.spa",
-                  "forwarder.carrier", "forwarder.scsc_agent", "forwarder.http_proxy",
-                  "forwarder.client", "yaml"):
+    for extra in ("forwarder.daemon", "forwarder.mgmt", "forwarder.routing", "forwarder.backoff",
+                  "forwarder.spa", "forwarder.carrier", "forwarder.scsc_agent",
+                  "forwarder.http_proxy", "forwarder.client", "yaml", "pyroute2"):
         try:
             importlib.import_module(extra)
         except ImportError:
             pass
+    # Objects imported so far move out of the collector's reach: a forked child then
+    # does not touch (and copy) their pages every time it collects garbage.
+    import gc
+    gc.collect()
+    gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # children are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # the lab stops us by closing stdin
     out = sys.stdout
