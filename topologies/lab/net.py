@@ -117,8 +117,9 @@ class DmscLab:
             routing = "linkstate" if linkstate_supported() else "static"
             limit = AUTO_LINKSTATE_NODES_PER_CPU * (os.cpu_count() or 1)
             if routing == "linkstate" and len(topo.nodes) > limit:
-                # measured: an idle forwarder costs ~0.6 % of a core, ~1.2 % with link-state
-                # routing; above this size the machine melts down (adjacencies flap)
+                # measured (docs/lab.md): 208 routers flooding their LSAs at bring-up need
+                # several times the CPU of 2 cores; loops fall seconds behind, adjacencies
+                # time out and flap, and the flood starts again
                 routing = "static"
                 self.routing_note = (f"{len(topo.nodes)} forwarders with link-state routing need more "
                                      f"CPU than {os.cpu_count()} cores have (limit {limit} nodes); "
