@@ -552,10 +552,11 @@ class Daemon:
         return len(self._lsa_queue)
 
     def _drain_lsas(self) -> None:
-        """Hand at most LSA_BATCH queued LSAs to routing, with the time they arrived."""
+        """Hand at most LSA_BATCH queued LSAs to routing (at the current time: the
+        router's clock must not run backwards)."""
         q, on_packet, apply = self._lsa_queue, self.router.on_packet, self._route_apply
         for _ in range(min(LSA_BATCH, len(q))):
-            face_id, packet, t = q.popleft()
+            face_id, packet, _ = q.popleft()
             apply(on_packet(face_id, packet, time.time()))
         self._routing_woken()
 
