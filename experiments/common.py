@@ -666,6 +666,26 @@ def log_events(path: Path, needle: str, since: float, contains: str = "") -> Lis
     return out
 
 
+class Experiment:
+    """What every experiment holds -- its parameters (`a`), results folder, progress
+    log, seeded random generator, and the lab and helper processes that teardown()
+    stops -- so that run_main can drive any of them: run(), teardown(), report()."""
+
+    def __init__(self, args, res: Results, progress: Progress) -> None:
+        self.a = args
+        self.res = res
+        self.p = progress
+        self.rng = seed_all(args.seed)
+        self.lab = None
+        self.procs: Optional[ProcSet] = None
+
+    def teardown(self) -> None:
+        if self.procs is not None:
+            self.procs.stop()
+        if self.lab is not None:
+            self.lab.stop()
+
+
 def run_main(name: str, doc: str, add_args, defaults, quick, experiment, argv=None, check=None) -> int:
     """The main of every experiment: run it; whatever happens, tear the lab down and
     write the configuration; then report what was measured, even after a failure

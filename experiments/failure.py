@@ -50,7 +50,6 @@ failure_timeline.png (latency of each call around each event), summary.md/json.
 """
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -58,8 +57,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .common import (Progress, ProcSet, Results, fmt, issue_identity, lab_facts, log_events,
-                     md_table, parse_list, rnd, seed_all, start_lab, wait_until, run_main)
+from .common import (Experiment, Progress, ProcSet, Results, fmt, issue_identity, lab_facts,
+                     log_events, md_table, parse_list, rnd, start_lab, wait_until, run_main)
 
 NAME = "failure"
 EVENTS = ["link_cut", "sr_kill", "sg_kill", "scsc_kill", "link_flap"]
@@ -266,15 +265,10 @@ class StreamProc:
         self.tail.read()
 
 
-class FailureExperiment:
+class FailureExperiment(Experiment):
     def __init__(self, args, res: Results, progress: Progress) -> None:
-        self.args = args
-        self.res = res
-        self.p = progress
-        self.rng = seed_all(args.seed)
-        self.lab = None
+        super().__init__(args, res, progress)
         self.net: Optional[Net] = None
-        self.procs: Optional[ProcSet] = None
         self.streams: Dict[str, Any] = {}
         self.events_out = res.jsonl("events.jsonl")
         self.results: List[dict] = []
@@ -283,7 +277,7 @@ class FailureExperiment:
     def setup(self) -> None:
         from forwarder.client import Client
         from topologies.lab.builders import fat_tree
-        a = self.args
+        a = self.a
         self.lab = start_lab(fat_tree(a.k), self.res, self.p, run_kind="exp-failure",
                              hello_ms=a.hello_ms, dead_ms=a.dead_ms)
         self.net = Net(self.lab, self.p)
@@ -388,13 +382,13 @@ class FailureExperiment:
 
     def _wait(self, pred: Callable[[], Any], what: str) -> Any:
         try:
-            return wait_until(pred, self.args.converge_timeout, 0.25, what)
+            return wait_until(pred, self.a.converge_timeout, 0.25, what)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; the lab says: {self.net.why_not_converged()}") from None
 
     def _finish_event(self, ev: dict, t0: float, t_conv_seen: float, t_restore: float,
                       t_restored: float, affected: str) -> dict:
-        a = self.args
+        a = self.a
         fail_calls = self._calls_between(t0, t_restore)
         restore_calls = self._calls_between(t_restore, t_restored + a.post)
         total_failed = sum(s["failed"] for s in fail_calls.values())
@@ -422,7 +416,7 @@ class FailureExperiment:
         return ev
 
     def ev_link_cut(self, flap: bool = False) -> dict:
-        a, net, lab = self.args, self.net, self.lab
+        a, net, lab = self.a, self.net, self.lab
         x, y = self.link if hasattr(self, "link") else self.pick_link()
         self.link = (x, y)
         intfs = net.link_intfs(x, y)
@@ -464,21 +458,21 @@ class FailureExperiment:
         return self._finish_event(ev, t0, t_seen, t_restore, time.time(), "path")
 
     def _kill(self, node: str) -> None:
-        if self.args.kill_mode == "node":
+        if self.a.kill_mode == "node":
             self.lab.fail(node)
         else:
             self.net.killed.add(node)
             self.lab.fwd[node].kill()
 
     def _revive(self, node: str) -> None:
-        if self.args.kill_mode == "node":
+        if self.a.kill_mode == "node":
             self.lab.restore(node)
         else:
             self.lab.fwd[node].start()
             self.net.killed.discard(node)
 
     def ev_kill(self, kind: str, node: str, affected: str) -> dict:
-        a, net, lab = self.args, self.net, self.lab
+        a, net, lab = self.a, self.net, self.lab
         neigh = net.neighbours(node)
         time.sleep(a.pre)
         t_before = time.time()
@@ -528,7 +522,7 @@ class FailureExperiment:
         return self._finish_event(ev, t0, t_seen, t_restore, time.time(), affected)
 
     def ev_scsc(self) -> dict:
-        a, net, lab = self.args, self.net, self.lab
+        a, net, lab = self.a, self.net, self.lab
         ev: Dict[str, Any] = {"event": "scsc_kill", "target": "scsc"}
         if lab.scsc is None:
             ev["skipped"] = f"no SCSC in this lab: {lab.scsc_reason}"
@@ -584,7 +578,7 @@ class FailureExperiment:
         return self._finish_event(ev, t0, t_back, t_restore, t_back, "anycast")
 
     def ev_flap(self) -> dict:
-        a, net, lab = self.args, self.net, self.lab
+        a, net, lab = self.a, self.net, self.lab
         x, y = self.link if hasattr(self, "link") else self.pick_link()
         intfs = net.link_intfs(x, y)
         time.sleep(a.pre)
@@ -646,12 +640,12 @@ class FailureExperiment:
 
     # --------------------------------------------------------------- run
     def run(self) -> None:
-        events = [e for e in parse_list(self.args.events, str) if e]
+        events = [e for e in parse_list(self.a.events, str) if e]
         bad = [e for e in events if e not in EVENTS]
         if bad:
             raise SystemExit(f"unknown event(s) {bad}; choose from {EVENTS}")
         self.p.total = len(events) + 2
-        self.p.step(f"bringing up a k={self.args.k} fat tree")
+        self.p.step(f"bringing up a k={self.a.k} fat tree")
         self.setup()
         for e in events:
             if e == "link_cut":
@@ -660,11 +654,11 @@ class FailureExperiment:
                 self.ev_link_cut()
             elif e == "sr_kill":
                 node = self.pick_sr()
-                self.p.step(f"sr_kill: {node} ({self.args.kill_mode})")
+                self.p.step(f"sr_kill: {node} ({self.a.kill_mode})")
                 self.ev_kill("sr_kill", node, "path")
             elif e == "sg_kill":
                 node = self.pick_sg()
-                self.p.step(f"sg_kill: {node} (instance of {ANY_PREFIX}, {self.args.kill_mode})")
+                self.p.step(f"sg_kill: {node} (instance of {ANY_PREFIX}, {self.a.kill_mode})")
                 self.ev_kill("sg_kill", node, "anycast")
             elif e == "scsc_kill":
                 self.p.step("scsc_kill")
@@ -672,7 +666,7 @@ class FailureExperiment:
             elif e == "link_flap":
                 if not hasattr(self, "link"):
                     self.link = self.pick_link()
-                self.p.step(f"link_flap: {self.link[0]}-{self.link[1]} x{self.args.flap_cycles}")
+                self.p.step(f"link_flap: {self.link[0]}-{self.link[1]} x{self.a.flap_cycles}")
                 self.ev_flap()
         time.sleep(0.5)
 
@@ -684,10 +678,7 @@ class FailureExperiment:
         try:
             self.stop_streams()
         finally:
-            if self.procs is not None:
-                self.procs.stop()
-            if self.lab is not None:
-                self.lab.stop()
+            super().teardown()
 
     # ------------------------------------------------------------ report
     def report(self, error: Optional[str] = None) -> None:
@@ -727,7 +718,7 @@ class FailureExperiment:
             for k in ("detection_ms", "local_failover_ms", "global_convergence_ms",
                       "calls_failed", "calls_retried"):
                 flat[f"{name}_{k}"] = d.get(k)
-        a = self.args
+        a = self.a
         md = [f"# Failure experiment ({'QUICK' if a.quick else 'default'} run)", "",
               f"k={a.k} fat tree, lab run `{self.lab.run_dir}`, routing {self.lab.routing}, "
               f"hello {self.lab.hello_ms} ms / dead {self.lab.dead_ms} ms. Two open-loop streams of "
@@ -778,7 +769,7 @@ class FailureExperiment:
 
         def draw(ax, ev) -> None:
             t0 = ev["t0"]
-            lo, hi = t0 - self.args.pre, ev["t_restored"] + 0.5
+            lo, hi = t0 - self.a.pre, ev["t_restored"] + 0.5
             for label, recs in records.items():
                 ok = [(r["t_sched"] - t0, r["latency_ms"]) for r in recs
                       if r["ok"] and lo <= r["t_sched"] <= hi]
@@ -792,7 +783,7 @@ class FailureExperiment:
                     ax.scatter([x for x, _ in retried], [y for _, y in retried], s=18,
                                facecolors="none", edgecolors="orange", label=f"{label} retried")
                 if bad:
-                    ax.scatter(bad, [self.args.timeout * self.args.attempts * 1000 * 1.3] * len(bad),
+                    ax.scatter(bad, [self.a.timeout * self.a.attempts * 1000 * 1.3] * len(bad),
                                marker="x", color="red", s=20, label=f"{label} failed")
             ax.axvline(0, color="black", lw=1, label="failure")
             for m, what in ev.get("marks", []):

@@ -40,9 +40,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .common import (Progress, ProcSet, Results, build_topology, fmt, issue_identity,
-                     lab_facts, md_table, parse_list, rnd, seed_all, settle, start_lab,
-                     wait_until, run_main)
+from .common import (Experiment, Progress, ProcSet, Results, build_topology, fmt, issue_identity,
+                     lab_facts, md_table, parse_list, rnd, settle, start_lab, wait_until, run_main)
 from .loadgen import run_in_lab
 
 NAME = "load"
@@ -73,14 +72,9 @@ def add_args(ap) -> None:
                          "adjacencies on a 2-core machine)")
 
 
-class LoadExperiment:
+class LoadExperiment(Experiment):
     def __init__(self, args, res: Results, progress: Progress) -> None:
-        self.a = args
-        self.res = res
-        self.p = progress
-        self.rng = seed_all(args.seed)
-        self.lab = None
-        self.procs: Optional[ProcSet] = None
+        super().__init__(args, res, progress)
         self.steps: List[dict] = []
         self.served_rows: List[dict] = []
         self.policy_out = res.jsonl("scsc_policy.jsonl")
@@ -279,12 +273,6 @@ class LoadExperiment:
                 self.step(f"adaptive_{mode}", r)
         self.pin_equal(False)
         self.set_slow(False)
-
-    def teardown(self) -> None:
-        if self.procs is not None:
-            self.procs.stop()
-        if self.lab is not None:
-            self.lab.stop()
 
     # --------------------------------------------------------------- report
     def report(self, error: Optional[str]) -> None:

@@ -47,10 +47,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from .common import (Progress, ProcSet, Results, build_topology, children_map, fmt,
+from .common import (Experiment, Progress, ProcSet, Results, build_topology, children_map, fmt,
                      group_usage, issue_identity, lab_facts, machine_cpu_busy_s, md_table,
-                     parse_list, proc_cpu_s, rnd, seed_all, settle, start_lab, wait_until,
-                     with_descendants, run_main)
+                     parse_list, proc_cpu_s, rnd, settle, start_lab, wait_until, with_descendants,
+                     run_main)
 from .sidecar_mesh import (IN_BASE_PORT, OUT_BASE_PORT, IpFabric, NginxApp, Sidecar, run_wrk,
                            wait_listening)
 
@@ -84,14 +84,9 @@ def add_args(ap) -> None:
                     help="run the SCSC (default off: the sidecar mesh has no control plane either)")
 
 
-class SidecarExperiment:
+class SidecarExperiment(Experiment):
     def __init__(self, args, res: Results, progress: Progress) -> None:
-        self.a = args
-        self.res = res
-        self.p = progress
-        self.rng = seed_all(args.seed)
-        self.lab = None
-        self.procs: Optional[ProcSet] = None
+        super().__init__(args, res, progress)
         self.runs: List[dict] = []
         self.sidecars: List[Sidecar] = []
         self.dmsc_adapters: List[Any] = []
@@ -395,12 +390,6 @@ class SidecarExperiment:
         self.measure_memory()
         self.p.step("scaling with pods per node")
         self.scale()
-
-    def teardown(self) -> None:
-        if self.procs is not None:
-            self.procs.stop()
-        if self.lab is not None:
-            self.lab.stop()
 
     # ---------------------------------------------------------------- report
     def med(self, backend: str, mode: str, kind: str, key: str) -> Optional[float]:

@@ -58,8 +58,8 @@ from forwarder.client import Client, _Waiter, flow_id_for
 from forwarder.names import Name
 from forwarder.wire import EchoBody, HopRecord, Packet, PacketType, TlvType
 
-from .common import (Progress, Results, fmt, lab_facts, md_table, ns_run, parse_list,
-                     percentile, proc_cpu_s, rnd, seed_all, start_lab, wait_until, run_main)
+from .common import (Experiment, Progress, Results, fmt, lab_facts, md_table, ns_run, parse_list,
+                     percentile, proc_cpu_s, rnd, start_lab, wait_until, run_main)
 
 NAME = "telemetry"
 FILLER_ETHERTYPE = 0x88B6
@@ -374,13 +374,9 @@ def build_topology(a):
     return t
 
 
-class TelemetryExperiment:
+class TelemetryExperiment(Experiment):
     def __init__(self, args, res: Results, progress: Progress) -> None:
-        self.a = args
-        self.res = res
-        self.p = progress
-        self.rng = seed_all(args.seed)
-        self.lab = None
+        super().__init__(args, res, progress)
         self.client: Optional[HopClient] = None
         self.head: Dict[str, Any] = {}
         self.md: List[str] = []
@@ -814,8 +810,7 @@ class TelemetryExperiment:
                 self.client.close(drain=0.2)
             except Exception:
                 pass
-        if self.lab is not None:
-            self.lab.stop()
+        super().teardown()
 
     def report(self, error: Optional[str]) -> None:
         a, h = self.a, self.head

@@ -20,7 +20,7 @@ from .flows import FlowEntry, FlowTable
 from .names import InvalidName, Name
 from .rib import Rib, Route
 from .strategy import Rule, StrategyTable
-from .wire import (HEADER, HEADER_LEN, DecodeError, NackReason, Packet, PacketType,
+from .wire import (HEADER_LEN, DecodeError, NackReason, Packet, PacketType,
                    RegisterBody, RegisterResult)
 
 FORWARDABLE = frozenset((1, 2, 3, 4, 5))

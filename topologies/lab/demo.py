@@ -13,7 +13,7 @@ import json
 import subprocess
 import time
 import traceback
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 from .apps import LabError
 from .commands import DmscCommands

@@ -36,7 +36,6 @@ import io
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
