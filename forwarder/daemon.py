@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import wire
@@ -74,8 +74,11 @@ class Daemon:
         self._dirty: set = set()  # ring faces with frames written but not yet kicked
         self.on_crl: Optional[Callable[[], None]] = None  # routing re-validates its LSDB
         self.router = None
-        self._lsa_queue: deque = deque()  # (face id, packet, time received)
+        # (face id, originator, seq, fragment) -> packet: a copy retransmitted while
+        # the first still waits is the same work, so it is not queued twice
+        self._lsa_queue: "OrderedDict[tuple, wire.Packet]" = OrderedDict()
         self.lsa_queue_max = 0  # the longest the queue has been (GET /status)
+        self.lsa_queue_merged = 0  # LSAs that were already queued (GET /status)
         self.slow_turns = 0  # loop turns longer than SLOW_TURN_S (GET /status)
         self._slow_logged = -1e9
         self._routing_due = float("inf")
@@ -543,7 +546,11 @@ class Daemon:
 
     def _on_control(self, face_id: int, packet: wire.Packet, now: float) -> None:
         if packet.type == wire.PacketType.LSA:
-            self._lsa_queue.append((face_id, packet, now))
+            key = (face_id, packet.src, packet.seq, packet.frag_index)
+            if key in self._lsa_queue:
+                self.lsa_queue_merged += 1
+                return
+            self._lsa_queue[key] = packet
             self.lsa_queue_max = max(self.lsa_queue_max, len(self._lsa_queue))
         else:
             self._route_act(self.router.on_packet(face_id, packet, now))
@@ -556,13 +563,21 @@ class Daemon:
         router's clock must not run backwards)."""
         q, on_packet, apply = self._lsa_queue, self.router.on_packet, self._route_apply
         for _ in range(min(LSA_BATCH, len(q))):
-            face_id, packet, _ = q.popleft()
-            apply(on_packet(face_id, packet, time.time()))
+            key, packet = q.popitem(last=False)
+            apply(on_packet(key[0], packet, time.time()))
         self._routing_woken()
 
-    def _schedule_routing(self) -> None:
+    def _schedule_routing(self, only_if_sooner: bool = False) -> None:
         """Run the router's timers exactly when it says something is due: an idle
-        forwarder must not wake up for nothing (a 208-node lab shares 2 cores)."""
+        forwarder must not wake up for nothing (a 208-node lab shares 2 cores).
+
+        With only_if_sooner, a run already set for that time or earlier stays: a
+        busy loop (a backlog of LSAs) calls this every turn, and moving an imminent
+        run out again each time would starve hellos, ACKs and SPF for good."""
+        delay = min(max(self.router.next_tick() - time.time(), 0.002), 1.0)
+        due = time.time() + delay
+        if only_if_sooner and due >= self._routing_due - 0.001:
+            return
         self._routing_token += 1
         token = self._routing_token
 
@@ -572,15 +587,14 @@ class Daemon:
             self._routing_due = float("inf")
             self._route_apply(self.router.tick(time.time()))
             self._schedule_routing()
-        delay = min(max(self.router.next_tick() - time.time(), 0.002), 1.0)
-        self._routing_due = time.time() + delay
+        self._routing_due = due
         self.call_later(delay, run)
 
     def _routing_woken(self) -> None:
         """After an input (a packet, a carrier change, a registration) the router may
         have work due sooner than the timer already set, e.g. an SPF run: bring it forward."""
-        if self.router is not None and self.router.next_tick() < self._routing_due - 0.001:
-            self._schedule_routing()
+        if self.router is not None:
+            self._schedule_routing(only_if_sooner=True)
 
     def _route_act(self, actions) -> None:
         self._route_apply(actions)

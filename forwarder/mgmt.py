@@ -66,6 +66,7 @@ class Views:
         return {"lsdb_digest": r.lsdb_digest(), "last_change": r.last_change,
                 "neighbors": r.neighbors(), "stats": dict(r.stats),
                 "lsa_queue": self.d.lsa_queue_len(), "lsa_queue_max": self.d.lsa_queue_max,
+                "lsa_queue_merged": self.d.lsa_queue_merged,
                 "slow_loop_turns": self.d.slow_turns}
 
     def routing(self) -> dict:

@@ -10,6 +10,8 @@ from typing import Iterable, Iterator, Sequence, Union
 COMPONENT_MAX = 63
 COMPONENTS_MAX = 8
 NAME_BYTES_MAX = 255
+FROM_WIRE_CACHE = 4096  # decoded names kept for reuse (emptied when full: no LRU bookkeeping)
+_FROM_WIRE: dict = {}   # binary form -> Name
 
 FNV_OFFSET = 0x811C9DC5
 FNV_PRIME = 0x01000193
@@ -62,7 +64,7 @@ def _unescape(text: str) -> bytes:
 class Name:
     """An immutable hierarchical name; hashable, ordered by components."""
 
-    __slots__ = ("components", "_wire", "_hash")
+    __slots__ = ("components", "_wire", "_hash", "_text")
 
     def __init__(self, components: Iterable[bytes] = ()) -> None:
         comps = tuple(bytes(c) for c in components)
@@ -75,6 +77,7 @@ class Name:
         self.components = comps
         self._wire = None
         self._hash = None
+        self._text = None
         if len(self.wire) > NAME_BYTES_MAX:
             raise InvalidName(f"encoded name of {len(self.wire)} bytes; at most {NAME_BYTES_MAX}")
 
@@ -100,7 +103,23 @@ class Name:
 
     @classmethod
     def from_wire(cls, data: bytes) -> "Name":
-        """Decode the binary form; raises InvalidName on any inconsistency."""
+        """Decode the binary form; raises InvalidName on any inconsistency.
+
+        A router decodes the same few hundred names (node names in hellos, LSAs
+        and ACKs) over and over; a Name is immutable, so decoded ones are shared."""
+        data = bytes(data)
+        name = _FROM_WIRE.get(data)
+        if name is not None:
+            return name
+        name = cls._decode_wire(data)
+        if cls is Name:
+            if len(_FROM_WIRE) >= FROM_WIRE_CACHE:
+                _FROM_WIRE.clear()
+            _FROM_WIRE[data] = name
+        return name
+
+    @classmethod
+    def _decode_wire(cls, data: bytes) -> "Name":
         comps = []
         i = 0
         n = len(data)
@@ -111,7 +130,7 @@ class Name:
             comps.append(bytes(data[i + 1:i + 1 + ln]))
             i += 1 + ln
         name = cls(comps)
-        name._wire = bytes(data)
+        name._wire = data
         return name
 
     # forms ------------------------------------------------------------------
@@ -123,7 +142,9 @@ class Name:
 
     @property
     def text(self) -> str:
-        return "/" + "/".join(_escape(c) for c in self.components)
+        if self._text is None:
+            self._text = "/" + "/".join(_escape(c) for c in self.components)
+        return self._text
 
     @property
     def hash32(self) -> int:

@@ -92,6 +92,7 @@ class _Lsa:
     body: LsaBody
     received_at: float
     age_at_receipt: int
+    raw: bytes                 # the body as received (or made): flooded as it is, age aside
     content: bytes             # digest of everything but the age: equal seq => equal content
     accepted: List[LsaPrefix]  # prefixes that passed validation
     rejected: Dict[Name, Tuple[bytes, str]]  # prefix -> (authorization, reason)
@@ -112,8 +113,22 @@ class _Lsa:
         return self.age_at_receipt + max(0.0, now - self.received_at)
 
 
-def _content(body: LsaBody) -> bytes:
-    return hashlib.sha256(body._replace(age_s=0).encode()).digest()[:16]
+AGE = struct.Struct("!H")
+AGE_AT = 8  # offset of age_s in an encoded LSA body (after the 8-byte seq)
+
+
+def _content(raw: bytes) -> bytes:
+    return hashlib.sha256(raw[:AGE_AT] + b"\0\0" + raw[AGE_AT + 2:]).digest()[:16]
+
+
+def _same_but_age(a: bytes, b: bytes) -> bool:
+    """Byte-equal LSA bodies apart from their age: a copy of one already decoded."""
+    return len(a) == len(b) and a[:AGE_AT] == b[:AGE_AT] and a[AGE_AT + 2:] == b[AGE_AT + 2:]
+
+
+def _own_entry(node: Name, body: LsaBody, now: float, accepted: List[LsaPrefix]) -> "_Lsa":
+    raw = body.encode()
+    return _Lsa(node, body, now, 0, raw, _content(raw), accepted, {})
 
 
 class LinkStateRouter:
@@ -295,7 +310,7 @@ class LinkStateRouter:
                          acts: List[Action]) -> None:
         """Reassemble (section 8) when the LSA did not fit one packet."""
         if packet.frag_count == 1:
-            self._on_lsa(f, packet.src, LsaBody.decode(packet.payload), now, acts)
+            self._on_lsa(f, packet.src, bytes(packet.payload), now, acts)
             return
         if packet.frag_count > MAX_FRAGMENTS:
             self._drop("lsa_too_many_fragments")
@@ -313,28 +328,39 @@ class LinkStateRouter:
             return
         f.frags.pop(key, None)
         data = b"".join(parts[i] for i in range(count))
-        self._on_lsa(f, packet.src, LsaBody.decode(data), now, acts)
+        self._on_lsa(f, packet.src, data, now, acts)
 
-    def _on_lsa(self, f: _Face, orig: Name, body: LsaBody, now: float,
+    def _on_lsa(self, f: _Face, orig: Name, data: bytes, now: float,
                 acts: List[Action]) -> None:
+        cur = self._lsdb.get(orig)
+        if cur is not None and _same_but_age(data, cur.raw):
+            # A router hears most LSAs once per link: only the first copy is news,
+            # and the others need no decoding (the cost of a big network's flood).
+            body: Optional[LsaBody] = None
+            seq, age = cur.seq, AGE.unpack_from(data, AGE_AT)[0]
+        else:
+            body = LsaBody.decode(data)
+            seq, age = body.seq, body.age_s
         self.stats["lsas_recv"] += 1
         if f.state == DOWN:
             # Not a neighbour yet: no ACK, it will retransmit once we have heard it.
             self._drop("lsa_from_non_neighbor")
             return
-        self._ack(f, orig, body.seq, now)
-        if body.age_s >= self.max_age_s:
+        self._ack(f, orig, seq, now)
+        if age >= self.max_age_s:
             self._drop("lsa_max_age")
             return
         p = f.pending.get(orig)
-        if p is not None and p[0] <= body.seq:
+        if p is not None and p[0] <= seq:
             del f.pending[orig]  # implied acknowledgement: it already has this one
-        if orig == self.node:
-            self._on_own_lsa(f, body, now, acts)
+        if body is None:
+            self.stats["lsas_duplicate"] += 1
             return
-        cur = self._lsdb.get(orig)
+        if orig == self.node:
+            self._on_own_lsa(f, body, data, now, acts)
+            return
         if cur is None or body.seq > cur.seq:
-            self._install(orig, body, now, acts)
+            self._install(orig, body, data, now, acts)
             for g in self._faces.values():
                 if g.state == UP and g is not f:
                     self._send_lsa(g, orig, now, acts)
@@ -345,12 +371,13 @@ class LinkStateRouter:
             self.stats["lsas_old"] += 1
             self._send_lsa(f, orig, now, acts)
 
-    def _on_own_lsa(self, f: _Face, body: LsaBody, now: float, acts: List[Action]) -> None:
+    def _on_own_lsa(self, f: _Face, body: LsaBody, raw: bytes, now: float,
+                    acts: List[Action]) -> None:
         """Our own LSA came back: if the network holds a newer or different
         instance (left from before a restart, or a flush), jump past it."""
         own = self._lsdb.get(self.node)
         if own is None or body.seq > own.seq or (
-                body.seq == own.seq and _content(body) != own.content):
+                body.seq == own.seq and _content(raw) != own.content):
             if body.seq >= self._seq and not self._stopped:
                 self._seq = body.seq
                 self._reoriginate(now)
@@ -361,9 +388,10 @@ class LinkStateRouter:
             self.stats["lsas_old"] += 1
             self._send_lsa(f, self.node, now, acts)
 
-    def _install(self, orig: Name, body: LsaBody, now: float, acts: List[Action]) -> None:
+    def _install(self, orig: Name, body: LsaBody, raw: bytes, now: float,
+                 acts: List[Action]) -> None:
         old = self._lsdb.get(orig)
-        entry = _Lsa(orig, body, now, body.age_s, _content(body), [], {})
+        entry = _Lsa(orig, body, now, body.age_s, raw, _content(raw), [], {})
         self._check_prefixes(entry, old.rejected if old else {}, acts)
         self._lsdb[orig] = entry
         self._expire_due = min(self._expire_due, self._expiry(entry))
@@ -513,7 +541,7 @@ class LinkStateRouter:
         self._originate_due = None
         self._seq += 1
         body = LsaBody(self._seq, 0, LsaBody.FLUSH, [], [])
-        self._lsdb[self.node] = _Lsa(self.node, body, now, 0, _content(body), [], {})
+        self._lsdb[self.node] = _own_entry(self.node, body, now, [])
         self.stats["lsas_originated"] += 1
         for f in self._faces.values():
             if f.state == UP:
@@ -594,7 +622,7 @@ class LinkStateRouter:
         prefixes = [LsaPrefix(self.node, 0, 0, b"")] + self._prefixes
         body = LsaBody(self._seq, 0, 0, self._own_adjacencies(), prefixes)
         old = self._lsdb.get(self.node)
-        self._lsdb[self.node] = _Lsa(self.node, body, now, 0, _content(body), prefixes, {})
+        self._lsdb[self.node] = _own_entry(self.node, body, now, prefixes)
         self._originated_at = now
         self.stats["lsas_originated"] += 1
         if old is None or old.body.adjacencies != body.adjacencies or old.flushed:
@@ -676,7 +704,7 @@ class LinkStateRouter:
             f.pending.pop(orig, None)
             return False
         age = min(int(e.age(now)), 0xFFFF)
-        data = e.body._replace(age_s=age).encode()
+        data = e.raw[:AGE_AT] + AGE.pack(age) + e.raw[AGE_AT + 2:]
         budget = PACKET_BUDGET - wire.HEADER_LEN - len(LSA_NAME.wire) - len(orig.wire)
         chunks = [data[i:i + budget] for i in range(0, len(data), budget)] or [b""]
         if len(chunks) > MAX_FRAGMENTS:

@@ -192,6 +192,15 @@ def test_bad_binary_names_raise(wire: bytes) -> None:
         Name.from_wire(wire)
 
 
+def test_decoded_names_are_shared_and_bad_ones_are_never_kept() -> None:
+    first = Name.from_wire(bytearray(b"\x04shop\x04cart"))
+    assert Name.from_wire(b"\x04shop\x04cart") is first == name("/shop/cart")
+    assert first.text == "/shop/cart" and first.wire == b"\x04shop\x04cart"
+    for _ in range(2):  # an invalid form raises every time
+        with pytest.raises(InvalidName):
+            Name.from_wire(b"\x05abc")
+
+
 def test_non_text_input_raises() -> None:
     with pytest.raises(InvalidName):
         Name.parse(b"/shop")  # type: ignore[arg-type]

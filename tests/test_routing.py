@@ -8,6 +8,7 @@ in the harness. Integration with real sockets lives in the namespace tests.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -585,6 +586,28 @@ def test_old_or_replayed_lsa_is_ignored_and_answered_with_the_newer_copy():
                if x == "b" and p.type == PacketType.LSA and p.src == node("b"))
     assert f.on_packet(face, cur, net.now) == []
     assert f.stats["lsas_duplicate"] >= 1
+
+
+def test_copies_differing_only_in_age_are_duplicates_and_others_are_decoded():
+    net = Net()
+    net.link("a", "b")
+    net.run_until(net.converged)
+    b = net.routers["b"]
+    face = net.face("b", "a")
+    cur = next(p for t, x, _, p in reversed(net.sent)
+               if x == "a" and p.type == PacketType.LSA and p.src == node("a"))
+    body = LsaBody.decode(cur.payload)
+    before = dict(b.stats)
+    older = dataclasses.replace(cur, payload=body._replace(age_s=body.age_s + 7).encode())
+    assert b.on_packet(face, older, net.now) == []
+    assert b.stats["lsas_duplicate"] == before["lsas_duplicate"] + 1
+    (ack,) = [a for a in b.tick(net.now) if a.packet.type == PacketType.ACK]
+    assert (node("a"), body.seq) in wire.AckBody.decode(ack.packet.payload).acks
+    # same seq and age but cut short: decoded (and refused), never taken for a copy
+    truncated = dataclasses.replace(cur, payload=cur.payload[:-1])
+    b.on_packet(face, truncated, net.now)
+    assert b.stats["dropped"].get("bad_body", 0) >= 1
+    assert b.stats["lsas_duplicate"] == before["lsas_duplicate"] + 1
 
 
 def test_lsa_from_a_stranger_is_not_acknowledged():

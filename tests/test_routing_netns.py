@@ -308,3 +308,90 @@ def test_replayed_old_advertisement_is_ignored_at_every_sr(netns_net):
                              for n in SRS), 10, what="every SR to count the replayed LSA as old")
         for n in SRS:
             assert "/svc/b" in _fib_prefixes(fn[n])  # the replay changed nothing
+
+
+def test_lsa_backlog_does_not_silence_hellos_and_acks(netns_net):
+    """A forwarder far behind on LSAs (a big network coming up) must keep its
+    timers: hellos that keep its adjacencies, ACKs that stop retransmissions.
+    Here a stand-in neighbour ("t", a raw socket, no forwarder) floods x with
+    LSAs faster than x can process them, while recording what x sends."""
+    netns_net.add_node("x")
+    netns_net.add_node("t")
+    netns_net.add_link("x", "t")
+    fn = ForwarderNet(netns_net)
+    fn.add("x", roles=["sr"], routing={"enabled": True, "hello_ms": 100, "dead_ms": 2000})
+    fn.start_all()
+    t_if = intf_between(netns_net, "t", "x")
+    x_mac = bytes.fromhex(netns_net.node("x").mac(intf_between(netns_net, "x", "t")).replace(":", ""))
+    sock = socket_in(netns_net.node("t").netns, socket.AF_PACKET, socket.SOCK_RAW,
+                     socket.htons(wire.ETHERTYPE))
+    sock.bind((t_if, wire.ETHERTYPE))
+    eth = x_mac + b"\x02" * 6 + b"\x88\xb5"
+    me, x = Name.parse("/node/t"), Name.parse("/node/x")
+    hello = eth + wire.Packet(wire.PacketType.HELLO, dst=wire.HELLO_NAME, src=me, hop_limit=1,
+                              payload=wire.HelloBody(100, 5000, 1, wire.HelloBody.TWO_WAY).encode()
+                              ).encode()
+    heard = {"hello": [], "ack": []}
+    stop = threading.Event()
+
+    def listen():
+        sock.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                frame = sock.recv(65536)
+            except socket.timeout:
+                continue
+            try:
+                p = wire.decode(frame[14:])
+            except wire.DecodeError:
+                continue
+            if p.src == x and p.type == wire.PacketType.HELLO:
+                heard["hello"].append(time.monotonic())
+            elif p.src == x and p.type == wire.PacketType.ACK:
+                heard["ack"].append(time.monotonic())
+
+    def say_hello():
+        while not stop.wait(0.1):
+            sock.send(hello)
+
+    threads = [threading.Thread(target=listen, daemon=True),
+               threading.Thread(target=say_hello, daemon=True)]
+    for th in threads:
+        th.start()
+    try:
+        wait_for(lambda: any(n["state"] == "up" for n in fn["x"].status()["routing"]["neighbors"]),
+                 10, what="x's adjacency to the stand-in neighbour")
+        # LSAs of t with rising sequence numbers: each one is news, none is merged
+        body = wire.LsaBody(1, 0, 0, [(x, 1)], [wire.LsaPrefix(me)]).encode()
+        template = bytearray(eth + wire.Packet(wire.PacketType.LSA, dst=wire.LSA_NAME, src=me,
+                                               hop_limit=1, payload=body, seq=1).encode())
+        at = len(template) - len(body)  # the body's seq; the header's is at 14 + 12
+        frames = []
+        for seq in range(2, 60_002):  # 3 s of flood
+            template[14 + 12:14 + 16] = seq.to_bytes(4, "big")
+            template[at:at + 8] = seq.to_bytes(8, "big")
+            frames.append(bytes(template))
+        # 20,000 LSAs a second for 3 s (in bursts of 200 every 10 ms): several
+        # times what x can process, without merely overrunning its receive ring
+        start = time.monotonic()
+        for i in range(0, len(frames), 200):
+            # ... and the first 20 of each burst again, as a retransmitting neighbour would
+            for f in frames[i:i + 200] + frames[i:i + 20]:
+                try:
+                    sock.send(f)
+                except OSError:
+                    pass  # a full queue towards x: the flood only has to outpace it
+            time.sleep(max(0.0, start + (i + 200) / 20_000 - time.monotonic()))
+        end = time.monotonic()
+        routing = fn["x"].status()["routing"]
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(2)
+        sock.close()
+    assert routing["lsa_queue_max"] >= 200, f"no backlog formed ({routing['lsa_queue_max']} queued at most)"
+    assert routing["lsa_queue_merged"] > 0  # copies of a queued LSA are not queued again
+    during = [s for s in heard["hello"] if start <= s <= end]
+    gaps = [b - a for a, b in zip([start] + during, during + [end])]
+    assert max(gaps) < 1.5, f"x sent no hello for {max(gaps):.1f} s while behind on LSAs"
+    assert any(start <= s <= end for s in heard["ack"]), "x acknowledged nothing while behind"
