@@ -8,7 +8,7 @@ import sys
 from typing import Callable, Optional
 
 from .apps import LabError
-from .model import LinkOpts, Topology, TopologyError
+from .model import AUTO_LINKSTATE_NODES_PER_CPU, LinkOpts, Topology, TopologyError
 
 
 def build_parser(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
@@ -19,8 +19,9 @@ def build_parser(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) 
                    help="run the scripted tour instead of the CLI; exit 0 only if every step passed")
     g.add_argument("--routing", choices=["auto", "linkstate", "static"], default="auto",
                    help="linkstate: the forwarders' link-state routing; static: shortest-path routes "
-                        "computed by the lab (re-pushed on fail/restore); auto: linkstate when the "
-                        "forwarder supports it (default)")
+                        "computed by the lab (re-pushed on fail/restore); auto (default): linkstate when "
+                        f"the forwarder supports it and there are at most "
+                        f"{AUTO_LINKSTATE_NODES_PER_CPU} nodes per CPU, else static")
     g.add_argument("--scsc", choices=["auto", "off"], default="auto",
                    help="start the SCSC (python -m controller) on host scsc when it exists")
     g.add_argument("--no-spa", action="store_true", help="no SPA authority (nodes trust nothing)")

@@ -14,6 +14,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+# Measured (docs/lab.md): 208 link-state forwarders converge on 2 cores in about a
+# minute; beyond what was measured, auto mode does not promise link-state routing.
+AUTO_LINKSTATE_NODES_PER_CPU = 120
+
 NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 MAX_NODE_NAME = 10          # "<name>-eth<NN>" must fit IFNAMSIZ (15)
 ROLES = ("sr", "sg")

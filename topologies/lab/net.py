@@ -48,16 +48,14 @@ from forwarder.ctl import CtlError
 from ..records import Records, new_run_dir, process_group
 from .apps import ForwarderApp, LabError, ScscApp, ServiceApp, Zygote, stop_all
 from .linkopts import apply_link_options
-from .model import LinkSpec, Topology, expected_prefixes, static_routes
+from .model import (AUTO_LINKSTATE_NODES_PER_CPU, LinkSpec, Topology, expected_prefixes,
+                    static_routes)
 
 MGMT_NET = "10.255.0.0/16"
 SCSC_IP = "10.255.255.254"
 SCSC_PORT = 6653
 SCSC_REST_PORT = 8181
 HTTP_PROXY = "127.0.0.1:8080"
-# Measured (docs/lab.md): 208 link-state forwarders converge on 2 cores in about a
-# minute; beyond what was measured, auto mode does not promise link-state routing.
-AUTO_LINKSTATE_NODES_PER_CPU = 120
 
 
 class BatchRecords(Records):
