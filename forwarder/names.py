@@ -108,11 +108,11 @@ class Name:
         A router decodes the same few hundred names (node names in hellos, LSAs
         and ACKs) over and over; a Name is immutable, so decoded ones are shared."""
         data = bytes(data)
+        if cls is not Name:
+            return cls._decode_wire(data)
         name = _FROM_WIRE.get(data)
-        if name is not None:
-            return name
-        name = cls._decode_wire(data)
-        if cls is Name:
+        if name is None:
+            name = cls._decode_wire(data)
             if len(_FROM_WIRE) >= FROM_WIRE_CACHE:
                 _FROM_WIRE.clear()
             _FROM_WIRE[data] = name

@@ -480,6 +480,9 @@ class LsaBody(NamedTuple):
                 raise DecodeError("bad_body", "authorization runs past the body")
             pfx.append(LsaPrefix(p, cost, pflags, bytes(data[i + 2:i + 2 + alen])))
             i += 2 + alen
+        if i != len(data):
+            # routers store and flood the body as received: one encoding per LSA
+            raise DecodeError("bad_body", f"{len(data) - i} bytes after the last prefix")
         return cls(seq, age, flags, adj, pfx)
 
 

@@ -588,7 +588,7 @@ def test_old_or_replayed_lsa_is_ignored_and_answered_with_the_newer_copy():
     assert f.stats["lsas_duplicate"] >= 1
 
 
-def test_copies_differing_only_in_age_are_duplicates_and_others_are_decoded():
+def test_copies_differing_only_in_age_are_duplicates_and_others_are_decoded(monkeypatch):
     net = Net()
     net.link("a", "b")
     net.run_until(net.converged)
@@ -599,14 +599,22 @@ def test_copies_differing_only_in_age_are_duplicates_and_others_are_decoded():
     body = LsaBody.decode(cur.payload)
     before = dict(b.stats)
     older = dataclasses.replace(cur, payload=body._replace(age_s=body.age_s + 7).encode())
+    decoded = []
+    real_decode = LsaBody.decode
+    monkeypatch.setattr(LsaBody, "decode", classmethod(
+        lambda cls, data: decoded.append(data) or real_decode(data)))
     assert b.on_packet(face, older, net.now) == []
+    assert decoded == []  # recognised as a copy without decoding it
     assert b.stats["lsas_duplicate"] == before["lsas_duplicate"] + 1
     (ack,) = [a for a in b.tick(net.now) if a.packet.type == PacketType.ACK]
     assert (node("a"), body.seq) in wire.AckBody.decode(ack.packet.payload).acks
     # same seq and age but cut short: decoded (and refused), never taken for a copy
     truncated = dataclasses.replace(cur, payload=cur.payload[:-1])
     b.on_packet(face, truncated, net.now)
-    assert b.stats["dropped"].get("bad_body", 0) >= 1
+    assert len(decoded) == 1 and b.stats["dropped"].get("bad_body", 0) == 1
+    padded = dataclasses.replace(cur, payload=cur.payload + b"\0")  # one encoding per LSA
+    b.on_packet(face, padded, net.now)
+    assert len(decoded) == 2 and b.stats["dropped"]["bad_body"] == 2
     assert b.stats["lsas_duplicate"] == before["lsas_duplicate"] + 1
 
 

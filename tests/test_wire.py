@@ -553,6 +553,7 @@ def test_ack_body_layout() -> None:
     (LsaBody.decode, bytes(12) + b"\x00\x00\x00\x01" + b"\x00\x01\x00"),       # prefix short
     (LsaBody.decode, bytes(12) + b"\x00\x00\x00\x01" + b"\x00\x01\x00\x00\x02\x01a"),  # no auth len
     (LsaBody.decode, bytes(12) + b"\x00\x00\x00\x01" + b"\x00\x01\x00\x00\x02\x01a\x00\x05ab"),
+    (LsaBody.decode, bytes(16) + b"\x00"),                  # a byte after the last prefix
     (AckBody.decode, b"\x00"),
     (AckBody.decode, b"\x00\x01"),                           # entry missing
     (AckBody.decode, b"\x00\x01\x02\x01a" + bytes(7)),       # sequence runs past

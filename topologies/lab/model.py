@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 # Measured (docs/lab.md): 208 link-state forwarders converge on 2 cores in about a
-# minute; beyond what was measured, auto mode does not promise link-state routing.
+# minute. Auto mode uses link-state routing up to this many nodes per CPU (240 on 2
+# cores, a little beyond what was measured) and static routes above.
 AUTO_LINKSTATE_NODES_PER_CPU = 120
 
 NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
