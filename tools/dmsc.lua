@@ -481,6 +481,7 @@ BODY[0x11] = function(tree, tvb, raw, off, stop)
         pfx:set_len(nxt + 2 + alen - i)
         i = nxt + 2 + alen
     end
+    if i ~= stop then return nil, (stop - i) .. " bytes after the last prefix" end
     return string.format("seq %s, %d adjacencies, %d prefixes",
                          tostring(tvb(off, 8):uint64()), na, np)
 end
