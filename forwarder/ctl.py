@@ -148,6 +148,8 @@ def render(cmd: str, data: Any) -> str:
         lines = [f"trace to {data['name']}"]
         for h in data["hops"]:
             extra = " (destination)" if h.get("reached") else (f" {h['error']}" if h.get("error") else "")
+            if h.get("lost"):
+                extra += f" ({h['lost']} probe(s) unanswered)"
             lines.append(f"{h['hop']:3d}  {h['node'] or '*'}  {h['rtt_ms']:.3f} ms{extra}")
         if not data["reached"]:
             lines.append("destination not reached")
@@ -178,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("trace", help="the path a name takes, hop by hop")
     tp.add_argument("name")
     tp.add_argument("-m", "--max-hops", type=int, default=16)
+    tp.add_argument("-q", "--probes", type=int, default=3,
+                    help="probes per hop when one gets no answer (default 3, like traceroute)")
     rp = sub.add_parser("route", help="add or delete a static route")
     rp.add_argument("action", choices=["add", "del"])
     rp.add_argument("prefix")
@@ -205,7 +209,8 @@ def run(args: argparse.Namespace) -> Tuple[str, Any]:
                                                "timeout": args.timeout, "interval": args.interval,
                                                "size": args.size})
     if c == "trace":
-        return c, request(ep, "POST", "/trace", {"name": args.name, "max_hops": args.max_hops})
+        return c, request(ep, "POST", "/trace", {"name": args.name, "max_hops": args.max_hops,
+                                                 "probes": args.probes})
     if c == "route":
         if args.action == "add":
             body = {"prefix": args.prefix, "face": args.face, "cost": args.cost}

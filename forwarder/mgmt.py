@@ -274,22 +274,32 @@ class Api:
                 "rtt_ms_max": max(ok) if ok else None}
 
     def trace(self, body: dict) -> dict:
-        """Hop by hop, like traceroute: each hop limit expires one node further."""
+        """Hop by hop, like traceroute: each hop limit expires one node further. A
+        probe that gets no answer is sent again (up to `probes` per hop, as
+        traceroute does), so that one lost packet on a lossy link does not end
+        the trace; the hop then says how many were lost."""
         name = _name(body.get("name"))
         max_hops = _bounded(body, "max_hops", 16, 1, 64)
+        probes = _bounded(body, "probes", 3, 1, 10)
         timeout = float(body.get("timeout", 1.0))
         hops = []
         for hl in range(2, max_hops + 2):
-            r = self._echo(name, hl, False, timeout)
+            for lost in range(probes):
+                r = self._echo(name, hl, False, timeout)
+                if r.get("error") != "timeout":
+                    break
+            else:
+                lost = probes
+            hop = {"hop": hl - 1, "rtt_ms": r["rtt_ms"], "reached": bool(r["ok"])}
+            if lost:
+                hop["lost"] = lost
             if r["ok"]:
-                hops.append({"hop": hl - 1, "node": r["responder"], "rtt_ms": r["rtt_ms"],
-                             "reached": True})
+                hops.append({**hop, "node": r["responder"]})
                 return {"name": name.text, "reached": True, "hops": hops}
             if r.get("reason") == "hop_limit_exceeded":
-                hops.append({"hop": hl - 1, "node": r["from"], "rtt_ms": r["rtt_ms"], "reached": False})
+                hops.append({**hop, "node": r["from"]})
                 continue
-            hops.append({"hop": hl - 1, "node": r.get("from"), "error": r.get("reason") or r["error"],
-                         "rtt_ms": r["rtt_ms"], "reached": False})
+            hops.append({**hop, "node": r.get("from"), "error": r.get("reason") or r["error"]})
             return {"name": name.text, "reached": False, "hops": hops}
         return {"name": name.text, "reached": False, "hops": hops}
 

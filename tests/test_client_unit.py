@@ -428,6 +428,11 @@ def test_register_refused_and_serve(sockpath):
         assert by_seq[77] == b"ABC" * 1000 and by_seq[78] == b""
         assert c.counters["served"] == 1 and c.counters["handler_errors"] == 1
         c.close()
+        # the gateway's thread records what it reads: poll, it may not have read it yet
+        deadline = time.time() + 3
+        while time.time() < deadline and not any(
+                p.type == PacketType.UNREGISTER and p.dst == Name.parse("/svc") for p in gw.seen):
+            time.sleep(0.02)
         assert any(p.type == PacketType.UNREGISTER and p.dst == Name.parse("/svc") for p in gw.seen)
     finally:
         gw.close()

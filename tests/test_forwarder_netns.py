@@ -7,6 +7,8 @@ DMSC frames over veth pairs between namespaces.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
@@ -112,7 +114,17 @@ def test_line_register_call_ping_nack(netns_net):
     trace = fn["a"].api("POST", "/trace", {"name": "/node/b"})
     assert trace["reached"], trace
     assert [h["node"] for h in trace["hops"]] == ["/node/r", "/node/b"]
+    assert not any("lost" in h for h in trace["hops"])
     assert fn["r"].counters()["nacks_sent"].get("hop_limit_exceeded", 0) >= 1
+    # a hop that does not answer is probed again before the trace gives up on it
+    os.kill(fn["b"].proc.pid, signal.SIGSTOP)
+    try:
+        trace = fn["a"].api("POST", "/trace", {"name": "/node/b", "probes": 2, "timeout": 0.3})
+    finally:
+        os.kill(fn["b"].proc.pid, signal.SIGCONT)
+    assert not trace["reached"]
+    assert trace["hops"][0]["node"] == "/node/r" and "lost" not in trace["hops"][0]
+    assert trace["hops"][1]["lost"] == 2 and trace["hops"][1]["error"] == "timeout"
 
 
 def test_ctl_commands(netns_net):
