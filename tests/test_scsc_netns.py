@@ -246,10 +246,13 @@ def test_critical_prefix_keeps_its_latency_on_a_saturated_link(netns_net):
     wait_for(lambda: _connected(scsc, 3), 15, what="three agents connected")
     r_out = intf_between(netns_net, "r", "b")
     r = netns_net.node("r")
-    # r -> b shaped to 5 Mbit/s; inside it pfifo_fast serves skb priority 6-7 (band 0) first
+    # r -> b shaped to 20 Mbit/s; inside it pfifo_fast serves skb priority 6-7 (band 0) first.
+    # A critical packet still waits for the bulk frame ahead of it to pass the shaper
+    # (non-preemptive: 1,350 bytes take 0.54 ms at 20 Mbit/s, 2.2 ms at 5 Mbit/s), a floor
+    # that must stay below the unloaded latency for "within 2x" to measure the forwarders.
     r.cmd(["tc", "qdisc", "add", "dev", r_out, "root", "handle", "1:", "htb", "default", "1"])
     r.cmd(["tc", "class", "add", "dev", r_out, "parent", "1:", "classid", "1:1", "htb",
-           "rate", "5mbit", "ceil", "5mbit"])
+           "rate", "20mbit", "ceil", "20mbit"])
     r.cmd(["tc", "qdisc", "add", "dev", r_out, "parent", "1:1", "handle", "10:", "pfifo_fast"])
     out = scsc.rest.post_intent({"kind": "critical", "prefix": "/crit"}, wait=5)
     assert out["applied"], out
@@ -268,10 +271,10 @@ def test_critical_prefix_keeps_its_latency_on_a_saturated_link(netns_net):
         return int(qdisc().split("backlog")[1].split("b")[1].split("p")[0].strip())
 
     def start_load():
-        # best-effort load at ~1.8x the shaped rate: 1,350-byte frames with a 1 ms gap
-        # (trafgen's gap comes out at about 850 frames/s here, ~9 Mbit/s)
+        # best-effort load above the shaped rate: 1,350-byte frames with a 250 us gap (about
+        # 2,300 frames/s here, 25 Mbit/s): the queue fills, with little CPU taken from the rest
         gen = netns_net.node("a").popen(["trafgen", "--dev", a_if, "--conf", str(conf), "--cpus", "1",
-                                         "--no-sock-mem", "--gap", "1000us", "--num", "0"], "trafgen")
+                                         "--no-sock-mem", "--gap", "250us", "--num", "0"], "trafgen")
         wait_for(lambda: backlog_packets() >= 200, 15, interval=0.05,
                  what="the shaped link's queue to fill")
         return gen
@@ -317,7 +320,7 @@ def test_critical_prefix_keeps_its_latency_on_a_saturated_link(netns_net):
                         return r_out in scsc.rest.get("/policy")["congested"].get("/node/r", [])
                     wait_for(congested, 5, interval=0.1, what=f"{r_out} reported congested")
                     face = scsc.rest.get("/telemetry?node=/node/r")["forwarders"]["/node/r"]["faces"]
-                    assert face[r_out]["capacity_bps"] == 5_000_000, face
+                    assert face[r_out]["capacity_bps"] == 20_000_000, face
             finally:
                 stop_load(gen)
     u99, l99 = _pct(unloaded, 0.99), _pct(loaded, 0.99)
