@@ -574,8 +574,9 @@ class Daemon:
         With only_if_sooner, a run already set for that time or earlier stays: a
         busy loop (a backlog of LSAs) calls this every turn, and moving an imminent
         run out again each time would starve hellos, ACKs and SPF for good."""
-        delay = min(max(self.router.next_tick() - time.time(), 0.002), 1.0)
-        due = time.time() + delay
+        now = time.time()
+        delay = min(max(self.router.next_tick() - now, 0.002), 1.0)
+        due = now + delay
         if only_if_sooner and due >= self._routing_due - 0.001:
             return
         self._routing_token += 1

@@ -63,6 +63,25 @@ def _echo(payload, request):
     return b"echo:" + payload
 
 
+def _read_packet(sock):
+    """(frame, packet) of the next DMSC frame on a raw socket; None on its timeout
+    or a frame that does not decode."""
+    try:
+        frame = sock.recv(65536)
+    except socket.timeout:
+        return None
+    try:
+        return frame, wire.decode(frame[14:])
+    except wire.DecodeError:
+        return None
+
+
+def _longest_gap(times, start, end):
+    """The longest stretch of [start, end] without one of `times` in it."""
+    inside = [t for t in times if start <= t <= end]
+    return max(b - a for a, b in zip([start] + inside, inside + [end]))
+
+
 def test_converges_and_routes_every_node(netns_net):
     fn = _build(netns_net)
     wait_for(lambda: _converged(fn), 15, what="every LSDB to agree")
@@ -281,14 +300,10 @@ def test_replayed_old_advertisement_is_ignored_at_every_sr(netns_net):
         old = None
         deadline = time.monotonic() + 10
         while old is None and time.monotonic() < deadline:
-            try:
-                frame = sniff.recv(65536)
-            except socket.timeout:
+            got = _read_packet(sniff)
+            if got is None:
                 continue
-            try:
-                p = wire.decode(frame[14:])
-            except wire.DecodeError:
-                continue
+            frame, p = got
             if p.type == wire.PacketType.LSA and p.src == Name.parse("/node/s2"):
                 old = frame[14:14 + len(p.encode())]
         sniff.close()
@@ -337,14 +352,10 @@ def test_lsa_backlog_does_not_silence_hellos_and_acks(netns_net):
     def listen():
         sock.settimeout(0.05)
         while not stop.is_set():
-            try:
-                frame = sock.recv(65536)
-            except socket.timeout:
+            got = _read_packet(sock)
+            if got is None:
                 continue
-            try:
-                p = wire.decode(frame[14:])
-            except wire.DecodeError:
-                continue
+            p = got[1]
             if p.src == x and p.type == wire.PacketType.HELLO:
                 heard["hello"].append(time.monotonic())
             elif p.src == x and p.type == wire.PacketType.ACK:
@@ -397,9 +408,7 @@ def test_lsa_backlog_does_not_silence_hellos_and_acks(netns_net):
         sock.close()
     assert routing["lsa_queue_max"] >= 2000, f"no backlog formed ({routing['lsa_queue_max']} queued at most)"
     assert routing["lsa_queue_merged"] > 0  # copies of a queued LSA are not queued again
-    during = [s for s in heard["hello"] if start <= s <= end]
-    gaps = [b - a for a, b in zip([start] + during, during + [end])]
-    assert max(gaps) < 1.5, f"x sent no hello for {max(gaps):.1f} s while behind on LSAs"
-    acks = [s for s in heard["ack"] if start <= s <= end]
-    ack_gaps = [b - a for a, b in zip([start] + acks, acks + [end])]
-    assert max(ack_gaps) < 1.5, f"x acknowledged nothing for {max(ack_gaps):.1f} s while behind"
+    gap = _longest_gap(heard["hello"], start, end)
+    assert gap < 1.5, f"x sent no hello for {gap:.1f} s while behind on LSAs"
+    gap = _longest_gap(heard["ack"], start, end)
+    assert gap < 1.5, f"x acknowledged nothing for {gap:.1f} s while behind"
