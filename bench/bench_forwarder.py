@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -30,9 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from forwarder.names import Name  # noqa: E402
-from forwarder.wire import ETHERTYPE, Packet, PacketType  # noqa: E402
-from topologies.fwd_net import ForwarderNet, intf_between, wait_for  # noqa: E402
+from forwarder.dataplane.names import Name  # noqa: E402
+from forwarder.dataplane.wire import ETHERTYPE, Packet, PacketType  # noqa: E402
+from topologies.fwd_net import ForwarderNet  # noqa: E402
+from topologies.measure import machine_facts, percentile  # noqa: E402
 from topologies.netns import NetnsNetwork  # noqa: E402
 from topologies.nsenter import socket_in  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
@@ -142,11 +142,6 @@ def measure_latency(net: NetnsNetwork, src: str, src_intf: str, dst: str, dst_in
     return out
 
 
-def pct(values, q):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(q * len(v)))] if v else None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--window", type=float, default=3.0, help="seconds measured per throughput point")
@@ -159,8 +154,7 @@ def main() -> int:
         return 2
     run = new_run_dir("bench-forwarder")
     result: dict = {"bench": "forwarder", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                             "python": platform.python_version()},
+                    "machine": machine_facts(),
                     "method": __doc__.strip().splitlines()[0], "run_dir": str(run)}
     with NetnsNetwork(run) as net:
         for n in ("g", "r", "s", "g2", "s2"):
@@ -201,9 +195,9 @@ def main() -> int:
                                  lambda i: dmsc_frame(s2_mac, g2_mac, 64, seq=i), ETHERTYPE, args.samples)
         base = statistics.median(direct)
         added = [x - base for x in through]
-        result.update({"hop_latency_us_p50": round(pct(added, 0.5), 1),
-                       "hop_latency_us_p99": round(pct(added, 0.99), 1),
-                       "path_latency_us_p50": round(pct(through, 0.5), 1),
+        result.update({"hop_latency_us_p50": round(percentile(added, 50), 1),
+                       "hop_latency_us_p99": round(percentile(added, 99), 1),
+                       "path_latency_us_p50": round(percentile(through, 50), 1),
                        "direct_link_latency_us_p50": round(base, 1),
                        "latency_samples": len(added)})
         print(f"added latency of one DMSC hop: p50 {result['hop_latency_us_p50']} us, "
@@ -230,7 +224,7 @@ def main() -> int:
         kern = measure_latency(net, "g", g_if, "s", s_if,
                                lambda i: udp_frame(r_mac, g_mac, "10.77.1.1", "10.77.2.1", 64),
                                0x0800, min(args.samples, 1000))
-        result["kernel_hop_latency_us_p50"] = round(pct([x - base for x in kern], 0.5), 1)
+        result["kernel_hop_latency_us_p50"] = round(percentile([x - base for x in kern], 50), 1)
     result["dmsc_vs_kernel_fps_64"] = round(result["dmsc_fps_64"] / max(1, result["kernel_fps_64"]), 3)
     # A path that forwarded (nearly) everything offered was limited by the generator,
     # not by the forwarder: then the ratio above is a lower bound for that path.

@@ -5,9 +5,9 @@ Per topology:
   * up_s, converged_s: from the run's timings.json (start of the lab to every
     node up; to routing converged and the SCSC seeing every forwarder);
   * routing: what the lab used (auto picks link-state up to a node limit);
-  * adjacency_downs, slow_loop_turns: adjacency_down events and "one turn of
-    the event loop took" warnings in the forwarders' logs (a loaded machine
-    shows here first; a clean bring-up has no adjacency going down);
+  * adjacency_downs, slow_loop_turns: adjacency_down and slow_turn events in
+    the forwarders' events.jsonl (a loaded machine shows here first; a clean
+    bring-up has no adjacency going down);
   * wall_s: the whole command, teardown included.
 
 Targets (issue: the lab): k=4 converged in under 10 s; k=8 in under 90 s.
@@ -18,46 +18,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from forwarder.runtime.events import EVENTS_FILE, read_events  # noqa: E402
+from topologies.measure import loadavg, machine_facts  # noqa: E402
+from topologies.records import new_run_dir  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 TARGET_S = {4: 10.0, 8: 90.0}
 
 
-def bring_up(k: int, timeout: float) -> dict:
-    """Run the lab once; everything measured comes from its output and run folder."""
+def bring_up(k: int, timeout: float, scratch: Path) -> dict:
+    """Run the lab once; everything measured comes from its report and run folder."""
+    report = scratch / f"lab-k{k}-{time.monotonic_ns()}.json"
     argv = [sys.executable, str(REPO / "topologies" / "fat_tree.py"), "--k", str(k),
-            "--up-only", "--timeout", str(timeout)]
+            "--up-only", "--timeout", str(timeout), "--report", str(report)]
     t0 = time.monotonic()
     proc = subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout + 300)
     wall = time.monotonic() - t0
-    out = proc.stdout + proc.stderr
-    m = re.search(r"run folder (\S+) \(routing (\w+)\)", out)
     res = {"k": k, "exit": proc.returncode, "wall_s": round(wall, 1)}
-    if not m:
-        res["error"] = out.strip().splitlines()[-1:] or ["no output"]
-        return res
-    run, res["routing"] = Path(m.group(1)), m.group(2)
-    res["run_dir"] = str(run)
     try:
-        timings = json.loads((run / "timings.json").read_text())
+        rep = json.loads(report.read_text())
     except (OSError, ValueError):
-        timings = {}
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:]
+        res["error"] = tail or ["the lab wrote no report"]
+        return res
+    run = Path(rep["run_dir"])
+    res["routing"], res["run_dir"] = rep["routing"], str(run)
+    timings = rep.get("timings") or {}
     res["up_s"] = round(timings["up_s"], 1) if "up_s" in timings else None
     res["converged_s"] = round(timings["converged_s"], 1) if "converged_s" in timings else None
-    logs = [p.read_text(errors="replace") for p in run.glob("*/forwarder.log")]
-    res["forwarders"] = len(logs)
-    res["adjacency_downs"] = sum(log.count("adjacency_down") for log in logs)
-    res["slow_loop_turns_logged"] = sum(log.count("one turn of the event loop took") for log in logs)
-    if proc.returncode != 0:
-        res["error"] = [line for line in out.splitlines() if line.startswith("error")][-1:]
+    nodes = sorted(run.glob(f"*/{EVENTS_FILE}"))
+    res["forwarders"] = len(nodes)
+    res["adjacency_downs"] = sum(len(read_events(p, kind="adjacency_down")) for p in nodes)
+    res["slow_loop_turns"] = sum(len(read_events(p, kind="slow_turn")) for p in nodes)
+    if rep.get("error"):
+        res["error"] = [rep["error"]]
     target = TARGET_S.get(k)
     if target is not None and res["converged_s"] is not None:
         res["target_converged_s"] = target
@@ -75,20 +77,19 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_lab: needs root (Mininet)", file=sys.stderr)
         return 2
-    result = {"bench": "lab", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                       "loadavg_before": os.getloadavg()[0]},
-              "method": __doc__.strip(), "runs": []}
+    result = {"bench": "lab", "machine": machine_facts(), "method": __doc__.strip(), "runs": []}
+    scratch = new_run_dir("bench-lab")
     failed = False
     for k in args.k:
         for i in range(args.repeat):
             print(f"bench_lab: k={k} run {i + 1}/{args.repeat} ...", flush=True)
-            r = bring_up(k, args.timeout)
+            r = bring_up(k, args.timeout, scratch)
             result["runs"].append(r)
             failed |= r["exit"] != 0
             print(f"  routing {r.get('routing')}, up {r.get('up_s')} s, converged {r.get('converged_s')} s, "
                   f"adjacency downs {r.get('adjacency_downs')}, exit {r['exit']}"
                   + (f": {r['error']}" if r.get("error") else ""), flush=True)
+    result["loadavg_at_end"] = loadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -28,8 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from forwarder.client import Client, DmscError  # noqa: E402
-from topologies.fwd_net import ForwarderNet, intf_between, wait_for  # noqa: E402
+from forwarder.apps.client import Client, DmscError  # noqa: E402
+from topologies.fwd_net import ForwarderNet, intf_between  # noqa: E402
+from topologies.measure import machine_facts, wait_for  # noqa: E402
 from topologies.netns import NetnsNetwork  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
 
@@ -90,7 +90,7 @@ def main() -> int:
     run = new_run_dir("bench-routing")
     result = {"bench": "routing", "k": args.k, "nodes": len(nodes), "links": len(links),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "host": {"cpus": os.cpu_count(), "kernel": platform.release()},
+              "machine": machine_facts(),
               "method": __doc__.strip(), "run_dir": str(run)}
     with NetnsNetwork(run) as net:
         t0 = time.monotonic()

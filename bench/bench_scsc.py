@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,15 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from controller.rest_client import ScscRest  # noqa: E402
-from topologies.fwd_net import wait_for  # noqa: E402
+from topologies.measure import loadavg, machine_facts, percentile, wait_for  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 SENT_MS: list = []  # per round: intent received -> policy sent to every forwarder (SCSC clock)
-
-
-def pct(values, q):
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
 def cpu_idle(seconds: float = 1.0) -> float:
@@ -75,7 +69,7 @@ def wait_idle(max_wait: float, threshold: float = 0.85) -> float:
 
 
 def summary(xs):
-    return {"median": round(statistics.median(xs), 2), "p90": round(pct(xs, 0.9), 2),
+    return {"median": round(statistics.median(xs), 2), "p90": round(percentile(xs, 90), 2),
             "min": round(min(xs), 2), "max": round(max(xs), 2), "rounds": len(xs)}
 
 
@@ -206,8 +200,7 @@ def _in_sync(rest, n) -> bool:
 
 
 def bench_real(n: int, rounds_: int, interval: float) -> dict:
-    from controller.netns_lab import ScscNode
-    from topologies.fwd_net import ForwarderNet
+    from topologies.fwd_net import ForwarderNet, ScscNode
     from topologies.netns import NetnsNetwork, require_netns
     from topologies.records import new_run_dir
     why = require_netns()
@@ -276,10 +269,9 @@ def main() -> int:
               "measure": "client round trip of POST /intents?wait=10 (returns after the last ack); "
                          "median over the rounds",
               "target_push_ms_200": 100,
-              "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                       "python": platform.python_version()},
+              "machine": machine_facts(),
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+              "loadavg_at_start": loadavg()}
     if args.real:
         result[f"cpu_idle_before_{args.real}"] = wait_idle(args.wait_idle)
         r = bench_real(args.real, args.rounds, args.interval)
@@ -292,7 +284,7 @@ def main() -> int:
         result[f"push_ms_{args.sim}"] = s["client_ms"]["median"]
         result[f"simulated_{args.sim}"] = s
         print(f"{args.sim} simulated forwarders: push {s['client_ms']}")
-    result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["loadavg_at_end"] = loadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -245,10 +245,7 @@ class ScscApp(app_manager.OSKenApp):
             if not w or p in self.intents.pinned or p in self.engine.weights:
                 continue
             if all(k.startswith("/") for k in w) and abs(sum(w.values()) - 100) < 1e-6:
-                self.engine.weights[p] = {k: int(v) for k, v in w.items()}
-                self.engine._adopted_deg[p] = {k for k, v in w.items()
-                                               if v <= self.engine.p.min_weight}
-                self.engine.degraded[p] = set(self.engine._adopted_deg[p])
+                self.engine.adopt_weights(p, w)
 
     def _telemetry(self, conn: Conn, msg: dict, now: float) -> None:
         conn.send({"type": "ack", "ack": msg.get("seq")})

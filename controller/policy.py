@@ -55,7 +55,7 @@ def check_prefix(value: Any, what: str = "prefix") -> str:
     if not isinstance(value, str) or not value:
         raise IntentError(f"{what}: expected a name such as /shop/cart, got {value!r}")
     try:
-        from forwarder.names import InvalidName, Name
+        from forwarder.dataplane.names import InvalidName, Name
     except ImportError:  # pragma: no cover - the controller ships with the forwarder package
         if not value.startswith("/"):
             raise IntentError(f"{what}: {value!r} must start with /")
@@ -290,6 +290,13 @@ class PolicyEngine:
         self.changes = 0                                      # weight adoptions, for the record
 
     # ------------------------------------------------------------ instances
+    def adopt_weights(self, prefix: str, weights: Dict[str, float]) -> None:
+        """Take over instance weights a forwarder still holds from an earlier SCSC
+        run (after a restart), so the new run does not start from equal weights."""
+        self.weights[prefix] = {k: int(v) for k, v in weights.items()}
+        self._adopted_deg[prefix] = {k for k, v in weights.items() if v <= self.p.min_weight}
+        self.degraded[prefix] = set(self._adopted_deg[prefix])
+
     def observe_instance(self, prefix: str, instance: str, s: InstanceSample) -> bool:
         """One interval's sample of one instance; True when its estimate was updated.
 

@@ -12,11 +12,12 @@ import threading
 import time
 from typing import Iterable, List, Optional, Tuple
 
-from forwarder.facetable import ETHER
-from forwarder.names import Name
-from forwarder.pipeline import Forwarder
-from forwarder.rib import Route
-from forwarder.scsc_agent import ScscAgent
+from forwarder.dataplane.facetable import ETHER
+from forwarder.dataplane.names import Name
+from forwarder.dataplane.pipeline import Forwarder
+from forwarder.runtime.events import EventLog
+from forwarder.dataplane.rib import Route
+from forwarder.mgmt.scsc_agent import ScscAgent
 
 
 class StubDaemon:
@@ -26,6 +27,7 @@ class StubDaemon:
         self.started = time.time()
         self.tx_errors: dict = {}
         self.face_events: dict = {}
+        self.events = EventLog(None, node)
         self.router = None
         self._lock = threading.Lock()
         for f in faces:

@@ -12,24 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from forwarder.dataplane.counters import bucket_quantile
+from forwarder.mgmt.rules import canonical
+
 from .policy import FaceSample, InstanceSample, NextHop, NodeInfo, NodePolicy
-
-LATENCY_BUCKETS_US = (25, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000,
-                      50_000, 100_000, 200_000, 500_000, 1_000_000, 5_000_000)
-
-
-def hist_quantile(counts: List[int], q: float) -> Optional[float]:
-    """Upper bound (us) of the bucket holding quantile q of a bucket-count list."""
-    total = sum(counts)
-    if total <= 0:
-        return None
-    rank, seen = q * total, 0
-    for i, c in enumerate(counts):
-        seen += c
-        if seen >= rank and c:
-            return float(LATENCY_BUCKETS_US[i]) if i < len(LATENCY_BUCKETS_US) else float("inf")
-    return float(LATENCY_BUCKETS_US[-1])
-
 
 def _hist_delta(new: Optional[dict], old: Optional[dict]) -> Tuple[int, float, List[int]]:
     """(count, sum_us, bucket counts) added between two cumulative histogram snapshots."""
@@ -106,7 +92,7 @@ class NetworkState:
             f.connected, f.connected_at, f.last_seen = True, now, now
             f.last = None  # counters may have restarted with the forwarder
             held = msg.get("policy") or {}
-            rules = {r["prefix"]: _canonical(r) for r in held.get("rules") or []
+            rules = {r["prefix"]: canonical(r) for r in held.get("rules") or []
                      if isinstance(r, dict) and "prefix" in r}
             f.policy = dict(rules)
             f.sent = dict(rules)
@@ -170,12 +156,12 @@ class NetworkState:
                 sn, ss_us, scounts = _hist_delta(c.get("service_latency"), (oc or {}).get("service_latency"))
                 entry = {"request_rate": round(d_req / dt, 3), "responses": d_resp,
                          "errors": d_nack + max(0, d_drops),
-                         "latency_p50_us": hist_quantile(counts, 0.5),
-                         "latency_p99_us": hist_quantile(counts, 0.99),
+                         "latency_p50_us": bucket_quantile(counts, 0.5),
+                         "latency_p99_us": bucket_quantile(counts, 0.99),
                          "latency_mean_us": round(s_us / n, 1) if n else None,
                          "served_rate": round(d_served / dt, 3),
-                         "service_p50_us": hist_quantile(scounts, 0.5),
-                         "service_p99_us": hist_quantile(scounts, 0.99),
+                         "service_p50_us": bucket_quantile(scounts, 0.5),
+                         "service_p99_us": bucket_quantile(scounts, 0.99),
                          "service_mean_us": round(ss_us / sn, 1) if sn else None}
                 prefixes[p] = entry
                 if old is not None and p in lp:
@@ -284,14 +270,3 @@ class NetworkState:
                          "in_sync": f.acked_version >= f.version, "connected": f.connected,
                          "rules": [f.sent[p] for p in sorted(f.sent)]}
                 for f in sorted(self.forwarders.values(), key=lambda f: f.node)}}
-
-
-def _canonical(rule: dict) -> dict:
-    """A rule as the policy engine writes it: only the keys that are set."""
-    out = {"prefix": rule["prefix"]}
-    for k in ("priority", "rate", "burst"):
-        if rule.get(k) is not None:
-            out[k] = rule[k]
-    if rule.get("weights"):
-        out["weights"] = dict(rule["weights"])
-    return out

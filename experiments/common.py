@@ -25,7 +25,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -35,9 +34,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
+from topologies.measure import git_commit, loadavg, machine_facts, percentile
+from topologies.proc import Proc, run, stop_all
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_ROOT = REPO / "results"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------
@@ -134,30 +135,6 @@ class Progress:
 # Results folder
 # ---------------------------------------------------------------------------
 
-def _git_commit() -> Optional[str]:
-    try:
-        res = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        commit = res.stdout.strip() or None
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return f"{commit}{'+dirty' if dirty else ''}" if commit else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def machine_facts() -> dict:
-    facts = {"hostname": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
-             "python": platform.python_version()}
-    try:
-        facts["loadavg"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()
-        facts["mem_total_mb"] = round(int(mem[1]) / 1024)
-    except OSError:
-        pass
-    return facts
-
-
 def _jsonable(v: Any) -> Any:
     if isinstance(v, Path):
         return str(v)
@@ -192,7 +169,7 @@ class Results:
             "quick": bool(getattr(args, "quick", False)),
             "seed": getattr(args, "seed", None),
             "params": {k: v for k, v in vars(args).items() if k not in ("out",)},
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "machine": machine_facts(),
         }
         self.write_config()
@@ -329,19 +306,6 @@ def pyplot():
 # Statistics
 # ---------------------------------------------------------------------------
 
-def percentile(values: Sequence[float], q: float) -> Optional[float]:
-    """Linear-interpolated percentile, q in [0, 100]; None for no values."""
-    v = sorted(values)
-    if not v:
-        return None
-    if len(v) == 1:
-        return v[0]
-    pos = (len(v) - 1) * q / 100.0
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
 def lat_stats(values: Sequence[float], prefix: str = "") -> Dict[str, Optional[float]]:
     """n, mean, p50, p90, p99, max of a list (same unit in, same unit out)."""
     v = list(values)
@@ -368,86 +332,6 @@ def md_table(rows: List[List[Any]], header: List[str]) -> str:
     for r in rows:
         out.append("| " + " | ".join(str(c) if c is not None else "n/a" for c in r) + " |")
     return "\n".join(out)
-
-
-# ---------------------------------------------------------------------------
-# /proc accounting
-# ---------------------------------------------------------------------------
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process, seconds (0 if it is gone)."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = data[data.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_mem_kb(pid: int) -> Dict[str, int]:
-    """{'rss_kb', 'pss_kb'} from /proc/<pid>/smaps_rollup (zeros if it is gone)."""
-    out = {"rss_kb": 0, "pss_kb": 0}
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key == "Rss":
-                out["rss_kb"] = int(rest.split()[0])
-            elif key == "Pss":
-                out["pss_kb"] = int(rest.split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
-
-
-def children_map() -> Dict[int, List[int]]:
-    kids: Dict[int, List[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            data = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(data[data.rindex(")") + 2:].split()[1])
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
-def with_descendants(pids: Iterable[int], kids: Optional[Dict[int, List[int]]] = None) -> List[int]:
-    kids = kids if kids is not None else children_map()
-    out, todo = [], [p for p in pids if p]
-    seen = set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def group_usage(pids: Iterable[int]) -> Dict[str, float]:
-    """CPU seconds and memory summed over processes."""
-    cpu, rss, pss, n = 0.0, 0, 0, 0
-    for p in pids:
-        m = proc_mem_kb(p)
-        if not m["rss_kb"]:
-            continue
-        n += 1
-        cpu += proc_cpu_s(p)
-        rss += m["rss_kb"]
-        pss += m["pss_kb"]
-    return {"processes": n, "cpu_s": round(cpu, 3), "rss_mb": round(rss / 1024, 2),
-            "pss_mb": round(pss / 1024, 2)}
-
-
-def machine_cpu_busy_s() -> float:
-    """Busy CPU seconds of the whole machine since boot (all cores), from /proc/stat."""
-    first = Path("/proc/stat").read_text().splitlines()[0].split()
-    vals = [int(x) for x in first[1:]]
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    return (sum(vals[:8]) - idle) / CLK_TCK
 
 
 # ---------------------------------------------------------------------------
@@ -492,7 +376,7 @@ def start_lab(topo, res: Results, progress: Progress, *, run_kind: str, attempts
     A 2-core machine shared with other work now and then misses the convergence
     deadline; a second start usually succeeds.
     """
-    from topologies.lab.apps import LabError
+    from topologies.proc import LabError
     from topologies.lab.net import DmscLab
     last: Optional[BaseException] = None
     for i in range(attempts):
@@ -525,13 +409,6 @@ def settle(lab, timeout: float = 60.0, settle_s: float = 1.0) -> float:
     raise TimeoutError(f"the lab did not settle within {timeout:.0f}s: {'; '.join(problems[:2])}")
 
 
-def loadavg() -> Optional[List[float]]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
-
-
 def lab_facts(lab) -> dict:
     return {"lab_run_dir": str(lab.run_dir), "lab_routing": lab.routing,
             "lab_timings": dict(lab.timings), "lab_warnings": list(lab.warnings),
@@ -548,7 +425,7 @@ def issue_identity(lab, prefix: str, app: str, node: str) -> Optional[Path]:
         return key
     import contextlib
     import io
-    from forwarder import spa_tool
+    from forwarder.spa import tool as spa_tool
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         rc = spa_tool.main(["--dir", str(lab.run_dir / "spa"), "issue", prefix, "--new-service",
@@ -558,28 +435,18 @@ def issue_identity(lab, prefix: str, app: str, node: str) -> Optional[Path]:
     return lab.identity_of(app, node)
 
 
-def lab_proc_class():
-    """LabProc, defined lazily so that importing this module needs no Mininet."""
-    from topologies.lab.apps import Proc
+class LabProc(Proc):
+    """A process of ours in a lab host (``ip netns exec``), recorded for ``make clean``."""
 
-    class LabProc(Proc):
-        """A process of ours in a lab host (``ip netns exec``), recorded for ``make clean``."""
+    def __init__(self, lab, node: str, name: str, argv: List[str]) -> None:
+        super().__init__(lab.netns[node], lab.run_dir / node, name, lab.records,
+                         python=lab.python, argv=argv)
+        self.node = node
+        self.name = name
 
-        def __init__(self, lab, node: str, name: str, argv: List[str]) -> None:
-            super().__init__(lab.netns[node], lab.run_dir / node, name, lab.records,
-                             python=lab.python)
-            self.node = node
-            self.name = name
-            self._argv = argv
-
-        def argv(self) -> List[str]:
-            return list(self._argv)
-
-        def start(self) -> "LabProc":
-            self.spawn()
-            return self
-
-    return LabProc
+    def start(self) -> "LabProc":
+        self.spawn()
+        return self
 
 
 class ProcSet:
@@ -588,10 +455,9 @@ class ProcSet:
     def __init__(self, lab) -> None:
         self.lab = lab
         self.procs: List[Any] = []
-        self._cls = lab_proc_class()
 
     def start(self, node: str, name: str, argv: List[str]):
-        p = self._cls(self.lab, node, name, argv).start()
+        p = LabProc(self.lab, node, name, argv).start()
         self.procs.append(p)
         return p
 
@@ -599,28 +465,9 @@ class ProcSet:
         return self.start(node, name, [self.lab.python, "-m", module, *args])
 
     def stop(self, procs: Optional[List[Any]] = None) -> None:
-        from topologies.lab.apps import stop_all
         targets = list(self.procs if procs is None else procs)
         stop_all(targets)
         self.procs = [p for p in self.procs if p not in targets]
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.1,
-               what: str = "condition") -> Any:
-    """Poll pred() until it returns something true; TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    last_exc: Optional[BaseException] = None
-    while True:
-        try:
-            v = pred()
-            if v:
-                return v
-        except Exception as exc:  # a node answering slowly: keep polling
-            last_exc = exc
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
-                               + (f" (last error: {last_exc})" if last_exc else ""))
-        time.sleep(interval)
 
 
 def install_signal_handlers() -> None:
@@ -633,37 +480,8 @@ def install_signal_handlers() -> None:
 
 def ns_run(lab, node: str, argv: List[str], timeout: float = 60.0, check: bool = True
            ) -> subprocess.CompletedProcess:
-    """Run a short command in a lab host's namespace."""
-    res = subprocess.run(["ip", "netns", "exec", lab.netns[node], *argv], capture_output=True,
-                         text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{node}: {' '.join(argv[:6])} failed: {(res.stderr or res.stdout).strip()[:400]}")
-    return res
-
-
-def log_time(line: str) -> Optional[float]:
-    """Epoch seconds of a Python logging line ('2026-11-28 22:26:09,088 ...'), local time."""
-    try:
-        stamp = line[:23]
-        t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S"))
-        return t + int(stamp[20:23]) / 1000.0
-    except (ValueError, IndexError):
-        return None
-
-
-def log_events(path: Path, needle: str, since: float, contains: str = "") -> List[float]:
-    """Times of the log lines (>= since) holding `needle` (and `contains`)."""
-    out = []
-    try:
-        with open(path, "r", errors="replace") as f:
-            for line in f:
-                if needle in line and contains in line:
-                    t = log_time(line)
-                    if t is not None and t >= since - 0.001:
-                        out.append(t)
-    except OSError:
-        pass
-    return out
+    """Run a short command in a lab host's namespace (topologies.proc.run)."""
+    return run(argv, netns=lab.netns[node], check=check, timeout=timeout)
 
 
 class Experiment:

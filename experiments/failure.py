@@ -57,8 +57,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .common import (Experiment, Progress, ProcSet, Results, fmt, issue_identity, lab_facts,
-                     log_events, md_table, parse_list, rnd, start_lab, wait_until, run_main)
+from forwarder.runtime.events import EVENTS_FILE, read_events
+from topologies.measure import loadavg, wait_for
+
+from .common import (Experiment, fmt, issue_identity, lab_facts, md_table, parse_list,
+                     ProcSet, Progress, Results, rnd, run_main, start_lab)
 
 NAME = "failure"
 EVENTS = ["link_cut", "sr_kill", "sg_kill", "scsc_kill", "link_flap"]
@@ -275,7 +278,7 @@ class FailureExperiment(Experiment):
 
     # ------------------------------------------------------------ set-up
     def setup(self) -> None:
-        from forwarder.client import Client
+        from forwarder.apps.client import Client
         from topologies.lab.builders import fat_tree
         a = self.a
         self.lab = start_lab(fat_tree(a.k), self.res, self.p, run_kind="exp-failure",
@@ -307,17 +310,17 @@ class FailureExperiment(Experiment):
         def reachable() -> bool:
             fib = self.lab.fwd[self.path_client].api("GET", "/fib")
             return any(e["prefix"] == PATH_PREFIX for e in fib["entries"])
-        wait_until(reachable, a.converge_timeout, 0.2, f"{PATH_PREFIX} in {self.path_client}'s FIB")
+        wait_for(reachable, a.converge_timeout, 0.2, f"{PATH_PREFIX} in {self.path_client}'s FIB", retry_on=(Exception,))
         for label, node, name in (("path", self.path_client, PATH_PREFIX),
                                   ("anycast", self.any_client, ANY_PREFIX)):
             with Client(str(self.lab.fwd[node].app_socket), timeout=1.0) as c:
-                wait_until(lambda c=c, name=name: c.call(name, b"warm", timeout=1.0, retries=0),
-                           20, 0.2, f"a first answer from {name}")
+                wait_for(lambda c=c, name=name: c.call(name, b"warm", timeout=1.0, retries=0),
+                           20, 0.2, f"a first answer from {name}", retry_on=(Exception,))
             self.streams[label] = StreamProc(self.procs, self.lab, node, name, label, a,
                                              self.rng.randrange(1 << 30),
                                              self.res.path(f"calls-{label}.jsonl"))
-        wait_until(lambda: all(sum(1 for r in g.snapshot() if r["ok"]) >= 20
-                               for g in self.streams.values()), 30, 0.2, "both streams running")
+        wait_for(lambda: all(sum(1 for r in g.snapshot() if r["ok"]) >= 20
+                               for g in self.streams.values()), 30, 0.2, "both streams running", retry_on=(Exception,))
         self.p.log("both streams running (one generator process per stream, in its client's host)")
 
     # ----------------------------------------------------------- targets
@@ -382,7 +385,7 @@ class FailureExperiment(Experiment):
 
     def _wait(self, pred: Callable[[], Any], what: str) -> Any:
         try:
-            return wait_until(pred, self.a.converge_timeout, 0.25, what)
+            return wait_for(pred, self.a.converge_timeout, 0.25, what, retry_on=(Exception,))
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; the lab says: {self.net.why_not_converged()}") from None
 
@@ -403,7 +406,7 @@ class FailureExperiment(Experiment):
             "restore_calls_failed": sum(s["failed"] for s in restore_calls.values()),
             "restore_calls_retried": sum(s["retried"] for s in restore_calls.values()),
             "disruption_s": rnd(max(0.0, max(bad) - t0), 4) if bad else 0.0,
-            "loadavg_after": _loadavg(),
+            "loadavg_after": loadavg(),
             "longest_gap_s": rnd(longest_gap(recs, t0, t_restore), 4),
             "restore_convergence_s": rnd(t_restored - t_restore, 3),
         })
@@ -490,12 +493,11 @@ class FailureExperiment(Experiment):
                     if e and not e["up"] and e["time"] >= t0:
                         best = min(best or (e["time"], n), (e["time"], n))
                 return best
-            times = []
-            for n in neigh:
-                for t in log_events(lab.fwd[n].log, "adjacency_down", t0, f"/node/{node}'"):
-                    times.append((t, n))
+            times = [(e["t"], n) for n in neigh
+                     for e in read_events(lab.fwd[n].workdir / EVENTS_FILE, t0, "adjacency_down",
+                                          neighbor=f"/node/{node}")]
             return min(times) if times else None
-        t_detect, by = wait_until(detected, a.converge_timeout, 0.05, f"a neighbour of {node} to notice")
+        t_detect, by = wait_for(detected, a.converge_timeout, 0.05, f"a neighbour of {node} to notice", retry_on=(Exception,))
         sts = self._wait(lambda: net.converged_after(t0, None, gone=node),
                          f"convergence after killing {node}")
         t_seen = time.time()
@@ -507,7 +509,7 @@ class FailureExperiment(Experiment):
         ev = {"event": kind, "target": node, "kill_mode": a.kill_mode, "neighbours": neigh,
               "detected_by": by,
               "detection_how": "carrier (links down)" if a.kill_mode == "node" else
-                               "hello dead interval: adjacency_down in the neighbour's log",
+                               "hello dead interval: adjacency_down in the neighbour's events",
               "detection_s": rnd(t_detect - t0, 4),
               "local_failover_s": rnd(t_local - t0, 4) if t_local else None,
               "local_failover_how": "first FIB change at a neighbour after the failure",
@@ -533,17 +535,17 @@ class FailureExperiment(Experiment):
         before = lab.scsc_api("GET", "/health")
         t0 = time.time()
         lab.scsc.kill()
-        needles = ("SCSC session ended", "the SCSC closed the connection", "no word from the SCSC")
 
         def noticed() -> Optional[Tuple[float, int]]:
             times = []
             for n in net.alive():
-                ts = [t for nd in needles for t in log_events(lab.fwd[n].log, nd, t0)]
+                ts = [e["t"] for e in read_events(lab.fwd[n].workdir / EVENTS_FILE, t0,
+                                                  "scsc_session_down")]
                 if ts:
                     times.append(min(ts))
             return (min(times), len(times)) if times else None
         try:
-            t_detect, _ = wait_until(noticed, 10, 0.1, "a forwarder to notice the SCSC is gone")
+            t_detect, _ = wait_for(noticed, 10, 0.1, "a forwarder to notice the SCSC is gone", retry_on=(Exception,))
         except TimeoutError:
             t_detect = None
         # the SCSC stays down; calls go on
@@ -591,9 +593,9 @@ class FailureExperiment(Experiment):
             marks.append([td - t0, "down"])
             lab.fail(f"{x}-{y}")
             try:
-                e = wait_until(lambda: (lambda ev: ev if ev and not ev["up"] and ev["time"] >= td
+                e = wait_for(lambda: (lambda ev: ev if ev and not ev["up"] and ev["time"] >= td
                                         else None)((net.status(x) or {}).get("face_events", {})
-                                                   .get(intfs[x])), 3, 0.02, "carrier down")
+                                                   .get(intfs[x])), 3, 0.02, "carrier down", retry_on=(Exception,))
                 detections.append(e["time"] - td)
             except TimeoutError:
                 pass
@@ -826,13 +828,6 @@ def _merge_errors(calls: Dict[str, dict]) -> Dict[str, int]:
 
 def _errs_text(errs: Dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(errs.items())) or "-"
-
-
-def _loadavg() -> Optional[List[float]]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
 
 
 def _ms(s: Optional[float]) -> Optional[float]:

@@ -40,8 +40,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .common import (Experiment, Progress, ProcSet, Results, build_topology, fmt, issue_identity,
-                     lab_facts, md_table, parse_list, rnd, settle, start_lab, wait_until, run_main)
+from topologies.measure import wait_for
+
+from .common import (build_topology, Experiment, fmt, issue_identity, lab_facts, md_table,
+                     parse_list, ProcSet, Progress, Results, rnd, run_main, settle, start_lab)
 from .loadgen import run_in_lab
 
 NAME = "load"
@@ -120,7 +122,7 @@ class LoadExperiment(Experiment):
             fib = self.lab.fwd[self.client].api("GET", "/fib")
             e = next((e for e in fib["entries"] if e["prefix"] == PREFIX), None)
             return e is not None and len({h.get("instance") for h in e["nexthops"]}) >= len(self.instances)
-        wait_until(ready, 60, 0.25, f"every instance of {PREFIX} in {self.client}'s FIB")
+        wait_for(ready, 60, 0.25, f"every instance of {PREFIX} in {self.client}'s FIB", retry_on=(Exception,))
         self.res.write_config(**lab_facts(self.lab), client=self.client, instances=self.instances,
                               slow_instance=self.slow)
         self.p.log(f"client {self.client}; {PREFIX} on {', '.join(self.instances)}; "
@@ -266,7 +268,7 @@ class LoadExperiment(Experiment):
                 self.pin_equal(mode == "off")
                 if mode == "on" and self.lab.scsc is not None:
                     try:
-                        wait_until(self.client_rule_starves, 15, 0.25, "the adaptive weights back")
+                        wait_for(self.client_rule_starves, 15, 0.25, "the adaptive weights back", retry_on=(Exception,))
                     except TimeoutError as exc:
                         self.p.log(str(exc))
                 self.p.step(f"slow, adaptive {mode}: {r:g} req/s")

@@ -32,7 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional
 
-from forwarder.client import RETRYABLE_NACKS, CallTimeout, Client, DmscError, NackError
+from forwarder.apps.client import RETRYABLE_NACKS, CallTimeout, Client, DmscError, NackError
+from topologies.measure import percentile
 
 
 def instance_of(src_text: str) -> str:
@@ -178,7 +179,7 @@ def summarize(records: List[dict], duration: float, warmup: float = 0.0) -> dict
            "by_instance": by_inst}
     out.update(lat_stats([r["latency_ms"] for r in ok], "lat_ms_"))
     lags = [r["lag_ms"] for r in recs]
-    out["lag_ms_p99"] = round(sorted(lags)[int(0.99 * (len(lags) - 1))], 3) if lags else None
+    out["lag_ms_p99"] = round(percentile(lags, 99), 3) if lags else None
     errs: Dict[str, int] = {}
     for r in recs:
         if not r["ok"]:
@@ -222,8 +223,8 @@ def main(argv=None) -> int:
                        flows=args.flows, tag=args.tag, workers=args.workers,
                        poisson=not args.constant, rng=random.Random(args.seed),
                        on_result=on_result)
-        signal.signal(signal.SIGTERM, lambda *_: gen._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: gen._stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: gen.stop(wait=False))
+        signal.signal(signal.SIGINT, lambda *_: gen.stop(wait=False))
         print(f"loadgen: {args.rate:g}/s to {args.name} from {client.name.text}", flush=True)
         recs = gen.run()
         elapsed = time.time() - (gen.started_at or time.time())

@@ -15,7 +15,7 @@ same veths and the same router hosts:
   server SG's http_backend adapter -> the app.
 
 All three reach the *same* server processes on the server SG: the shop's cart
-(experiments/shop/services.py --app cart, a Python HTTP server; the headline
+(topologies/shop/services.py --app cart, a Python HTTP server; the headline
 numbers) and a null service (nginx answering 200 "ok") that isolates the
 communication layer from the app. wrk in the client SG's host measures:
 
@@ -47,10 +47,11 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from .common import (Experiment, Progress, ProcSet, Results, build_topology, children_map, fmt,
-                     group_usage, issue_identity, lab_facts, machine_cpu_busy_s, md_table,
-                     parse_list, proc_cpu_s, rnd, settle, start_lab, wait_until, with_descendants,
-                     run_main)
+from topologies.measure import (children_map, group_usage, machine_cpu_busy_s, proc_cpu_s, wait_for,
+                                with_descendants)
+
+from .common import (build_topology, Experiment, fmt, issue_identity, lab_facts, md_table,
+                     parse_list, ProcSet, Progress, Results, rnd, run_main, settle, start_lab)
 from .sidecar_mesh import (IN_BASE_PORT, OUT_BASE_PORT, IpFabric, NginxApp, Sidecar, run_wrk,
                            wait_listening)
 
@@ -98,7 +99,7 @@ class SidecarExperiment(Experiment):
         # The SG's HTTP proxy needs TCP_NODELAY (see experiments/nodelay.py). When the
         # checkout's proxy sets it, dmsc goes through the lab's own proxy; otherwise through
         # a second instance with it set, and the lab's proxy is measured too (dmsc_asis).
-        from forwarder.http_proxy import ProxyHandler
+        from forwarder.apps.http_proxy import ProxyHandler
         self.proxy_nodelay = bool(getattr(ProxyHandler, "disable_nagle_algorithm", False))
         self.all_modes = MODES + ([] if self.proxy_nodelay else ["dmsc_asis"])
 
@@ -135,7 +136,7 @@ class SidecarExperiment(Experiment):
             # the shop's cart, with TCP_NODELAY (see experiments/nodelay.py: without it every
             # keep-alive request waits ~40 ms for a delayed ACK, whatever the path)
             self.apps.append(self.procs.python(self.server, "bench-cart", "experiments.nodelay",
-                                               "experiments.shop.services", "--app", "cart",
+                                               "topologies.shop.services", "--app", "cart",
                                                "--node", self.server, "--http",
                                                f"0.0.0.0:{BACKENDS['cart']['port']}"))
         if "null" in self.backends:
@@ -152,16 +153,16 @@ class SidecarExperiment(Experiment):
             if ident:
                 argv += ["--identity", str(ident)]
             self.dmsc_adapters.append(self.procs.python(self.server, f"http_backend-{b}",
-                                                        "forwarder.http_backend", *argv))
+                                                        "forwarder.apps.http_backend", *argv))
 
         def routed() -> bool:
             fib = {e["prefix"] for e in lab.fwd[self.client].api("GET", "/fib")["entries"]}
             return all(BACKENDS[b]["prefix"] in fib for b in self.backends)
-        wait_until(routed, 30, 0.25, "the bench prefixes in the client SG's FIB")
+        wait_for(routed, 30, 0.25, "the bench prefixes in the client SG's FIB", retry_on=(Exception,))
         if not self.proxy_nodelay:
             # the SG's HTTP proxy program again, beside the lab's own (8080), with TCP_NODELAY
             self.nodelay_proxy = self.procs.python(
-                self.client, "http_proxy-nodelay", "experiments.nodelay", "forwarder.http_proxy",
+                self.client, "http_proxy-nodelay", "experiments.nodelay", "forwarder.apps.http_proxy",
                 "--socket", str(lab.fwd[self.client].app_socket),
                 "--listen", f"127.0.0.1:{NODELAY_PROXY}")
             self.dmsc_adapters.append(self.nodelay_proxy)
@@ -174,7 +175,7 @@ class SidecarExperiment(Experiment):
 
     def build_mesh(self) -> None:
         lab, topo, pod = self.lab, self.lab.topo, self.fabric.pod_ip
-        from experiments.shop.deploy import HTTP_PORTS
+        from topologies.shop.deploy import HTTP_PORTS
         # pods: every shop instance, the bench client, the bench servers
         pods: List[dict] = []
         for svc in topo.services:
@@ -330,13 +331,13 @@ class SidecarExperiment(Experiment):
                         f"127.0.0.1:{app_port}"]
                 if ident:
                     argv += ["--identity", str(ident)]
-                adapters.append(self.procs.python(node, f"scale-http{i}", "forwarder.http_backend",
+                adapters.append(self.procs.python(node, f"scale-http{i}", "forwarder.apps.http_backend",
                                                   *argv))
             for sc in sidecars:
                 wait_listening(lab, node, ip, sc.inbound[1], 20)
             want = {f"/exp/pod{i}" for i in range(p)} | {f"/exp/hpod{i}" for i in range(p)}
-            wait_until(lambda: want <= set(lab.fwd[node].status()["local_prefixes"]), 60, 0.25,
-                       f"{p} pods registered at {node}")
+            wait_for(lambda: want <= set(lab.fwd[node].status()["local_prefixes"]), 60, 0.25,
+                       f"{p} pods registered at {node}", retry_on=(Exception,))
             time.sleep(0.5)
             kids = children_map()
             sc_use = group_usage(with_descendants([s.pid for s in sidecars], kids))

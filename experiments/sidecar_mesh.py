@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .common import ProcSet, ns_run
+from .common import ns_run, ProcSet
 
 OUT_BASE_PORT = 15001      # a pod's outbound listener on 127.0.0.1 (one per pod on a node)
 IN_BASE_PORT = 15100       # a pod's inbound listener on the pod address

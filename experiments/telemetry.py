@@ -44,7 +44,6 @@ loss.json, cost.csv, telemetry_*.png, summary.md/json.
 from __future__ import annotations
 
 import json
-import random
 import re
 import socket
 import statistics
@@ -53,13 +52,15 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from forwarder import wire
-from forwarder.client import Client, _Waiter, flow_id_for
-from forwarder.names import Name
-from forwarder.wire import EchoBody, HopRecord, Packet, PacketType, TlvType
+from forwarder.dataplane import wire
+from forwarder.apps.client import Client
+from forwarder.dataplane.names import Name
+from forwarder.dataplane.wire import EchoBody, HopRecord, Packet, PacketType, TlvType
 
-from .common import (Experiment, Progress, Results, fmt, lab_facts, md_table, ns_run, parse_list,
-                     percentile, proc_cpu_s, rnd, start_lab, wait_until, run_main)
+from topologies.measure import percentile, proc_cpu_s, wait_for
+
+from .common import (Experiment, fmt, lab_facts, md_table, ns_run, parse_list, Progress, Results,
+                     rnd, run_main, start_lab)
 
 NAME = "telemetry"
 FILLER_ETHERTYPE = 0x88B6
@@ -91,21 +92,14 @@ def add_args(ap) -> None:
 # ---------------------------------------------------------------------------
 
 class HopClient(Client):
-    """forwarder.client.Client plus echoes that return their HOP_RECORDs.
+    """forwarder's Client, with echoes reported with their HOP_RECORDs decoded.
 
-    Client.ping() reports only the number of hops; this keeps the records.
-    It uses the client's internals (_exchange, _waiters); see the report:
-    a ``records=True`` option on Client.ping would make it public API.
+    Client.ping() reports only the number of hops; Client.echoes() keeps the
+    replies and their arrival times, which this turns into the experiment's rows.
     """
 
-    def _echo_packet(self, dst: Name, telemetry: bool, size: int) -> Packet:
-        body = EchoBody(time.time_ns(), random.getrandbits(32), b"\0" * size)
-        return Packet(PacketType.ECHO_REQUEST, dst=dst, src=self.name, payload=body.encode(),
-                      flags=int(wire.Flag.TELEMETRY) if telemetry else 0,
-                      flow_id=flow_id_for(self.name), seq=self._next_seq())
-
     @staticmethod
-    def _result(pkt: Packet, ans: Optional[Packet], t_recv_ns: int) -> dict:
+    def _result(pkt: Packet, ans: Optional[Packet], t_recv_ns: Optional[int]) -> dict:
         sent = EchoBody.decode(pkt.payload).send_time_ns
         if ans is None:
             return {"ok": False, "t_send_ns": sent}
@@ -119,42 +113,10 @@ class HopClient(Client):
 
     def echo_batch(self, name: str, count: int, interval: float, *, size: int = 0,
                    telemetry: bool = True, timeout: float = 1.0) -> List[dict]:
-        """`count` echoes, one every `interval` s (0: back to back), answers collected as they come."""
-        dst = Name.parse(name)
-        pending: List[Tuple[Packet, _Waiter, float]] = []
-        stamps: Dict[Tuple[int, int], List[int]] = {}
-
-        class W(_Waiter):
-            def set(w, pkt) -> None:  # noqa: N805 - receiver thread: stamp on arrival
-                stamps.setdefault(w.key, []).append(time.time_ns())
-                _Waiter.set(w, pkt)
-        pkts = [self._echo_packet(dst, telemetry, size) for _ in range(count)] if interval == 0 else []
-        t0 = time.monotonic()
-        for i in range(count):
-            if interval:
-                delay = t0 + i * interval - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                pkt = self._echo_packet(dst, telemetry, size)
-            else:
-                pkt = pkts[i]
-            w = W()
-            w.key = (pkt.flow_id, pkt.seq)
-            with self._lock:
-                self._waiters[w.key] = w
-            pending.append((pkt, w, time.monotonic() + timeout))
-            if interval:
-                self._send_packets([pkt])
-        if not interval:
-            self._send_packets(pkts)
-        out = []
-        for pkt, w, deadline in pending:
-            w.event.wait(max(0.0, deadline - time.monotonic()))
-            with self._lock:
-                self._waiters.pop(w.key, None)
-            t_recv = (stamps.get(w.key) or [time.time_ns()])[0]
-            out.append(self._result(pkt, w.packet if w.event.is_set() else None, t_recv))
-        return out
+        """`count` echoes, one every `interval` s (0: back to back), as result rows."""
+        return [self._result(r.request, r.reply, r.arrived_ns)
+                for r in self.echoes(name, count, interval, size=size, telemetry=telemetry,
+                                     timeout=timeout)]
 
 
 def node_hashes(nodes) -> Dict[int, str]:
@@ -392,8 +354,8 @@ class TelemetryExperiment(Experiment):
         self.shaped = {n: topo.links_between("r2", "s1")[0].intf_of(n) for n in ("r2", "s1")}
         self.lossy = {n: topo.links_between("r3", "l1")[0].intf_of(n) for n in ("r3", "l1")}
         self.client = HopClient(str(self.lab.fwd["h1"].app_socket), timeout=1.0)
-        wait_until(lambda: all(self.client.echo_batch(f"/node/{n}", 1, 0, timeout=1.0)[0]["ok"]
-                               for n in ("h2", "s1")), 30, 0.2, "echo answers")
+        wait_for(lambda: all(self.client.echo_batch(f"/node/{n}", 1, 0, timeout=1.0)[0]["ok"]
+                               for n in ("h2", "s1")), 30, 0.2, "echo answers", retry_on=(Exception,))
         self.netem = not any("NOT applied" in w for w in self.lab.warnings)
         self.res.write_config(**lab_facts(self.lab), shaped_interfaces=self.shaped,
                               lossy_interfaces=self.lossy, netem_available=self.netem)
@@ -436,88 +398,125 @@ class TelemetryExperiment(Experiment):
 
     # -------------------------------------------------------- 2. queueing
     def queueing(self) -> None:
+        """Echoes across a shaped link at rising filler loads: the r2 -> s1 hop time the
+        telemetry reports, against kernel timestamps and the qdisc's own backlog."""
+        rows, backlog_rows, levels = [], [], []
+        kernel_all: List[Tuple[float, float, float]] = []   # (level, kernel hop, telemetry hop)
+        base: Optional[float] = None
+        for f in parse_list(self.a.load_levels):
+            level, lrows, lbacklog, lkernel = self._queue_level(f)
+            rows += lrows
+            backlog_rows += lbacklog
+            kernel_all += lkernel
+            levels.append(level)
+            if f == 0 and level["_meas"]:
+                base = statistics.median(level["_meas"])
+        base = base if base is not None else 0.0
+        errs = self._queue_errors(levels, base)
+        self.res.write_csv("queue_pings.csv", rows)
+        self.res.write_csv("backlog.csv", backlog_rows)
+        self._queue_plot(levels, kernel_all, base)
+        for L in levels:
+            L.pop("_meas")
+            L.pop("_exp")
+        sat = [L for L in levels if L["level"] >= 1.0]
+        allerr = [t - k for _, k, t in kernel_all]
+        self.head["queueing"] = {"idle_hop_ms": rnd(base, 3), "levels": levels,
+                                 "kernel_abs_error_ms_p50": rnd(percentile([abs(e) for e in allerr], 50), 4),
+                                 "kernel_abs_error_ms_p99": rnd(percentile([abs(e) for e in allerr], 99), 4),
+                                 "kernel_error_ms_mean": rnd(sum(allerr) / len(allerr), 4) if allerr else None,
+                                 "kernel_matched": len(allerr),
+                                 "abs_error_ms_p50_all": rnd(percentile([abs(e) for e in errs], 50), 3),
+                                 "saturated_hop_ms_p50": sat[-1]["hop_ms_p50"] if sat else None,
+                                 "saturated_truth_queue_ms_p50": sat[-1]["truth_queue_ms_p50"] if sat else None,
+                                 "record_queue_max": max((L["record_queue_max"] or 0) for L in levels),
+                                 "record_util_permille_max": max((L["record_util_permille_max"] or 0)
+                                                                 for L in levels)}
+
+    def _queue_level(self, f: float):
+        """One filler level: (summary, per-echo rows, backlog samples, kernel points)."""
         a = self.a
         intf = self.shaped["r2"]
         rate_bps = a.bw * 1e6
-        rows, backlog_rows, levels = [], [], []
-        base: Optional[float] = None
         topo = self.lab.topo
         tap_at = {"r2": topo.links_between("r1", "r2")[0].intf_of("r2"), "s1": self.shaped["s1"]}
-        kernel_all: List[Tuple[float, float, float]] = []   # (level, kernel hop, telemetry hop)
-        for f in parse_list(a.load_levels):
-            taps = {n: KernelTap(self.lab.netns[n], i) for n, i in tap_at.items()}
-            filler = Filler(self.lab.netns["r2"], intf, f * rate_bps).start()
-            time.sleep(1.0 if f else 0.2)           # let the queue reach its steady state
-            sampler = BacklogSampler(self.lab, "r2", intf).start()
-            n = max(5, int(a.level_s / a.ping_interval))
-            res = self.client.echo_batch("/node/s1", n, a.ping_interval, timeout=1.5)
-            scsc = self._scsc_face("r2", intf)
-            samples = sampler.stop()
-            filler.stop()
-            time.sleep(0.3)
-            tapped = {n: t.stop() for n, t in taps.items()}
-            meas, exp, qf, uf, kerr, khop = [], [], [], [], [], []
-            for r in res:
-                d = hop_delta_ms(r, self.names, "r2", "s1") if r["ok"] else None
-                fw = dict(forward_records(r, self.names)) if r["ok"] else {}
-                t_r2 = fw["r2"].time_ns / 1e9 if "r2" in fw else r["t_send_ns"] / 1e9
-                s = sampler.at(t_r2)
-                q_ms = (s[1] * 8 / rate_bps * 1000) if s else None
-                k_r2 = tapped["r2"].get(r.get("echo_id"))
-                k_s1 = tapped["s1"].get(r.get("echo_id"))
-                k_ms = (k_s1 - k_r2) / 1e6 if k_r2 and k_s1 else None
-                if k_ms is not None and d is not None:
-                    kerr.append(d - k_ms)
-                    khop.append(k_ms)
-                    kernel_all.append((f, k_ms, d))
-                row = {"level": f, "ok": r["ok"], "hop_ms": d, "kernel_hop_ms": k_ms,
-                       "telemetry_minus_kernel_ms": (d - k_ms) if k_ms is not None and d is not None else None,
-                       "backlog_bytes": s[1] if s else None,
-                       "backlog_packets": s[2] if s else None, "truth_queue_ms": q_ms,
-                       "rec_queue": fw["r2"].queue if "r2" in fw else None,
-                       "rec_util_permille": fw["r2"].util_permille if "r2" in fw else None,
-                       "rtt_ms": r.get("rtt_ms")}
-                rows.append(row)
-                if d is not None and q_ms is not None:
-                    meas.append(d)
-                    exp.append(q_ms)
-                if "r2" in fw:
-                    qf.append(fw["r2"].queue)
-                    uf.append(fw["r2"].util_permille)
-            for s in samples:
-                backlog_rows.append({"level": f, "t": s[0], "backlog_bytes": s[1],
-                                     "backlog_packets": s[2], "qdisc_dropped": s[3]})
-            if f == 0 and meas:
-                base = statistics.median(meas)
-            levels.append({"level": f, "filler_mbps": rnd(f * a.bw, 2), "pings": len(res),
-                            "answered": sum(1 for r in res if r["ok"]),
-                            "hop_ms_p50": rnd(percentile(meas, 50), 3),
-                            "kernel_hop_ms_p50": rnd(percentile(khop, 50), 3),
-                            "kernel_abs_error_ms_p50": rnd(percentile([abs(e) for e in kerr], 50), 3),
-                            "kernel_abs_error_ms_p99": rnd(percentile([abs(e) for e in kerr], 99), 3),
-                            "kernel_matched": len(kerr),
-                            "truth_queue_ms_p50": rnd(percentile(exp, 50), 3),
-                            "backlog_bytes_p50": percentile([s[1] for s in samples], 50),
-                            "filler_frames_sent": filler.sent, "filler_frames_refused": filler.refused,
-                            "record_queue_max": max(qf) if qf else None,
-                            "record_util_permille_max": max(uf) if uf else None,
-                            "scsc_face": scsc, "_meas": meas, "_exp": exp})
-            self.p.log(f"queueing at {f:g}x{a.bw:g} Mbit/s: hop r2->s1 p50 "
-                       f"{fmt(levels[-1]['hop_ms_p50'], 2)} ms (kernel timestamps "
-                       f"{fmt(levels[-1]['kernel_hop_ms_p50'], 2)} ms, |error| p50 "
-                       f"{fmt(levels[-1]['kernel_abs_error_ms_p50'], 3)} ms), qdisc backlog predicts "
-                       f"{fmt(levels[-1]['truth_queue_ms_p50'], 2)} ms of queueing")
-        base = base if base is not None else 0.0
+        taps = {n: KernelTap(self.lab.netns[n], i) for n, i in tap_at.items()}
+        filler = Filler(self.lab.netns["r2"], intf, f * rate_bps).start()
+        time.sleep(1.0 if f else 0.2)           # let the queue reach its steady state
+        sampler = BacklogSampler(self.lab, "r2", intf).start()
+        n = max(5, int(a.level_s / a.ping_interval))
+        res = self.client.echo_batch("/node/s1", n, a.ping_interval, timeout=1.5)
+        scsc = self._scsc_face("r2", intf)
+        samples = sampler.stop()
+        filler.stop()
+        time.sleep(0.3)
+        tapped = {n: t.stop() for n, t in taps.items()}
+        rows, kernel = [], []
+        meas, exp, qf, uf, kerr, khop = [], [], [], [], [], []
+        for r in res:
+            d = hop_delta_ms(r, self.names, "r2", "s1") if r["ok"] else None
+            fw = dict(forward_records(r, self.names)) if r["ok"] else {}
+            t_r2 = fw["r2"].time_ns / 1e9 if "r2" in fw else r["t_send_ns"] / 1e9
+            s = sampler.at(t_r2)
+            q_ms = (s[1] * 8 / rate_bps * 1000) if s else None
+            k_r2 = tapped["r2"].get(r.get("echo_id"))
+            k_s1 = tapped["s1"].get(r.get("echo_id"))
+            k_ms = (k_s1 - k_r2) / 1e6 if k_r2 and k_s1 else None
+            if k_ms is not None and d is not None:
+                kerr.append(d - k_ms)
+                khop.append(k_ms)
+                kernel.append((f, k_ms, d))
+            rows.append({"level": f, "ok": r["ok"], "hop_ms": d, "kernel_hop_ms": k_ms,
+                         "telemetry_minus_kernel_ms": (d - k_ms) if k_ms is not None and d is not None
+                         else None,
+                         "backlog_bytes": s[1] if s else None,
+                         "backlog_packets": s[2] if s else None, "truth_queue_ms": q_ms,
+                         "rec_queue": fw["r2"].queue if "r2" in fw else None,
+                         "rec_util_permille": fw["r2"].util_permille if "r2" in fw else None,
+                         "rtt_ms": r.get("rtt_ms")})
+            if d is not None and q_ms is not None:
+                meas.append(d)
+                exp.append(q_ms)
+            if "r2" in fw:
+                qf.append(fw["r2"].queue)
+                uf.append(fw["r2"].util_permille)
+        backlog = [{"level": f, "t": s[0], "backlog_bytes": s[1], "backlog_packets": s[2],
+                    "qdisc_dropped": s[3]} for s in samples]
+        level = {"level": f, "filler_mbps": rnd(f * a.bw, 2), "pings": len(res),
+                 "answered": sum(1 for r in res if r["ok"]),
+                 "hop_ms_p50": rnd(percentile(meas, 50), 3),
+                 "kernel_hop_ms_p50": rnd(percentile(khop, 50), 3),
+                 "kernel_abs_error_ms_p50": rnd(percentile([abs(e) for e in kerr], 50), 3),
+                 "kernel_abs_error_ms_p99": rnd(percentile([abs(e) for e in kerr], 99), 3),
+                 "kernel_matched": len(kerr),
+                 "truth_queue_ms_p50": rnd(percentile(exp, 50), 3),
+                 "backlog_bytes_p50": percentile([s[1] for s in samples], 50),
+                 "filler_frames_sent": filler.sent, "filler_frames_refused": filler.refused,
+                 "record_queue_max": max(qf) if qf else None,
+                 "record_util_permille_max": max(uf) if uf else None,
+                 "scsc_face": scsc, "_meas": meas, "_exp": exp}
+        self.p.log(f"queueing at {f:g}x{a.bw:g} Mbit/s: hop r2->s1 p50 "
+                   f"{fmt(level['hop_ms_p50'], 2)} ms (kernel timestamps "
+                   f"{fmt(level['kernel_hop_ms_p50'], 2)} ms, |error| p50 "
+                   f"{fmt(level['kernel_abs_error_ms_p50'], 3)} ms), qdisc backlog predicts "
+                   f"{fmt(level['truth_queue_ms_p50'], 2)} ms of queueing")
+        return level, rows, backlog, kernel
+
+    @staticmethod
+    def _queue_errors(levels: List[dict], base: float) -> List[float]:
+        """Telemetry minus the backlog model (idle hop + backlog / rate), per level and in all."""
         errs = []
         for L in levels:
             e = [m - (base + x) for m, x in zip(L["_meas"], L["_exp"])]
             L["error_ms_p50"] = rnd(percentile(e, 50), 3)
             L["abs_error_ms_p50"] = rnd(percentile([abs(x) for x in e], 50), 3)
             if L["truth_queue_ms_p50"]:
-                L["rel_error_p50"] = rnd(percentile([abs(x) for x in e], 50) / max(1e-9, L["truth_queue_ms_p50"]), 3)
+                L["rel_error_p50"] = rnd(percentile([abs(x) for x in e], 50)
+                                         / max(1e-9, L["truth_queue_ms_p50"]), 3)
             errs += e
-        self.res.write_csv("queue_pings.csv", rows)
-        self.res.write_csv("backlog.csv", backlog_rows)
+        return errs
+
+    def _queue_plot(self, levels: List[dict], kernel_all, base: float) -> None:
         with self.res.figure("telemetry_queue", ncols=2, size=(12, 5)) as (fig, ax):
             m = 1.0
             for f in sorted({k[0] for k in kernel_all}):
@@ -539,25 +538,9 @@ class TelemetryExperiment(Experiment):
             ax[0][1].plot([0, m], [0, m], ":", color="grey", label="telemetry = model")
             ax[0][1].set_xlabel("model: idle hop time + sampled qdisc backlog x 8 / rate (ms)")
             ax[0][1].set_ylabel("telemetry: r2 -> s1 hop time (ms)")
-            ax[0][1].set_title(f"queueing on the {a.bw:g} Mbit/s link (tbf backlog)")
+            ax[0][1].set_title(f"queueing on the {self.a.bw:g} Mbit/s link (tbf backlog)")
             ax[0][1].legend(fontsize=8)
             ax[0][1].grid(alpha=0.3)
-        for L in levels:
-            L.pop("_meas")
-            L.pop("_exp")
-        sat = [L for L in levels if L["level"] >= 1.0]
-        allerr = [t - k for _, k, t in kernel_all]
-        self.head["queueing"] = {"idle_hop_ms": rnd(base, 3), "levels": levels,
-                                 "kernel_abs_error_ms_p50": rnd(percentile([abs(e) for e in allerr], 50), 4),
-                                 "kernel_abs_error_ms_p99": rnd(percentile([abs(e) for e in allerr], 99), 4),
-                                 "kernel_error_ms_mean": rnd(sum(allerr) / len(allerr), 4) if allerr else None,
-                                 "kernel_matched": len(allerr),
-                                 "abs_error_ms_p50_all": rnd(percentile([abs(e) for e in errs], 50), 3),
-                                 "saturated_hop_ms_p50": sat[-1]["hop_ms_p50"] if sat else None,
-                                 "saturated_truth_queue_ms_p50": sat[-1]["truth_queue_ms_p50"] if sat else None,
-                                 "record_queue_max": max((L["record_queue_max"] or 0) for L in levels),
-                                 "record_util_permille_max": max((L["record_util_permille_max"] or 0)
-                                                                 for L in levels)}
 
     def _scsc_face(self, node: str, intf: str) -> Optional[dict]:
         if self.lab.scsc is None:

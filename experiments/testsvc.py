@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Optional
 
-from forwarder.client import Client, DmscError, NackError
+from forwarder.apps.client import Client, DmscError, NackError
 
 log = logging.getLogger("testsvc")
 

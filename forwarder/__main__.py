@@ -130,8 +130,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     links = _link_sockets(cfg)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from .daemon import Daemon
-    from . import mgmt
+    from .runtime.daemon import Daemon
+    from .mgmt import endpoint as mgmt
     daemon = Daemon(cfg)
     try:
         daemon.open()
@@ -141,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     server = mgmt.serve(daemon, cfg.management)
     agent = None
     if cfg.scsc:
-        from .scsc_agent import ScscAgent
+        from .mgmt.scsc_agent import ScscAgent
         agent = ScscAgent(daemon, cfg.scsc, interval=cfg.telemetry_interval_s)
         agent.start()
     pidfile = cfg.workdir / "forwarder.pid"

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .names import InvalidName, Name
+from .dataplane.flows import DEFAULT_IDLE_TIMEOUT
+from .dataplane.names import InvalidName, Name
+from .dataplane.wire import DEFAULT_HOP_LIMIT, UDP_PORT
 
 ROLES = ("sg", "sr")
 FACE_TYPES = ("ether", "udp")
@@ -87,8 +89,8 @@ class NodeConfig:
     http_proxy: Optional[Tuple[str, int]] = None
     http_services: List[HttpService] = field(default_factory=list)
     host_map: Dict[str, str] = field(default_factory=dict)
-    hop_limit: int = 32
-    flow_idle_s: float = 30.0
+    hop_limit: int = DEFAULT_HOP_LIMIT
+    flow_idle_s: float = DEFAULT_IDLE_TIMEOUT
     log_level: str = "info"
     pcap: bool = False
     routing: RoutingConfig = field(default_factory=RoutingConfig)
@@ -138,7 +140,7 @@ def _backoff(rt: dict, key: str) -> Optional[Tuple[int, ...]]:
             isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 600_000 for x in v):
         raise ConfigError(f"routing.{key}: expected [initial, short, long, time_to_learn, "
                           f"holddown], five integers in 0..600000 ms, got {v!r}")
-    from .backoff import Backoff
+    from .routing.backoff import Backoff
     try:
         Backoff.from_ms(v)
     except ValueError as exc:
@@ -189,8 +191,8 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
         raise ConfigError(f"roles: expected a non-empty list of {ROLES}, got {roles!r}")
     workdir = Path(d.get("workdir") or base_dir)
     cfg = NodeConfig(node=node, roles=tuple(roles), workdir=workdir)
-    cfg.hop_limit = _int(d, "hop_limit", "config", 32, 1, 255)
-    idle = d.get("flow_idle_s", 30.0)
+    cfg.hop_limit = _int(d, "hop_limit", "config", DEFAULT_HOP_LIMIT, 1, 255)
+    idle = d.get("flow_idle_s", DEFAULT_IDLE_TIMEOUT)
     if not isinstance(idle, (int, float)) or idle <= 0:
         raise ConfigError(f"flow_idle_s: expected a positive number, got {idle!r}")
     cfg.flow_idle_s = float(idle)
@@ -198,10 +200,29 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
     cfg.pcap = bool(d.get("pcap", False))
+    cfg.faces = _parse_faces(d.get("faces") or [])
+    names = {f.name for f in cfg.faces}
+    cfg.routes = _parse_routes(d.get("routes") or [], names)
+    cfg.rules = _parse_rules(d.get("rules") or [])
+    _parse_sockets(d, cfg)
+    _parse_http(d, cfg)
+    if d.get("routing") is not None:
+        cfg.routing = _parse_routing(d["routing"], names)
+    if d.get("spa") is not None:
+        cfg.spa = _parse_spa(d["spa"])
+    if d.get("scsc") is not None:
+        cfg.scsc = _addr(d["scsc"], "scsc")
+    ti = d.get("telemetry_interval_s", 1.0)
+    if not isinstance(ti, (int, float)) or isinstance(ti, bool) or not 0.05 <= ti <= 3600:
+        raise ConfigError(f"telemetry_interval_s: expected a number of seconds in 0.05..3600, got {ti!r}")
+    cfg.telemetry_interval_s = float(ti)
+    return cfg
 
-    faces = d.get("faces") or []
+
+def _parse_faces(faces: Any) -> List[FaceConfig]:
     if not isinstance(faces, list):
         raise ConfigError("faces: expected a list")
+    out: List[FaceConfig] = []
     seen = set()
     for i, f in enumerate(faces):
         where = f"faces[{i}]"
@@ -221,41 +242,49 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
             if len(fc.interface) > 15:
                 raise ConfigError(f"{where}.interface: {fc.interface!r} is longer than 15 characters")
         else:
-            fc.local = _addr(f.get("local", f"0.0.0.0:{6464}"), f"{where}.local")
+            fc.local = _addr(f.get("local", f"0.0.0.0:{UDP_PORT}"), f"{where}.local")
             if "remote" not in f:
                 raise ConfigError(f"{where}.remote: a UDP face needs the peer's HOST:PORT")
             fc.remote = _addr(f["remote"], f"{where}.remote")
-        cfg.faces.append(fc)
+        out.append(fc)
+    return out
 
-    routes = d.get("routes") or []
+
+def _parse_routes(routes: Any, faces: set) -> List[RouteConfig]:
     if not isinstance(routes, list):
         raise ConfigError("routes: expected a list")
+    out: List[RouteConfig] = []
     for i, r in enumerate(routes):
         where = f"routes[{i}]"
         _check_keys(r, {"prefix", "face", "cost", "priority", "instance"}, where)
         if "prefix" not in r or "face" not in r:
             raise ConfigError(f"{where}: a route needs a prefix and a face")
-        if r["face"] not in seen:
-            raise ConfigError(f"{where}.face: no face named {r['face']!r} (faces: {sorted(seen)})")
+        if r["face"] not in faces:
+            raise ConfigError(f"{where}.face: no face named {r['face']!r} (faces: {sorted(faces)})")
         inst = r.get("instance")
-        cfg.routes.append(RouteConfig(_name(r["prefix"], f"{where}.prefix"), r["face"],
-                                      _int(r, "cost", where, 1, 0, 65535),
-                                      _int(r, "priority", where, 0, 0, 255),
-                                      _name(inst, f"{where}.instance").text if inst else None))
+        out.append(RouteConfig(_name(r["prefix"], f"{where}.prefix"), r["face"],
+                               _int(r, "cost", where, 1, 0, 65535),
+                               _int(r, "priority", where, 0, 0, 255),
+                               _name(inst, f"{where}.instance").text if inst else None))
+    return out
 
-    rules = d.get("rules") or []
+
+def _parse_rules(rules: Any) -> List[Dict[str, Any]]:
     if not isinstance(rules, list):
         raise ConfigError("rules: expected a list")
-    from .strategy import Rule  # local import: config must not pull the pipeline in
+    from .dataplane.strategy import Rule  # local import: config must not pull the pipeline in
     for i, r in enumerate(rules):
         try:
             Rule.from_json(r if isinstance(r, dict) else {})
         except (ValueError, TypeError, InvalidName) as exc:
             raise ConfigError(f"rules[{i}]: {exc}") from None
-        cfg.rules.append(r)
+    return list(rules)
 
+
+def _parse_sockets(d: dict, cfg: NodeConfig) -> None:
+    """The applications' socket (Service Gateways only) and the management endpoint."""
     sock = d.get("local_socket")
-    sdir = socket_dir(workdir)
+    sdir = socket_dir(cfg.workdir)
     if "sg" in cfg.roles:
         cfg.local_socket = Path(sock) if sock else sdir / "app.sock"
     elif sock:
@@ -270,6 +299,9 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
         raise ConfigError("local_socket/management: Unix socket paths must be under 108 bytes; "
                           "use a shorter workdir")
 
+
+def _parse_http(d: dict, cfg: NodeConfig) -> None:
+    """The SG's HTTP adapters: the proxy for clients, the published backends, the host map."""
     if d.get("http_proxy") is not None:
         if "sg" not in cfg.roles:
             raise ConfigError("http_proxy: only a Service Gateway (role sg) runs the HTTP proxy")
@@ -292,48 +324,44 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
         _name(prefix, f"host_map[{host}]")
     cfg.host_map = {str(k): str(v) for k, v in hm.items()}
 
-    rt = d.get("routing")
-    if rt is not None:
-        if rt is True or rt is False:
-            rt = {"enabled": rt}
-        _check_keys(rt, {"enabled", "hello_ms", "dead_ms", "costs", "spf_backoff_ms",
-                         "lsa_backoff_ms", "retransmit_ms", "ack_delay_ms"}, "routing")
-        costs = rt.get("costs") or {}
-        if not isinstance(costs, dict) or any(k not in seen for k in costs):
-            raise ConfigError(f"routing.costs: expected a mapping of face name (one of {sorted(seen)}) "
-                              f"to cost, got {costs!r}")
-        cfg.routing = RoutingConfig(bool(rt.get("enabled", True)),
-                                    _int(rt, "hello_ms", "routing", 100, 10, 60_000),
-                                    _int(rt, "dead_ms", "routing", 300, 20, 600_000),
-                                    {k: _int(costs, k, "routing.costs", 1, 1, 65535) for k in costs},
-                                    _backoff(rt, "spf_backoff_ms"), _backoff(rt, "lsa_backoff_ms"),
-                                    _int(rt, "retransmit_ms", "routing", 200, 10, 60_000),
-                                    _int(rt, "ack_delay_ms", "routing", 0, 0, 60_000))
-        if cfg.routing.dead_ms <= cfg.routing.hello_ms:
-            raise ConfigError("routing.dead_ms must be longer than routing.hello_ms")
-        if cfg.routing.ack_delay_ms >= cfg.routing.retransmit_ms:
-            raise ConfigError("routing.ack_delay_ms must be shorter than routing.retransmit_ms "
-                              "(else every LSA is sent twice)")
-    sp = d.get("spa")
-    if sp is not None:
-        _check_keys(sp, {"trust", "crl", "enforce"}, "spa")
-        trust = sp.get("trust") or []
-        if isinstance(trust, str):
-            trust = [trust]
-        if not isinstance(trust, list) or not trust:
-            raise ConfigError("spa.trust: expected a list of authority public key files")
-        cfg.spa = SpaConfig([Path(t) for t in trust], Path(sp["crl"]) if sp.get("crl") else None,
-                            bool(sp.get("enforce", True)))
-        for t in cfg.spa.trust:
-            if not t.exists():
-                raise ConfigError(f"spa.trust: {t} does not exist")
-    if d.get("scsc") is not None:
-        cfg.scsc = _addr(d["scsc"], "scsc")
-    ti = d.get("telemetry_interval_s", 1.0)
-    if not isinstance(ti, (int, float)) or isinstance(ti, bool) or not 0.05 <= ti <= 3600:
-        raise ConfigError(f"telemetry_interval_s: expected a number of seconds in 0.05..3600, got {ti!r}")
-    cfg.telemetry_interval_s = float(ti)
-    return cfg
+
+def _parse_routing(rt: Any, faces: set) -> RoutingConfig:
+    if rt is True or rt is False:
+        rt = {"enabled": rt}
+    _check_keys(rt, {"enabled", "hello_ms", "dead_ms", "costs", "spf_backoff_ms",
+                     "lsa_backoff_ms", "retransmit_ms", "ack_delay_ms"}, "routing")
+    costs = rt.get("costs") or {}
+    if not isinstance(costs, dict) or any(k not in faces for k in costs):
+        raise ConfigError(f"routing.costs: expected a mapping of face name (one of {sorted(faces)}) "
+                          f"to cost, got {costs!r}")
+    rc = RoutingConfig(bool(rt.get("enabled", True)),
+                       _int(rt, "hello_ms", "routing", 100, 10, 60_000),
+                       _int(rt, "dead_ms", "routing", 300, 20, 600_000),
+                       {k: _int(costs, k, "routing.costs", 1, 1, 65535) for k in costs},
+                       _backoff(rt, "spf_backoff_ms"), _backoff(rt, "lsa_backoff_ms"),
+                       _int(rt, "retransmit_ms", "routing", 200, 10, 60_000),
+                       _int(rt, "ack_delay_ms", "routing", 0, 0, 60_000))
+    if rc.dead_ms <= rc.hello_ms:
+        raise ConfigError("routing.dead_ms must be longer than routing.hello_ms")
+    if rc.ack_delay_ms >= rc.retransmit_ms:
+        raise ConfigError("routing.ack_delay_ms must be shorter than routing.retransmit_ms "
+                          "(else every LSA is sent twice)")
+    return rc
+
+
+def _parse_spa(sp: Any) -> SpaConfig:
+    _check_keys(sp, {"trust", "crl", "enforce"}, "spa")
+    trust = sp.get("trust") or []
+    if isinstance(trust, str):
+        trust = [trust]
+    if not isinstance(trust, list) or not trust:
+        raise ConfigError("spa.trust: expected a list of authority public key files")
+    spa = SpaConfig([Path(t) for t in trust], Path(sp["crl"]) if sp.get("crl") else None,
+                    bool(sp.get("enforce", True)))
+    for t in spa.trust:
+        if not t.exists():
+            raise ConfigError(f"spa.trust: {t} does not exist")
+    return spa
 
 
 def load(path: os.PathLike) -> NodeConfig:

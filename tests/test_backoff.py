@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from forwarder import config
-from forwarder.backoff import LONG_WAIT, QUIET, SHORT_WAIT, Backoff
+from forwarder.routing.backoff import LONG_WAIT, QUIET, SHORT_WAIT, Backoff
 
 
 def test_first_event_after_quiet_gets_the_initial_delay():

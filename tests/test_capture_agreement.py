@@ -14,8 +14,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from forwarder import wire
-from forwarder.client import Client
+from forwarder.dataplane import wire
+from forwarder.apps.client import Client
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
 
 pytestmark = [pytest.mark.netns,
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.netns,
 
 from scapy.utils import rdpcap  # noqa: E402
 
-from forwarder import scapy_layers  # noqa: E402,F401  (binds EtherType 0x88B5)
+from forwarder.dataplane import scapy_layers  # noqa: E402,F401  (binds EtherType 0x88B5)
 from test_lua_dissector import dissect  # noqa: E402
 
 

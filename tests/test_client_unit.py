@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from forwarder import wire
-from forwarder.client import (CallTimeout, Client, DmscError, NackError, Reassembler,
+from forwarder.dataplane import wire
+from forwarder.apps.client import (CallTimeout, Client, DmscError, NackError, Reassembler,
                               RetryBudget, fragment, header_length, payload_budget,
                               split_payload)
-from forwarder.http_proxy import (HttpRequest, HttpResponse, decode_request, decode_response,
+from forwarder.apps.http_proxy import (HttpRequest, HttpResponse, decode_request, decode_response,
                                   destination, encode_request, encode_response, end_to_end,
                                   trace_from_traceparent)
-from forwarder.names import Name
-from forwarder.wire import NackBody, NackReason, Packet, PacketType
+from forwarder.dataplane.names import Name
+from forwarder.dataplane.wire import NackBody, NackReason, Packet, PacketType
 
 
 # ---------------------------------------------------------------- RetryBudget
@@ -459,9 +459,9 @@ def test_http_proxy_and_backend_through_fake_gateway(sockpath):
     import http.client
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from forwarder.hostmap import HostMap
-    from forwarder.http_backend import BackendPool, HttpBackendHandler
-    from forwarder.http_proxy import ProxyServer
+    from forwarder.apps.hostmap import HostMap
+    from forwarder.apps.http_backend import BackendPool, HttpBackendHandler
+    from forwarder.apps.http_proxy import ProxyServer
 
     class Origin(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from forwarder import wire
-from forwarder.client import CallTimeout, Client, NackError
-from forwarder.names import Name
+from forwarder.dataplane import wire
+from forwarder.apps.client import CallTimeout, Client, NackError
+from forwarder.dataplane.names import Name
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
 from topologies.nsenter import socket_in
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from forwarder.hostmap import HostMap, host_to_prefix, normalize_host, prefix_to_host
-from forwarder.names import Name
+from forwarder.apps.hostmap import HostMap, host_to_prefix, normalize_host, prefix_to_host
+from forwarder.dataplane.names import Name
 
 
 @pytest.mark.parametrize("host,prefix", [

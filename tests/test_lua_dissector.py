@@ -30,8 +30,8 @@ from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 from scapy.utils import wrpcap  # noqa: E402
 
-from forwarder.names import fnv1a32, name  # noqa: E402
-from forwarder.wire import (  # noqa: E402
+from forwarder.dataplane.names import fnv1a32, name  # noqa: E402
+from forwarder.dataplane.wire import (  # noqa: E402
     AckBody,
     DecodeError,
     EchoBody,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from forwarder.names import (
+from forwarder.dataplane.names import (
     COMPONENT_MAX,
     COMPONENTS_MAX,
     FNV_OFFSET,

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from forwarder import wire
-from forwarder.names import Name
-from forwarder.pipeline import Delivered, Forwarder, Registered, Send
-from forwarder.rib import Route
-from forwarder.strategy import Rule
-from forwarder.wire import NackBody, NackReason, Packet, PacketType
+from forwarder.dataplane import wire
+from forwarder.dataplane.names import Name
+from forwarder.dataplane.pipeline import Delivered, Forwarder, Registered, Send
+from forwarder.dataplane.rib import Route
+from forwarder.dataplane.strategy import Rule
+from forwarder.dataplane.wire import NackBody, NackReason, Packet, PacketType
 
 N = Name.parse
 

@@ -18,13 +18,15 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from forwarder import spf, wire
-from forwarder.names import Name
-from forwarder.pipeline import Forwarder, Send
-from forwarder.facetable import ETHER
-from forwarder.rib import Route
-from forwarder.routing import LinkStateRouter, RoutesChanged, RoutingEvent, SendControl
-from forwarder.wire import LsaBody, PacketType
+from forwarder.routing import spf
+
+from forwarder.dataplane import wire
+from forwarder.dataplane.names import Name
+from forwarder.dataplane.pipeline import Forwarder, Send
+from forwarder.dataplane.facetable import ETHER
+from forwarder.dataplane.rib import Route
+from forwarder.routing.linkstate import LinkStateRouter, RoutesChanged, RoutingEvent, SendControl
+from forwarder.dataplane.wire import LsaBody, PacketType
 
 STEP = 0.01
 

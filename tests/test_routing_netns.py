@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from forwarder import wire
-from forwarder.client import CallTimeout, Client, DmscError, NackError
-from forwarder.names import Name
+from forwarder.dataplane import wire
+from forwarder.apps.client import CallTimeout, Client, DmscError, NackError
+from forwarder.dataplane.names import Name
 from forwarder.spa import Authority, ServiceIdentity, public_key_pem
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
 from topologies.nsenter import socket_in

@@ -20,8 +20,8 @@ from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.packet import NoPayload, Padding, Raw  # noqa: E402
 from scapy.utils import rdpcap, wrpcap  # noqa: E402
 
-from forwarder.names import Name, fnv1a32, name  # noqa: E402
-from forwarder.scapy_layers import (  # noqa: E402
+from forwarder.dataplane.names import Name, fnv1a32, name  # noqa: E402
+from forwarder.dataplane.scapy_layers import (  # noqa: E402
     DMSC,
     DMSCAck,
     DMSCAckEntry,
@@ -40,7 +40,7 @@ from forwarder.scapy_layers import (  # noqa: E402
     DMSCTLVSpaSignature,
     DMSCTLVTraceContext,
 )
-from forwarder.wire import (  # noqa: E402
+from forwarder.dataplane.wire import (  # noqa: E402
     AckBody,
     DecodeError,
     EchoBody,

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from controller.netns_lab import ScscNode
+from topologies.fwd_net import ScscNode
 from controller.rest_client import ScscHttpError
-from forwarder import wire
-from forwarder.client import CallTimeout, Client, NackError
-from forwarder.names import Name
+from forwarder.dataplane import wire
+from forwarder.apps.client import CallTimeout, Client, NackError
+from forwarder.dataplane.names import Name
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
 
 pytestmark = pytest.mark.netns

@@ -12,7 +12,8 @@ import pytest
 from controller.policy import (FaceSample, InstanceSample, IntentError, Intents, NextHop, NodeInfo,
                                Params, PolicyEngine, apply_diff, diff, instances_by_prefix,
                                parse_intent, percent_weights)
-from controller.state import NetworkState, hist_quantile
+from controller.state import NetworkState
+from forwarder.dataplane.counters import bucket_quantile
 
 
 # ------------------------------------------------------------------ helpers
@@ -312,13 +313,13 @@ def test_state_face_rates_and_topology_by_mac():
     assert len(links) == 1 and {links[0]["a"], links[0]["b"]} == {"/node/a", "/node/b"}
 
 
-def test_hist_quantile():
+def test_bucket_quantile():
     counts = [0] * 17
     counts[2] = 98
     counts[8] = 2
-    assert hist_quantile(counts, 0.5) == 100.0
-    assert hist_quantile(counts, 0.99) == 10000.0
-    assert hist_quantile([0] * 17, 0.5) is None
+    assert bucket_quantile(counts, 0.5) == 100.0
+    assert bucket_quantile(counts, 0.99) == 10000.0
+    assert bucket_quantile([0] * 17, 0.5) is None
 
 
 # ------------------------------------------------- protocol, over loopback TCP

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forwarder import spa
-from forwarder.names import name
+from forwarder.dataplane.names import name
 from forwarder.spa import (
     REASONS,
     Authority,

@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from forwarder.names import Name, fnv1a32, name
-from forwarder.wire import (
+from forwarder.dataplane.names import Name, fnv1a32, name
+from forwarder.dataplane.wire import (
     HEADER,
     HEADER_LEN,
     MAX_TLVS,

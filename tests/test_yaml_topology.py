@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.shop.deploy import SHOP, placement
+from topologies.shop.deploy import SHOP, placement
 from topologies.lab.builders import fat_tree, leaf_spine, linear
 from topologies.lab.model import (LinkOpts, Topology, TopologyError, distances, expected_prefixes,
                                   static_routes)

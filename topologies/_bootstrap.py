@@ -19,7 +19,7 @@ def ensure() -> None:
         import cryptography  # noqa: F401
         import yaml  # noqa: F401
         import mininet.net  # noqa: F401
-        import forwarder.client  # noqa: F401
+        import forwarder.apps.client  # noqa: F401
         return
     except ImportError as exc:
         missing = exc.name or str(exc)

@@ -1,118 +1,19 @@
-"""Real forwarder processes on a NetnsNetwork: per-node app objects for tests and benchmarks.
+"""Real forwarder processes (and the SCSC) on a NetnsNetwork, for tests and benchmarks.
 
-Like ipmininet's daemons: each node's forwarder has a config file validated
-before launch, a work folder and a log, and start()/stop()/restart().
+The nodes' programs are the lab's own (`topologies.apps`): the same
+configuration check before launch, the same records, logs and stop.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-import yaml
+from .apps import ForwarderApp, ScscApp
+from .measure import wait_for
+from .netns import MgmtNetwork, NetnsNetwork
 
-from forwarder import config as fwd_config
-from forwarder.ctl import CtlError, request
-
-from .netns import NetnsNetwork, NsNode
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
-    """Poll until predicate() is truthy; return its value or raise TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)
-
-
-class ForwarderApp:
-    """One node's forwarder process."""
-
-    def __init__(self, node: NsNode, config: Dict[str, Any], python: str = sys.executable) -> None:
-        self.node = node
-        self.python = python
-        self.config = dict(config)
-        self.config.setdefault("workdir", str(node.workdir))
-        self.config_path = node.workdir / "forwarder.yaml"
-        self.proc = None
-        fwd_config.parse(self.config)  # fail before launch, with the field named
-
-    @property
-    def workdir(self) -> Path:
-        return Path(self.config["workdir"])
-
-    @property
-    def mgmt(self) -> Path:
-        return self.workdir / "mgmt.sock"
-
-    @property
-    def app_socket(self) -> str:
-        return str(self.workdir / "app.sock")
-
-    def start(self, timeout: float = 10.0) -> "ForwarderApp":
-        self.launch()
-        return self.wait_ready(timeout)
-
-    def launch(self) -> None:
-        """Start the process without waiting (many nodes start in parallel)."""
-        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        self.proc = self.node.popen([self.python, "-m", "forwarder", "-c", str(self.config_path)],
-                                    "forwarder", env={"PYTHONPATH": str(REPO)})
-
-    def wait_ready(self, timeout: float = 10.0) -> "ForwarderApp":
-        wait_for(self._ready, timeout, what=f"forwarder on {self.node.name}")
-        return self
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            log = (self.workdir / "forwarder.log")
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            raise RuntimeError(f"forwarder on {self.node.name} exited with {self.proc.returncode}:\n{tail}")
-        if not self.mgmt.exists():  # a link: exists() follows it to the live socket
-            return False
-        try:
-            st = self.api("GET", "/status", timeout=2)
-        except CtlError:
-            return False
-        # links just created turn operationally up within about a second (linkwatch)
-        return all(f["up"] for f in st["faces"] if f["kind"] == "ether")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout)
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
-    def restart(self) -> "ForwarderApp":
-        self.stop()
-        return self.start()
-
-    def api(self, method: str, path: str, body: Optional[dict] = None, timeout: float = 60.0) -> Any:
-        return request(("unix", str(self.mgmt)), method, path, body, timeout)
-
-    def status(self) -> dict:
-        return self.api("GET", "/status")
-
-    def counters(self) -> dict:
-        return self.api("GET", "/counters")
-
-    def ping(self, name: str, count: int = 1, timeout: float = 1.0) -> dict:
-        return self.api("POST", "/ping", {"name": name, "count": count, "timeout": timeout,
-                                          "interval": 0})
+__all__ = ["ForwarderNet", "ScscNode", "intf_between", "line_routes", "wait_for"]
 
 
 class ForwarderNet:
@@ -127,13 +28,14 @@ class ForwarderNet:
         node = self.net.node(name)
         config.setdefault("node", f"/node/{name}")
         config.setdefault("faces", [{"name": i, "type": "ether", "interface": i} for i in node.intfs])
-        app = ForwarderApp(node, config)
+        app = node.adopt(ForwarderApp(name, node.netns, node.workdir, self.net.records, config))
+        app.wait_faces_up = True
         self.apps[name] = app
         return app
 
     def start_all(self, timeout: float = 60.0) -> None:
-        """Launch every forwarder, then wait until each answers its management socket."""
-        pending = [app for app in self.apps.values() if app.proc is None]
+        """Launch every forwarder, then wait until each answers with its faces up."""
+        pending = [app for app in self.apps.values() if not app.running]
         for app in pending:
             app.launch()
         for app in pending:
@@ -145,6 +47,77 @@ class ForwarderNet:
     def stop_all(self) -> None:
         for app in self.apps.values():
             app.stop()
+
+
+class ScscNode:
+    """The SCSC as a process in its own namespace on a NetnsNetwork's management bridge.
+
+        mgmt = net.add_mgmt_network()
+        scsc = ScscNode(net, mgmt).start()          # 10.255.0.1, southbound :7000, REST :8080
+        fn.add("a", scsc=scsc.southbound, telemetry_interval_s=0.5)
+        mgmt.attach("a")
+        scsc.rest.get("/telemetry")
+    """
+
+    def __init__(self, net: NetnsNetwork, mgmt: MgmtNetwork, name: str = "scsc", host: int = 1,
+                 port: int = 7000, rest_port: int = 8080, lifetime: float = 30.0,
+                 extra: Sequence[str] = (), python: str = sys.executable) -> None:
+        from controller.rest_client import ScscRest
+        self.node = net.nodes.get(name) or net.add_node(name)
+        self.addr = mgmt.attach(name, host)
+        self.port, self.rest_port = port, rest_port
+        self.rest = ScscRest(self.addr, rest_port, netns=self.node.netns)
+        self.app = self.node.adopt(ScscApp(
+            self.node.netns, self.node.workdir, net.records,
+            ["--southbound", self.southbound, "--rest", f"{self.addr}:{rest_port}",
+             "--policy-lifetime", str(lifetime), *extra], python=python))
+        self.starts = 0
+
+    @property
+    def southbound(self) -> str:
+        return f"{self.addr}:{self.port}"
+
+    @property
+    def proc(self):
+        return self.app.proc
+
+    def start(self, timeout: float = 40.0) -> "ScscNode":
+        """Start and wait until the REST API answers /health."""
+        self.starts += 1
+        self.app.start()
+
+        def healthy() -> bool:
+            self.app.check_alive("the SCSC (python -m controller)")
+            try:
+                self.rest.close()
+                return self.rest.get("/health")["status"] == "ok"
+            except Exception:  # not listening yet, or an answer that is not JSON yet
+                return False
+        wait_for(healthy, timeout, interval=0.05, what=f"the SCSC on {self.addr}:{self.rest_port}")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> Optional[float]:
+        """SIGTERM; returns the seconds it took to exit (None if it was not running)."""
+        if not self.app.running:
+            self.app.proc = None
+            return None
+        t0 = time.monotonic()
+        p = self.app.proc
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except Exception:
+            self.app.kill()
+            return None
+        finally:
+            self.rest.close()
+        self.app.proc = None
+        return time.monotonic() - t0
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        self.app.kill()
+        self.rest.close()
 
 
 def line_routes(names: List[str], intf_of) -> Dict[str, List[dict]]:

@@ -25,34 +25,18 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
+from .proc import CommandError, Proc, run as _run, stop_all
 from .records import Records
 
+__all__ = ["CommandError", "MgmtNetwork", "NetnsNetwork", "NsLink", "NsNode", "require_netns"]
+
 IFNAMSIZ = 15  # longest Linux interface name, in bytes
-STOP_GRACE_S = 3.0
 _NODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-
-
-class CommandError(subprocess.CalledProcessError):
-    """A failed command; unlike CalledProcessError its message includes stderr."""
-
-    def __str__(self) -> str:
-        err = (self.stderr or "").strip() if isinstance(self.stderr, str) else ""
-        return super().__str__() + (f": {err}" if err else "")
-
-
-def _run(argv: list[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                         stdin=subprocess.DEVNULL)
-    if check and res.returncode != 0:
-        raise CommandError(res.returncode, argv, res.stdout, res.stderr)
-    return res
 
 
 def require_netns() -> Optional[str]:
@@ -103,25 +87,21 @@ class NsNode:
 
         Raises CommandError (a CalledProcessError) on a non-zero exit if ``check``.
         """
-        return _run(["ip", "netns", "exec", self.netns, *argv], check=check, timeout=timeout)
+        return _run(argv, netns=self.netns, check=check, timeout=timeout)
 
     def popen(self, argv: list[str], log_name: str,
               env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
-        """Start ``argv`` inside the namespace in the background.
+        """Start ``argv`` inside the namespace in the background (a `topologies.proc.Proc`).
 
-        stdout and stderr go to ``workdir/<log_name>.log`` (never /tmp: ``mn -c``
-        deletes /tmp/*.log).  ``env`` is merged over os.environ.  The process
-        gets its own session, so a Ctrl-C in the terminal does not hit it
-        before ``stop()`` does, and it is recorded for ``clean``.
+        stdout and stderr go to ``workdir/<log_name>.log``; ``env`` is merged over
+        the project's environment; the process is recorded for ``clean`` and
+        stopped with the network.
         """
-        log_path = self.workdir / f"{log_name}.log"
-        full_env = None if env is None else {**os.environ, **env}
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(["ip", "netns", "exec", self.netns, *argv],
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=full_env,
-                                    start_new_session=True)
-        self._net._records.pid(proc.pid, argv0=argv[0])
+        return self.adopt(Proc(self.netns, self.workdir, log_name, self._net._records,
+                               argv=argv, env=env)).spawn()
+
+    def adopt(self, proc: Proc) -> Proc:
+        """Let the network stop `proc` (an app of this node) when it stops."""
         self._net._procs.append(proc)
         return proc
 
@@ -152,8 +132,13 @@ class NetnsNetwork:
         self._records.owner()
         self._nodes: dict[str, NsNode] = {}
         self._links: list[NsLink] = []
-        self._procs: list[subprocess.Popen] = []
+        self._procs: list[Proc] = []
         self._stopped = False
+
+    @property
+    def records(self) -> Records:
+        """The run's records (anything created on this network is written there first)."""
+        return self._records
 
     def __enter__(self) -> "NetnsNetwork":
         return self
@@ -255,7 +240,7 @@ class NetnsNetwork:
         """
         if self._stopped:
             return
-        errors = self._stop_procs()
+        errors = stop_all(self._procs)
         for node in self._nodes.values():
             if not os.path.exists(f"/run/netns/{node.netns}"):
                 continue
@@ -267,32 +252,6 @@ class NetnsNetwork:
                                + "; ".join(errors))
         self._records.done()
         self._stopped = True
-
-    def _stop_procs(self) -> list[str]:
-        running = [p for p in self._procs if p.poll() is None]
-        # poll() is None means the pid is still our unreaped child: no reuse risk.
-        for p in running:
-            _killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for p in running:
-            try:
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _killpg(p.pid, signal.SIGKILL)
-        errors = []
-        for p in running:
-            try:
-                p.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                errors.append(f"process {p.pid} survived SIGKILL")
-        return errors
-
-
-def _killpg(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)  # start_new_session: pgid == pid
-    except ProcessLookupError:
-        pass
 
 
 def _check_ifname(ifname: str, node: str) -> None:

@@ -183,9 +183,15 @@ class Records:
         self.path = self.run_dir / RECORDS_FILE
 
     def _append(self, entry: dict[str, Any]) -> None:
-        line = json.dumps(entry, sort_keys=True) + "\n"
+        self.many([entry])
+
+    def many(self, entries: list[dict[str, Any]]) -> None:
+        """Append entries under one fsync (a k=8 fat tree records ~1,500 things)."""
+        if not entries:
+            return
+        data = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
 
@@ -213,13 +219,15 @@ class Records:
         own process group (``start_new_session=True``), and ``clean`` signals
         the whole group, so a shell wrapper's children go with it.
         """
-        self._append({
-            "kind": "pid",
-            "pid": pid,
-            "starttime": process_starttime(pid),
-            "argv0": argv0 if argv0 is not None else _argv0(pid),
-            "pgid": process_group(pid),
-        })
+        self._append(self.pid_entry(pid, argv0))
+
+    @staticmethod
+    def pid_entry(pid: int, argv0: Optional[str] = None, pgid: Optional[int] = None) -> dict:
+        """The record of one process, for `many` (pgid: when the group is known
+        to be the process's own even before it has called setsid())."""
+        return {"kind": "pid", "pid": pid, "starttime": process_starttime(pid),
+                "argv0": argv0 if argv0 is not None else _argv0(pid),
+                "pgid": pgid if pgid is not None else process_group(pid)}
 
     def done(self) -> None:
         """Mark the run as cleaned up; ``clean`` then skips it."""

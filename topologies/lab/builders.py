@@ -11,8 +11,8 @@ from .model import LinkOpts, Topology, TopologyError
 
 
 def deploy_shop(topo: Topology) -> Topology:
-    """Place the demo shop's instances on the topology's SGs (experiments/shop)."""
-    from experiments.shop.deploy import placement
+    """Place the demo shop's instances on the topology's SGs (topologies/shop)."""
+    from topologies.shop.deploy import placement
     for prefix, app, kind, nodes in placement(topo.sgs):
         topo.add_service(prefix, app, kind, nodes)
     return topo

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from mininet.cli import CLI
 
-from .apps import LabError
+from ..proc import LabError
 from .commands import HELP, DmscCommands, usage
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlencode
 
-from forwarder.ctl import CtlError, render
+from forwarder.mgmt.ctl import CtlError, render
 
-from .apps import LabError
+from ..proc import LabError
 
 HELP: Dict[str, str] = {
     "ping": "dmsc ping <node> <name> [count]\n"
@@ -109,7 +109,7 @@ class DmscCommands:
         return Result(data["received"] > 0, render("ping", data), data)
 
     def cmd_route(self, node: str, name: str) -> Result:
-        data = self._fwd(node).api("POST", "/trace", {"name": name, "max_hops": 16})
+        data = self._fwd(node).api("POST", "/trace", {"name": name})
         return Result(bool(data["reached"]), render("trace", data), data)
 
     def cmd_fib(self, node: str) -> Result:
@@ -141,8 +141,8 @@ class DmscCommands:
         return Result(True, f"converged in {took:.2f} s", took)
 
     def cmd_call(self, node: str, name: str, payload: str = "") -> Result:
-        from forwarder.client import Client, DmscError
-        from forwarder.names import Name
+        from forwarder.apps.client import Client, DmscError
+        from forwarder.dataplane.names import Name
         spec = self.lab.topo.nodes.get(node)
         if spec is None:
             raise LabError(f"no node {node!r}")
@@ -153,7 +153,7 @@ class DmscCommands:
         svc = self._service_for(name)
         http_wrapped = False
         if svc is not None and svc.kind == "http" and not _looks_http(body):
-            from forwarder.http_proxy import HttpRequest, encode_request
+            from forwarder.apps.http_proxy import HttpRequest, encode_request
             sub = name[len(svc.prefix):] or "/"
             host = ".".join(reversed([c for c in svc.prefix.split("/") if c])) + ".dmsc"
             req = HttpRequest("POST" if body else "GET", sub,
@@ -172,7 +172,7 @@ class DmscCommands:
         shown = out.decode(errors="replace")
         ok = True
         if http_wrapped or _looks_http_response(out):
-            from forwarder.http_proxy import decode_response
+            from forwarder.apps.http_proxy import decode_response
             try:
                 resp = decode_response(out)
                 data["http_status"] = resp.status

@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Callable, List, Tuple
 
-from .apps import LabError
+from ..proc import LabError
 from .commands import DmscCommands
 
 
@@ -78,7 +78,7 @@ class Tour:
                 expect(s.prefix in st["local_prefixes"], f"{s.prefix} is not registered on {n}")
             lines.append(f"{s.prefix} ({s.kind}) registered on {', '.join(s.nodes)}")
         if self.lab.spa:
-            from forwarder.client import Client, DmscError
+            from forwarder.apps.client import Client, DmscError
             n = self.lab.topo.sgs[0]
             with Client(str(self.lab.fwd[n].app_socket), timeout=2.0) as c:
                 try:
@@ -217,7 +217,7 @@ class Tour:
         return "\n".join(lines)
 
     def telemetry(self) -> str:
-        from forwarder.client import Client
+        from forwarder.apps.client import Client
         with Client(str(self.lab.fwd[self.client].app_socket), timeout=2.0, retries=2) as c:
             for i in range(20):
                 c.call("/shop/catalog", b"", flow=f"t{i}")
@@ -232,7 +232,7 @@ class Tour:
 
     def policy(self) -> str:
         """Pin /shop/catalog to one instance (through the SCSC when it runs), then deny."""
-        from forwarder.client import Client, NackError
+        from forwarder.apps.client import Client, NackError
         lab = self.lab
         cat = self.svc.get("catalog")
         expect(cat is not None and len(cat.nodes) >= 2, "needs /shop/catalog with 2+ instances")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
-from .apps import LabError
+from ..proc import LabError
 from .model import AUTO_LINKSTATE_NODES_PER_CPU, LinkOpts, Topology, TopologyError
 
 
@@ -43,6 +45,9 @@ def build_parser(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) 
                         "by default they are forked from one pre-imported process)")
     g.add_argument("--up-only", action="store_true",
                    help="bring the lab up, report the times, tear it down (no CLI)")
+    g.add_argument("--report", type=Path, metavar="FILE",
+                   help="write a JSON report when the lab stops: run folder, routing, timings, "
+                        "exit status, error (for scripts and benchmarks)")
     return p
 
 
@@ -76,7 +81,7 @@ def run(topo: Topology, args: argparse.Namespace) -> int:
     lab = DmscLab(topo, routing=args.routing, scsc=args.scsc, spa=not args.no_spa,
                   shop=not args.no_shop, proxies=args.proxies, hello_ms=args.hello_ms,
                   log_level=args.log_level, zygote=not args.no_zygote)
-    rc = 0
+    rc, error = 0, None
     try:
         lab.start(converge_timeout=args.timeout)
         if args.demo:
@@ -89,11 +94,11 @@ def run(topo: Topology, args: argparse.Namespace) -> int:
             DmscCLI(lab)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        rc = 1
-    except Exception:  # a bug: show it, but still clean up below
+        rc, error = 1, str(exc)
+    except Exception as exc:  # a bug: show it, but still clean up below
         import traceback
         traceback.print_exc()
-        rc = 1
+        rc, error = 1, f"{type(exc).__name__}: {exc}"
     except KeyboardInterrupt:
         print("\n*** interrupted", file=sys.stderr)
         rc = 130
@@ -102,4 +107,8 @@ def run(topo: Topology, args: argparse.Namespace) -> int:
         print("*** stopping the lab")
         lab.stop()
         print(f"*** stopped; logs in {lab.run_dir}")
+        if args.report is not None:
+            args.report.write_text(json.dumps({
+                "run_dir": str(lab.run_dir) if lab.run_dir else None, "routing": lab.routing,
+                "timings": lab.timings, "exit": rc, "error": error}, indent=1) + "\n")
     return rc

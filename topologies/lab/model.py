@@ -109,7 +109,7 @@ class ServiceSpec:
 
     kind "client": a process using forwarder.client (Client.serve);
     kind "http": a plain HTTP server published through the SG's http_services.
-    app: which program to run (experiments/shop roles: frontend, catalog,
+    app: which program to run (topologies/shop roles: frontend, catalog,
     cart, payment, echo).
     """
     prefix: str
@@ -163,7 +163,7 @@ class Topology:
         return link
 
     def add_service(self, prefix: str, app: str, kind: str, nodes: Sequence[str]) -> ServiceSpec:
-        from forwarder.names import InvalidName, Name
+        from forwarder.dataplane.names import InvalidName, Name
         try:
             p = Name.parse(prefix)
         except InvalidName as exc:

@@ -43,10 +43,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 from urllib.parse import urlencode
 
-from forwarder.ctl import CtlError
+from forwarder.mgmt.ctl import CtlError
 
-from ..records import Records, new_run_dir, process_group
-from .apps import ForwarderApp, LabError, ScscApp, ServiceApp, Zygote, stop_all
+from ..apps import ForwarderApp, ScscApp, ServiceApp
+from ..proc import CommandError, LabError, run, stop_all
+from ..records import Records, new_run_dir
+from .zygote import Zygote
 from .linkopts import apply_link_options
 from .model import (AUTO_LINKSTATE_NODES_PER_CPU, LinkSpec, Topology, expected_prefixes,
                     static_routes)
@@ -58,33 +60,19 @@ SCSC_REST_PORT = 8181
 HTTP_PROXY = "127.0.0.1:8080"
 
 
-class BatchRecords(Records):
-    """Records, plus many entries under one fsync (a k=8 fat tree records ~1,500 things)."""
-
-    def many(self, entries: List[dict]) -> None:
-        if not entries:
-            return
-        data = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def _run(argv: List[str], check: bool = True, input: Optional[str] = None,
          timeout: float = 60) -> subprocess.CompletedProcess:
-    res = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout,
-                         stdin=None if input is not None else subprocess.DEVNULL)
-    if check and res.returncode != 0:
-        raise LabError(f"{' '.join(argv[:6])}{' ...' if len(argv) > 6 else ''} failed: "
-                       f"{(res.stderr or res.stdout).strip()[:500]}")
-    return res
+    """topologies.proc.run, with a failure reported as a LabError (the CLI shows those)."""
+    try:
+        return run(argv, check=check, timeout=timeout, input=input)
+    except CommandError as exc:
+        raise LabError(str(exc)) from None
 
 
 def linkstate_supported() -> bool:
     """Does this checkout's forwarder run link-state routing when configured to?"""
     try:
-        from forwarder.daemon import Daemon
+        from forwarder.runtime.daemon import Daemon
     except ImportError:
         return False
     import inspect
@@ -96,8 +84,8 @@ def scsc_supported() -> Optional[str]:
     import importlib.util
     if importlib.util.find_spec("controller.__main__") is None:
         return "controller/__main__.py does not exist yet (python -m controller)"
-    if importlib.util.find_spec("forwarder.scsc_agent") is None:
-        return "forwarder/scsc_agent.py does not exist yet (the forwarder's SCSC agent)"
+    if importlib.util.find_spec("forwarder.mgmt.scsc_agent") is None:
+        return "forwarder/mgmt/scsc_agent.py does not exist (the forwarder's SCSC agent)"
     return None
 
 
@@ -153,7 +141,7 @@ class DmscLab:
         self.python = python
         self.runid = secrets.token_hex(3)
         self.run_dir: Optional[Path] = None
-        self.records: Optional[BatchRecords] = None
+        self.records: Optional[Records] = None
         self.net = None                      # mininet.net.Mininet
         self.netns: Dict[str, str] = {}      # node -> attached namespace name
         self.mgmt_ip: Dict[str, str] = {}
@@ -182,7 +170,7 @@ class DmscLab:
     def start(self, converge_timeout: Optional[float] = None) -> "DmscLab":
         t0 = time.monotonic()
         self.run_dir = new_run_dir(self.run_kind)
-        self.records = BatchRecords(self.run_dir)
+        self.records = Records(self.run_dir)
         self.records.owner()
         if self.use_zygote:  # imports the forwarder while the network is being built
             self.zygote = Zygote(self.records, self.run_dir, self.python)
@@ -236,7 +224,7 @@ class DmscLab:
 
     # ------------------------------------------------------------------ SPA
     def _provision_spa(self) -> None:
-        from forwarder import spa_tool
+        from forwarder.spa import tool as spa_tool
         d = self.run_dir / "spa"
         d.mkdir()
         log = io.StringIO()
@@ -304,9 +292,7 @@ class DmscLab:
             self.netns[name] = f"dm-{self.runid}-{name}"
         # each host's shell holds its namespace: recorded with the name it is attached under
         self.records.many([e for n in names for e in (
-            {"kind": "pid", "pid": hosts[n].pid, "starttime": _starttime(hosts[n].pid),
-             "argv0": "mnexec", "pgid": process_group(hosts[n].pid)},
-            {"kind": "netns", "name": self.netns[n]})])
+            Records.pid_entry(hosts[n].pid, "mnexec"), {"kind": "netns", "name": self.netns[n]})])
         _run(["ip", "-batch", "-"], input="".join(
             f"netns attach {self.netns[n]} {hosts[n].pid}\n" for n in names))
         br = self._bridge
@@ -467,7 +453,7 @@ class DmscLab:
 
     @staticmethod
     def http_backend_of(app: str) -> str:
-        from experiments.shop.deploy import HTTP_PORTS
+        from topologies.shop.deploy import HTTP_PORTS
         return f"127.0.0.1:{HTTP_PORTS.get(app, 9100 + sum(map(ord, app)) % 800)}"
 
     def _start_forwarders(self) -> None:
@@ -492,8 +478,7 @@ class DmscLab:
         pending = list(self.fwd.values())
         for app in pending:
             app.spawn(record=False)
-        self.records.many([{"kind": "pid", "pid": a.pid, "starttime": _starttime(a.pid),
-                            "argv0": self.python, "pgid": a.pid} for a in pending])
+        self.records.many([Records.pid_entry(a.pid, self.python, pgid=a.pid) for a in pending])
         self._start_services()
         deadline = time.monotonic() + max(30.0, len(pending) * 1.0)
         while pending:
@@ -768,8 +753,3 @@ class DmscLab:
 
 def _route_key(r: dict) -> Tuple[str, str, int, Optional[str]]:
     return (r["prefix"], r["face"], int(r.get("cost", 1)), r.get("instance"))
-
-
-def _starttime(pid: int) -> Optional[int]:
-    from ..records import process_starttime
-    return process_starttime(pid)

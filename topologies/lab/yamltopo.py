@@ -96,152 +96,180 @@ def _line(obj: Any, key: Any = None, default: int = 0) -> int:
 def parse_topology(text: str, source: str = "<yaml>", shop: bool = True,
                    opts: Optional[LinkOpts] = None) -> Topology:
     """Build a Topology from YAML text; YamlTopologyError("SOURCE:LINE: problem")."""
-    def fail(line: int, msg: str) -> YamlTopologyError:
-        return YamlTopologyError(f"{source}:{line}: {msg}" if line else f"{source}: {msg}")
+    return _Parser(source).parse(text, shop, opts)
 
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except YamlTopologyError as exc:
-        raise YamlTopologyError(f"{source}:{str(exc)[5:]}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise fail(mark.line + 1 if mark else 0, f"not valid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise fail(1, "expected a mapping with 'nodes' and 'links' at the top level")
-    unknown = sorted(set(map(str, data)) - TOP_KEYS)
-    if unknown:
-        raise fail(_line(data, unknown[0]), f"unknown key {unknown[0]!r}; allowed: "
-                                            f"{', '.join(sorted(TOP_KEYS))}")
-    name = data.get("name", Path(source).stem)
-    if not isinstance(name, str) or not name:
-        raise fail(_line(data, "name"), "name: expected a non-empty string")
-    topo = Topology(name)
 
-    # ----------------------------------------------------------- defaults
-    base = {} if opts is None else {k: getattr(opts, k) for k in LINK_OPTS
-                                    if getattr(opts, k) is not None and
-                                    not (k == "mtu" and opts.mtu == 1500) and
-                                    not (k == "cost" and opts.cost == 1)}
-    defaults = data.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise fail(_line(data, "defaults"), "defaults: expected a mapping (defaults: {link: {...}})")
-    for k in defaults:
-        if k != "link":
-            raise fail(_line(defaults, k), f"defaults: unknown key {k!r}; only 'link' is allowed")
-    dlink = defaults.get("link") or {}
-    if not isinstance(dlink, dict):
-        raise fail(_line(defaults, "link"), "defaults.link: expected a mapping of link options")
-    for k in dlink:
-        if k not in LINK_OPTS:
-            raise fail(_line(dlink, k), f"defaults.link: unknown option {k!r}; allowed: "
-                                        f"{', '.join(sorted(LINK_OPTS))}")
-    link_defaults = {**dict(dlink), **base}
+class _Parser:
+    """One YAML topology, section by section; every error names its line."""
 
-    # -------------------------------------------------------------- nodes
-    nodes = data.get("nodes")
-    if not isinstance(nodes, dict) or not nodes:
-        raise fail(_line(data, "nodes", 1), "nodes: expected a mapping of node name to role "
-                                             "(sr or sg), e.g. 'r1: sr'")
-    for nname, spec in nodes.items():
-        line = _line(nodes, nname)
-        if isinstance(spec, str):
-            spec = {"role": spec}
-        if not isinstance(spec, dict):
-            raise fail(line, f"node {nname}: expected a role (sr or sg) or a mapping {{role: ...}}")
-        extra = sorted(set(spec) - {"role", "layer", "pod"})
-        if extra:
-            raise fail(_line(spec, extra[0], line), f"node {nname}: unknown key {extra[0]!r}; "
-                                                     "allowed: role, layer, pod")
-        if "role" not in spec:
-            raise fail(line, f"node {nname}: a role is required (sr or sg)")
-        pod = spec.get("pod")
-        if pod is not None and (isinstance(pod, bool) or not isinstance(pod, int)):
-            raise fail(_line(spec, "pod", line), f"node {nname}: pod must be an integer")
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, line: int, msg: str) -> YamlTopologyError:
+        src = self.source
+        return YamlTopologyError(f"{src}:{line}: {msg}" if line else f"{src}: {msg}")
+
+    def parse(self, text: str, shop: bool, opts: Optional[LinkOpts]) -> Topology:
+        data = self.load(text)
+        name = data.get("name", Path(self.source).stem)
+        if not isinstance(name, str) or not name:
+            raise self.fail(_line(data, "name"), "name: expected a non-empty string")
+        topo = Topology(name)
+        link_defaults = self.link_defaults(data, opts)
+        nodes = self.nodes(data, topo)
+        self.links(data, topo, link_defaults)
+        want_shop = data.get("shop", True)
+        if not isinstance(want_shop, bool):
+            raise self.fail(_line(data, "shop"), "shop: expected true or false")
+        if data.get("services") is not None:
+            self.services(data, topo)
+        elif shop and want_shop:
+            from .builders import deploy_shop
+            deploy_shop(topo)
         try:
-            topo.add_node(str(nname), spec["role"], str(spec.get("layer") or ""), pod)
+            topo.validate()
         except TopologyError as exc:
-            raise fail(_line(spec, "role", line) if "role" in str(exc) else line, str(exc)) from None
+            from .model import distances
+            reached = distances(topo.adjacency(), next(iter(topo.nodes)))
+            lost = [n for n in topo.nodes if n not in reached]
+            line = _line(nodes, lost[0]) if lost else _line(data, "nodes")
+            raise self.fail(line, str(exc)) from None
+        return topo
 
-    # -------------------------------------------------------------- links
-    links = data.get("links")
-    if not isinstance(links, list) or not links:
-        raise fail(_line(data, "links", 1), "links: expected a list of [a, b] or {a: .., b: .., ...}")
-    for i, l in enumerate(links):
-        line = _line(links, i)
-        if isinstance(l, (list, tuple)):
-            if len(l) != 2:
-                raise fail(line, f"link {list(l)}: expected exactly two node names [a, b]")
-            spec = {"a": l[0], "b": l[1]}
-        elif isinstance(l, dict):
-            spec = l
-        else:
-            raise fail(line, f"link {l!r}: expected [a, b] or a mapping {{a: .., b: ..}}")
-        extra = sorted(set(spec) - ({"a", "b"} | LINK_OPTS))
-        if extra:
-            raise fail(_line(spec, extra[0], line), f"link: unknown key {extra[0]!r}; allowed: a, b, "
-                                                     f"{', '.join(sorted(LINK_OPTS))}")
-        if "a" not in spec or "b" not in spec:
-            raise fail(line, "link: needs both ends, a and b")
-        values = {**link_defaults, **{k: spec[k] for k in LINK_OPTS if k in spec}}
-        lo = LinkOpts(**{k: values[k] for k in LINK_OPTS if k in values})
+    def load(self, text: str) -> dict:
         try:
-            topo.add_link(str(spec["a"]), str(spec["b"]), lo)
-        except TopologyError as exc:
-            bad = next((k for k in LINK_OPTS if f"{k} must" in str(exc)), None)
-            raise fail(_line(spec, bad, line) if bad and bad in spec else line, str(exc)) from None
+            data = yaml.load(text, Loader=_Loader)
+        except YamlTopologyError as exc:
+            raise YamlTopologyError(f"{self.source}:{str(exc)[5:]}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise self.fail(mark.line + 1 if mark else 0, f"not valid YAML: {problem}") from None
+        if not isinstance(data, dict):
+            raise self.fail(1, "expected a mapping with 'nodes' and 'links' at the top level")
+        unknown = sorted(set(map(str, data)) - TOP_KEYS)
+        if unknown:
+            raise self.fail(_line(data, unknown[0]), f"unknown key {unknown[0]!r}; allowed: "
+                                                     f"{', '.join(sorted(TOP_KEYS))}")
+        return data
 
-    # ----------------------------------------------------------- services
-    services = data.get("services")
-    want_shop = data.get("shop", True)
-    if not isinstance(want_shop, bool):
-        raise fail(_line(data, "shop"), "shop: expected true or false")
-    if services is not None:
+    def link_defaults(self, data: dict, opts: Optional[LinkOpts]) -> dict:
+        """defaults.link, overridden by the command line's link options."""
+        base = {} if opts is None else {k: getattr(opts, k) for k in LINK_OPTS
+                                        if getattr(opts, k) is not None and
+                                        not (k == "mtu" and opts.mtu == 1500) and
+                                        not (k == "cost" and opts.cost == 1)}
+        defaults = data.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise self.fail(_line(data, "defaults"),
+                            "defaults: expected a mapping (defaults: {link: {...}})")
+        for k in defaults:
+            if k != "link":
+                raise self.fail(_line(defaults, k),
+                                f"defaults: unknown key {k!r}; only 'link' is allowed")
+        dlink = defaults.get("link") or {}
+        if not isinstance(dlink, dict):
+            raise self.fail(_line(defaults, "link"), "defaults.link: expected a mapping of link options")
+        for k in dlink:
+            if k not in LINK_OPTS:
+                raise self.fail(_line(dlink, k), f"defaults.link: unknown option {k!r}; allowed: "
+                                                 f"{', '.join(sorted(LINK_OPTS))}")
+        return {**dict(dlink), **base}
+
+    def nodes(self, data: dict, topo: Topology) -> dict:
+        nodes = data.get("nodes")
+        if not isinstance(nodes, dict) or not nodes:
+            raise self.fail(_line(data, "nodes", 1), "nodes: expected a mapping of node name to "
+                                                     "role (sr or sg), e.g. 'r1: sr'")
+        for nname, spec in nodes.items():
+            line = _line(nodes, nname)
+            if isinstance(spec, str):
+                spec = {"role": spec}
+            if not isinstance(spec, dict):
+                raise self.fail(line, f"node {nname}: expected a role (sr or sg) or a mapping "
+                                      "{role: ...}")
+            extra = sorted(set(spec) - {"role", "layer", "pod"})
+            if extra:
+                raise self.fail(_line(spec, extra[0], line), f"node {nname}: unknown key "
+                                                              f"{extra[0]!r}; allowed: role, layer, pod")
+            if "role" not in spec:
+                raise self.fail(line, f"node {nname}: a role is required (sr or sg)")
+            pod = spec.get("pod")
+            if pod is not None and (isinstance(pod, bool) or not isinstance(pod, int)):
+                raise self.fail(_line(spec, "pod", line), f"node {nname}: pod must be an integer")
+            try:
+                topo.add_node(str(nname), spec["role"], str(spec.get("layer") or ""), pod)
+            except TopologyError as exc:
+                where = _line(spec, "role", line) if "role" in str(exc) else line
+                raise self.fail(where, str(exc)) from None
+        return nodes
+
+    def links(self, data: dict, topo: Topology, link_defaults: dict) -> None:
+        links = data.get("links")
+        if not isinstance(links, list) or not links:
+            raise self.fail(_line(data, "links", 1),
+                            "links: expected a list of [a, b] or {a: .., b: .., ...}")
+        for i, l in enumerate(links):
+            line = _line(links, i)
+            if isinstance(l, (list, tuple)):
+                if len(l) != 2:
+                    raise self.fail(line, f"link {list(l)}: expected exactly two node names [a, b]")
+                spec = {"a": l[0], "b": l[1]}
+            elif isinstance(l, dict):
+                spec = l
+            else:
+                raise self.fail(line, f"link {l!r}: expected [a, b] or a mapping {{a: .., b: ..}}")
+            extra = sorted(set(spec) - ({"a", "b"} | LINK_OPTS))
+            if extra:
+                raise self.fail(_line(spec, extra[0], line), f"link: unknown key {extra[0]!r}; "
+                                                              f"allowed: a, b, "
+                                                              f"{', '.join(sorted(LINK_OPTS))}")
+            if "a" not in spec or "b" not in spec:
+                raise self.fail(line, "link: needs both ends, a and b")
+            values = {**link_defaults, **{k: spec[k] for k in LINK_OPTS if k in spec}}
+            lo = LinkOpts(**{k: values[k] for k in LINK_OPTS if k in values})
+            try:
+                topo.add_link(str(spec["a"]), str(spec["b"]), lo)
+            except TopologyError as exc:
+                bad = next((k for k in LINK_OPTS if f"{k} must" in str(exc)), None)
+                raise self.fail(_line(spec, bad, line) if bad and bad in spec else line,
+                                str(exc)) from None
+
+    def services(self, data: dict, topo: Topology) -> None:
+        services = data.get("services")
         if not isinstance(services, list):
-            raise fail(_line(data, "services"), "services: expected a list of "
-                                                 "{prefix, app, kind, nodes}")
+            raise self.fail(_line(data, "services"), "services: expected a list of "
+                                                     "{prefix, app, kind, nodes}")
         for i, s in enumerate(services):
             line = _line(services, i)
             if not isinstance(s, dict):
-                raise fail(line, "service: expected a mapping {prefix, app, kind, nodes}")
+                raise self.fail(line, "service: expected a mapping {prefix, app, kind, nodes}")
             extra = sorted(set(s) - {"prefix", "app", "kind", "nodes"})
             if extra:
-                raise fail(_line(s, extra[0], line), f"service: unknown key {extra[0]!r}; "
-                                                      "allowed: prefix, app, kind, nodes")
+                raise self.fail(_line(s, extra[0], line), f"service: unknown key {extra[0]!r}; "
+                                                           "allowed: prefix, app, kind, nodes")
             for k in ("prefix", "nodes"):
                 if k not in s:
-                    raise fail(line, f"service: {k} is required")
+                    raise self.fail(line, f"service: {k} is required")
             app = s.get("app", "echo")
             if app not in APPS:
-                raise fail(_line(s, "app", line), f"service {s['prefix']}: app must be one of "
-                                                   f"{', '.join(APPS)}, got {app!r}")
+                raise self.fail(_line(s, "app", line), f"service {s['prefix']}: app must be one "
+                                                        f"of {', '.join(APPS)}, got {app!r}")
             kind = s.get("kind", "http" if app in ("cart", "payment") else "client")
             if kind not in SERVICE_KINDS:
-                raise fail(_line(s, "kind", line), f"service {s['prefix']}: kind must be one of "
-                                                    f"{', '.join(SERVICE_KINDS)}, got {kind!r}")
+                raise self.fail(_line(s, "kind", line), f"service {s['prefix']}: kind must be one "
+                                                         f"of {', '.join(SERVICE_KINDS)}, got {kind!r}")
             nl = s["nodes"]
             if isinstance(nl, str):
                 nl = [nl]
             if not isinstance(nl, list) or not nl:
-                raise fail(_line(s, "nodes", line), f"service {s['prefix']}: nodes must be a "
-                                                     "non-empty list of SG names")
+                raise self.fail(_line(s, "nodes", line), f"service {s['prefix']}: nodes must be a "
+                                                          "non-empty list of SG names")
             try:
                 topo.add_service(str(s["prefix"]), app, kind, [str(n) for n in nl])
             except TopologyError as exc:
                 key = "nodes" if "node" in str(exc) else "prefix"
-                raise fail(_line(s, key, line), str(exc)) from None
-    elif shop and want_shop:
-        from .builders import deploy_shop
-        deploy_shop(topo)
-    try:
-        topo.validate()
-    except TopologyError as exc:
-        from .model import distances
-        reached = distances(topo.adjacency(), next(iter(topo.nodes)))
-        lost = [n for n in topo.nodes if n not in reached]
-        line = _line(nodes, lost[0]) if lost else _line(data, "nodes")
-        raise fail(line, str(exc)) from None
-    return topo
+                raise self.fail(_line(s, key, line), str(exc)) from None
 
 
 def load_topology(path, shop: bool = True, opts: Optional[LinkOpts] = None) -> Topology:

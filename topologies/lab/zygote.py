@@ -25,8 +25,15 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
+import time
 import traceback
+from pathlib import Path
+from typing import List, Optional
+
+from ..proc import REPO, python_env, tail
+from ..records import Records
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -36,8 +43,99 @@ MNT_DETACH = 2
 
 MODULES = {
     "forwarder": ("forwarder.__main__", "main"),
-    "experiments.shop.services": ("experiments.shop.services", "main"),
+    "topologies.shop.services": ("topologies.shop.services", "main"),
 }
+
+
+# ------------------------------------------------------------------ the lab's side
+# The lab talks to the zygote through these (topologies.proc.Proc.zygote).
+
+class ZygoteChild:
+    """A process forked by the zygote: the parts of Popen the lab uses (it is not our child,
+    so its liveness is read from /proc, pid and start time together)."""
+
+    def __init__(self, pid: int) -> None:
+        from ..records import process_starttime
+        self.pid = pid
+        self.starttime = process_starttime(pid)
+        self.returncode: Optional[int] = None
+        self.args = ["zygote child"]
+
+    def poll(self) -> Optional[int]:
+        from ..records import is_same_process
+        if self.returncode is None and not is_same_process(self.pid, self.starttime):
+            self.returncode = -1     # exit status unknown: the zygote reaped it
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+
+class Zygote:
+    """The lab's fork server (topologies/lab/zygote.py), in the root namespace."""
+
+    def __init__(self, records: Records, workdir: Path, python: str = sys.executable) -> None:
+        env = python_env()
+        self.log = Path(workdir) / "zygote.log"
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen([python, "-m", "topologies.lab.zygote"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, env=env, cwd=str(REPO),
+                                         start_new_session=True)
+        records.pid(self.proc.pid, argv0=python)
+        self.env = {"PYTHONPATH": env["PYTHONPATH"], "PYTHONUNBUFFERED": "1"}
+        self._ready = False
+        self.broken: Optional[str] = None
+
+    def _wait_ready(self) -> bool:
+        if self._ready or self.broken:
+            return self._ready
+        line = self.proc.stdout.readline()
+        try:
+            self._ready = "ready" in json.loads(line)
+        except ValueError:
+            self._ready = False
+        if not self._ready:
+            self.broken = f"the zygote did not start: {tail(self.log, 600)}"
+        return self._ready
+
+    @staticmethod
+    def can_run(module: str) -> bool:
+        return module in MODULES
+
+    def spawn(self, netns: str, module: str, args: List[str], log: Path) -> Optional[ZygoteChild]:
+        """Fork `python -m module args` in netns; None if the zygote cannot (caller falls back)."""
+        if not self._wait_ready():
+            return None
+        req = {"netns": netns, "module": module, "args": args, "log": str(log), "cwd": str(REPO),
+               "env": self.env}
+        try:
+            self.proc.stdin.write((json.dumps(req) + "\n").encode())
+            self.proc.stdin.flush()
+            ans = json.loads(self.proc.stdout.readline())
+        except (OSError, ValueError) as exc:
+            self.broken = f"zygote: {exc}"
+            return None
+        if "pid" not in ans:
+            self.broken = f"zygote: {ans.get('error')}"
+            return None
+        return ZygoteChild(ans["pid"])
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(3)
+
 
 
 def _libc():
@@ -95,9 +193,10 @@ def serve() -> int:
     for modname, _ in MODULES.values():
         importlib.import_module(modname)
     # what the forwarder imports lazily at start-up, imported once here
-    for extra in ("forwarder.daemon", "forwarder.mgmt", "forwarder.routing", "forwarder.backoff",
-                  "forwarder.spa", "forwarder.carrier", "forwarder.scsc_agent",
-                  "forwarder.http_proxy", "forwarder.client", "yaml", "pyroute2"):
+    for extra in ("forwarder.runtime.daemon", "forwarder.mgmt.endpoint", "forwarder.routing.linkstate",
+                  "forwarder.routing.backoff", "forwarder.spa", "forwarder.runtime.carrier",
+                  "forwarder.mgmt.scsc_agent", "forwarder.apps.http_proxy", "forwarder.apps.client",
+                  "yaml", "pyroute2"):
         try:
             importlib.import_module(extra)
         except ImportError:

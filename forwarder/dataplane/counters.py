@@ -7,11 +7,26 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 # Upper bounds, microseconds.
 LATENCY_BUCKETS_US = (25, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000,
                       50_000, 100_000, 200_000, 500_000, 1_000_000, 5_000_000)
+
+
+def bucket_quantile(counts: List[int], q: float) -> Optional[float]:
+    """Upper bound (us) of the bucket holding quantile q of bucket counts over
+    LATENCY_BUCKETS_US (conservative); None when there are none. Shared with the
+    SCSC, which reads the same histograms from telemetry."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank, seen = q * total, 0
+    for i, c in enumerate(counts):
+        seen += c
+        if seen >= rank and c:
+            return float(LATENCY_BUCKETS_US[i]) if i < len(LATENCY_BUCKETS_US) else float("inf")
+    return float(LATENCY_BUCKETS_US[-1])
 
 
 class Histogram:
@@ -28,15 +43,9 @@ class Histogram:
         self.sum_us += us
 
     def quantile(self, q: float) -> float:
-        """Upper bound of the bucket holding quantile q (conservative)."""
-        if not self.total:
-            return 0.0
-        rank, seen = q * self.total, 0
-        for i, c in enumerate(self.counts):
-            seen += c
-            if seen >= rank and c:
-                return float(LATENCY_BUCKETS_US[i]) if i < len(LATENCY_BUCKETS_US) else float("inf")
-        return float(LATENCY_BUCKETS_US[-1])
+        """Upper bound of the bucket holding quantile q (conservative); 0 when empty."""
+        v = bucket_quantile(self.counts, q)
+        return 0.0 if v is None else v
 
     def to_json(self) -> dict:
         return {"count": self.total, "sum_us": round(self.sum_us, 1),

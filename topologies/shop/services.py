@@ -2,9 +2,9 @@
 
 Run one per process, inside a Service Gateway's host:
 
-    python -m experiments.shop.services --app catalog --socket SG/app.sock --node h3 \
+    python -m topologies.shop.services --app catalog --socket SG/app.sock --node h3 \
         [--identity spa/services/catalog-h3.key]
-    python -m experiments.shop.services --app cart --http 127.0.0.1:9001 --node h5
+    python -m topologies.shop.services --app cart --http 127.0.0.1:9001 --node h5
 
 * ``frontend`` and ``catalog`` use the client library (Client.serve on
   /shop/frontend, /shop/catalog). They answer both raw DMSC requests (JSON)
@@ -34,10 +34,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from forwarder.client import Client, DmscError, NackError
-from forwarder.http_proxy import (HttpRequest, HttpResponse, decode_request, decode_response,
+from forwarder.apps.client import Client, DmscError, NackError
+from forwarder.apps.http_proxy import (HttpRequest, HttpResponse, decode_request, decode_response,
                                   encode_request, encode_response)
-from forwarder.wire import Packet
+from forwarder.dataplane.wire import Packet
 
 
 log = logging.getLogger("shop")
@@ -272,7 +272,7 @@ def serve_http(shop: Shop, listen: str, stop: _Stop) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.shop.services", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m topologies.shop.services", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--app", required=True, choices=["frontend", "catalog", "cart", "payment", "echo"])
     ap.add_argument("--node", required=True, help="the SG's node name (h3), for answers")

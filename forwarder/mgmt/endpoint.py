@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlparse
 
-from .names import InvalidName, Name
-from .rib import Route
-from .strategy import Rule
-from .wire import HopRecord, NackBody, PacketType, TlvType
+from ..dataplane.names import InvalidName, Name
+from ..dataplane.rib import Route
+from ..dataplane.strategy import Rule
+from ..dataplane.wire import HopRecord, NackBody, PacketType, TlvType
 
 log = logging.getLogger("dmsc.mgmt")
+TRACE_MAX_HOPS = 16  # how far a trace goes unless asked (ctl trace -m, the lab's dmsc trace)
 
 
 class BadRequest(ValueError):
@@ -57,6 +58,7 @@ class Views:
                 "local_prefixes": sorted({r.prefix.text for r in core.local_prefixes()}),
                 "drops": dict(core.counters.drops),
                 "face_events": dict(self.d.face_events),
+                "events": self.d.events.summary(),
                 "routing": self.routing_summary()}
 
     def routing_summary(self) -> Optional[dict]:
@@ -83,9 +85,9 @@ class Views:
         return h.hexdigest()[:16]
 
     def fib(self) -> dict:
-        return {"entries": [self._entry(e) for e in self.core.fib.entries()]}
+        return {"entries": [self.entry(e) for e in self.core.fib.entries()]}
 
-    def _entry(self, e) -> dict:
+    def entry(self, e) -> dict:
         d = e.to_json()
         for nh in d["nexthops"]:
             f = self.core.faces.get(nh["face"])
@@ -197,7 +199,7 @@ def _forward_hops(hops) -> Optional[int]:
 
 
 def _reason(code: int) -> str:
-    from .wire import NackReason
+    from ..dataplane.wire import NackReason
     try:
         return NackReason(code).name.lower()
     except ValueError:
@@ -219,6 +221,12 @@ class Api:
             "/routing": v.routing}
         if method == "GET" and path in gets:
             return 200, self.d.call_soon_wait(gets[path])
+        if method == "GET" and path == "/events":
+            try:
+                since = float(query.get("since", 0))
+            except ValueError:
+                raise BadRequest("since must be a number of seconds since the epoch") from None
+            return 200, {"events": self.d.events.recent(since, query.get("kind"))}
         if method == "GET" and path == "/lookup":
             n = _name(query.get("name"))
             return 200, self.d.call_soon_wait(lambda: self._lookup(n))
@@ -240,7 +248,7 @@ class Api:
         core = self.d.core
         e = core.fib.lookup(n)
         r = core.strategy.lookup_wire(n.wire, bytes(n.bounds()), len(n)) if len(n) else None
-        return {"name": n.text, "fib": self.views._entry(e) if e else None,
+        return {"name": n.text, "fib": self.views.entry(e) if e else None,
                 "rule": r.to_json() if r else None}
 
     def _echo(self, name: Name, hop_limit: int, telemetry: bool, timeout: float, size: int = 0):
@@ -279,7 +287,7 @@ class Api:
         traceroute does), so that one lost packet on a lossy link does not end
         the trace; the hop then says how many were lost."""
         name = _name(body.get("name"))
-        max_hops = _bounded(body, "max_hops", 16, 1, 64)
+        max_hops = _bounded(body, "max_hops", TRACE_MAX_HOPS, 1, 64)
         probes = _bounded(body, "probes", 3, 1, 10)
         timeout = float(body.get("timeout", 1.0))
         hops = []

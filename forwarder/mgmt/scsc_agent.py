@@ -26,34 +26,17 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .counters import LATENCY_BUCKETS_US
-from .names import InvalidName, Name
-from .strategy import Rule
+from ..dataplane.counters import LATENCY_BUCKETS_US
+from ..dataplane.names import InvalidName, Name
+from ..dataplane.strategy import Rule
+from .rules import canonical, same_effect
 
 log = logging.getLogger("dmsc.scsc_agent")
 
 PROTOCOL_VERSION = 1
 AGENT = "dmsc-forwarder-agent/1"
-RULE_KEYS = ("priority", "rate", "burst", "weights", "deny")
 # drops that mean "the link could not take it" (not bad packets or missing routes)
 TX_DROP_REASONS = ("queue_full", "no_buffer")
-
-
-def _canonical(rd: dict) -> dict:
-    out = {"prefix": rd["prefix"]}
-    for k in ("priority", "rate", "burst"):
-        if rd.get(k) is not None:
-            out[k] = rd[k]
-    if rd.get("weights"):
-        out["weights"] = dict(rd["weights"])
-    if rd.get("deny"):
-        out["deny"] = True
-    return out
-
-
-def _same(a: Rule, b: Rule) -> bool:
-    return (a.deny == b.deny and a.rate == b.rate and a.burst == b.burst
-            and a.priority == b.priority and a.weights == b.weights)
 
 
 class PolicyError(ValueError):
@@ -73,6 +56,7 @@ class ScscAgent:
                  qdisc_stats: bool = True,
                  on_policy: Optional[Callable[[int, float], None]] = None) -> None:
         self.d = daemon
+        self._ended: Optional[str] = None  # why the current session ended, for its event
         self.addr = (str(addr[0]), int(addr[1]))
         self.interval = float(interval)
         self.backoff = backoff
@@ -154,7 +138,11 @@ class ScscAgent:
                 self.stats["last_error"] = f"{type(exc).__name__}: {exc}"
                 if self._running:
                     log.warning("SCSC session ended: %s", self.stats["last_error"])
+                    self._ended = self.stats["last_error"]
             finally:
+                if self.connected or self._ended:
+                    self.d.events.emit("scsc_session_down", reason=self._ended or "closed")
+                self._ended = None
                 self.connected = False
                 self._sock = None
                 try:
@@ -187,6 +175,7 @@ class ScscAgent:
                 data = sock.recv(262144)
                 if not data:
                     log.info("the SCSC closed the connection")
+                    self._ended = "closed by the SCSC"
                     return welcomed
                 last_rx = time.monotonic()
                 buf += data
@@ -204,6 +193,7 @@ class ScscAgent:
                 next_report = now + self.interval
             if now - last_rx > dead_after:
                 log.warning("no word from the SCSC for %.1f s: reconnecting", now - last_rx)
+                self._ended = f"silent for {now - last_rx:.1f} s"
                 return welcomed
         return welcomed
 
@@ -240,6 +230,7 @@ class ScscAgent:
             self.lifetime = float(msg.get("lifetime_s") or self.lifetime)
             self.connected = True
             log.info("connected to the SCSC at %s:%d", *self.addr)
+            self.d.events.emit("scsc_session_up", addr=f"{self.addr[0]}:{self.addr[1]}")
             return True
         if t == "policy":
             self._send(sock, self._policy(msg))
@@ -266,7 +257,7 @@ class ScscAgent:
             for rd in msg.get("set") or []:
                 if not isinstance(rd, dict) or not isinstance(rd.get("prefix"), str):
                     raise PolicyError(f"bad rule {rd!r}")
-                rd = _canonical(rd)
+                rd = canonical(rd)
                 p = rd["prefix"]
                 if self.rules.get(p) != rd:
                     built[p] = self._rule(rd, 0.0)
@@ -339,7 +330,7 @@ class ScscAgent:
                     continue
                 rule = self._rule(rd, expires)  # expired while the SCSC was away
             rule.expires = expires
-            if ex is not None and _same(ex, rule):
+            if ex is not None and same_effect(ex, rule):
                 ex.expires = expires
                 continue
             core.set_rule(rule)
@@ -355,7 +346,7 @@ class ScscAgent:
                            "rules": [self.rules[p] for p in sorted(self.rules)]}}
 
     def _snapshot(self):
-        from .mgmt import Views
+        from .endpoint import Views
         v = Views(self.d)
         st, ct = v.status(), v.counters()
         fib = v.fib() if st.get("fib_changed_at") != self._fib_sent_at else None

@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Deque, List, Optional, Tuple
 
-from .wire import ETH_HEADER_LEN, ETHERTYPE
+from ..dataplane.wire import ETH_HEADER_LEN, ETHERTYPE
 
 PACKET_IGNORE_OUTGOING = 23  # linux/if_packet.h, Linux >= 4.20
 SOL_PACKET = 263

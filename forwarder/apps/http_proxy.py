@@ -1,12 +1,12 @@
 """The Service Gateway's client-side HTTP adapter (and the HTTP payload format).
 
-Run: ``python -m forwarder.http_proxy --socket PATH --listen 127.0.0.1:8080
+Run: ``python -m forwarder.apps.http_proxy --socket PATH --listen 127.0.0.1:8080
 [--map host=prefix ...] [--timeout 5] [--retries 1]``
 
 An HTTP/1.1 client (curl, a browser, an unmodified micro-service) sends its
 request here, either as a plain request whose ``Host`` names the service or in
 proxy form (``GET http://cart.shop.dmsc/x HTTP/1.1``, what ``curl -x`` sends).
-The host maps to a prefix (forwarder.hostmap: ``cart.shop.dmsc`` ->
+The host maps to a prefix (forwarder.apps.hostmap: ``cart.shop.dmsc`` ->
 ``/shop/cart``); the destination name is that prefix plus the URL path's
 components (``/shop/cart/items/3``), or the prefix alone when the path would
 break the name limits. Each TCP connection is one DMSC flow (source
@@ -47,7 +47,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from .client import CallTimeout, Client, DmscError, NackError
 from .hostmap import HostMap
-from .names import InvalidName, Name
+from ..dataplane.names import InvalidName, Name
 
 log = logging.getLogger("dmsc.http_proxy")
 
@@ -388,7 +388,7 @@ class StopFlag:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m forwarder.http_proxy",
+    ap = argparse.ArgumentParser(prog="python -m forwarder.apps.http_proxy",
                                  description="HTTP/1.1 proxy into DMSC services (*.dmsc hosts).")
     ap.add_argument("--socket", required=True, help="the Service Gateway's local socket")
     ap.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (port 0: any)")

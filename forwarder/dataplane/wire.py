@@ -26,6 +26,32 @@ ETH_HEADER_LEN = 14
 HEADER = struct.Struct("!BBBBHHIIHHIIBBBB8s")
 TLV_HEADER = struct.Struct("!HH")
 
+# Offsets of the fixed header's fields (section 3), for code that reads or
+# rewrites one field of a packet in place instead of decoding it.
+OFF_TYPE = 1
+OFF_FLAGS = 2
+OFF_HOP_LIMIT = 3
+OFF_LENGTHS = 4          # total_length, header_length: LENGTHS
+OFF_FLOW_SEQ = 8         # flow_id, seq: FLOW_SEQ
+OFF_DST_HASH = 20        # the flow key starts here (section 3): hashes, lengths, bounds, names
+OFF_DST_LEN = 28
+OFF_SRC_LEN = 29
+LENGTHS = struct.Struct("!HH")
+FLOW_SEQ = struct.Struct("!II")
+# What a flow-table hit reads in one call: (version << 24 | type << 16 | flags << 8
+# | hop_limit, total_length, header_length, frag_index, frag_count, dst_len, src_len).
+FAST = struct.Struct("!IHH8xHH8xBB")
+
+
+def names_end(buf, offset: int = 0) -> int:
+    """Offset, relative to the packet start, of the end of the two names (40 + dst_len + src_len)."""
+    return HEADER_LEN + buf[offset + OFF_DST_LEN] + buf[offset + OFF_SRC_LEN]
+
+
+def flow_key(buf, offset: int = 0) -> bytes:
+    """The bytes [20, names end) that identify a (destination, source) flow exactly (section 3)."""
+    return bytes(buf[offset + OFF_DST_HASH:offset + names_end(buf, offset)])
+
 
 class PacketType(enum.IntEnum):
     REQUEST = 0x01
@@ -43,8 +69,13 @@ class PacketType(enum.IntEnum):
 
 
 TYPE_CODES = frozenset(int(t) for t in PacketType)
-LOCAL_ONLY_TYPES = frozenset((0x20, 0x21, 0x22, 0x23))
-CONTROL_TYPES = frozenset(t for t in TYPE_CODES if t >= 0x10)
+# Types a forwarder forwards by name (the rest are link-local control or local-face only).
+FORWARDED_TYPES = frozenset(int(t) for t in (PacketType.REQUEST, PacketType.DATA,
+                                             PacketType.ECHO_REQUEST, PacketType.ECHO_REPLY,
+                                             PacketType.NACK))
+LOCAL_ONLY_TYPES = frozenset(int(t) for t in (PacketType.REGISTER, PacketType.UNREGISTER,
+                                              PacketType.REGISTER_RESULT, PacketType.ATTACH))
+CONTROL_TYPES = frozenset(t for t in TYPE_CODES if t >= PacketType.HELLO)
 
 
 class Flag(enum.IntFlag):

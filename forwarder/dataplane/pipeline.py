@@ -13,20 +13,20 @@ import zlib
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from . import wire
+from .admission import AdmissionCheck, Refused
 from .counters import Counters, PrefixCounters
 from .facetable import ETHER, LOCAL, SELF, SELF_FACE, UDP, FaceInfo, FaceTable
 from .fib import Fib, FibEntry
-from .flows import FlowEntry, FlowTable
+from .flows import DEFAULT_IDLE_TIMEOUT, FlowEntry, FlowTable
 from .names import InvalidName, Name
 from .rib import Rib, Route
 from .strategy import Rule, StrategyTable
 from .wire import (HEADER_LEN, DecodeError, NackReason, Packet, PacketType,
                    RegisterBody, RegisterResult)
 
-FORWARDABLE = frozenset((1, 2, 3, 4, 5))
 _NACK_REASON_NAMES = {int(r): r.name.lower() for r in NackReason}
-_FAST = struct.Struct("!IHH8xHH8xBB")
-_FAST_WORDS = frozenset((1 << 16) | (t << 8) for t in FORWARDABLE)  # version 1, no flags
+# (version, type, flags) of a packet the fast path may take: version 1, a forwarded type, no flags
+_FAST_WORDS = frozenset((wire.VERSION << 16) | (t << 8) for t in wire.FORWARDED_TYPES)
 PENDING_TIMEOUT = 30.0
 APP_COMPONENT = b"_app"
 
@@ -55,17 +55,36 @@ class Registered(NamedTuple):
     added: bool
 
 
-Action = Union[Send, Control, Delivered, Registered]
+class Noted(NamedTuple):
+    """Something the node's operator and its experiments should know as an event
+    (a registration refused by SPA): `kind` and JSON-able `detail`."""
+    kind: str
+    detail: dict
+
+
+Action = Union[Send, Control, Delivered, Registered, Noted]
+
+
+class _Decision(NamedTuple):
+    """What the slow path decided for one packet, handed from stage to stage."""
+    flow: FlowEntry
+    out: FaceInfo
+    prefix_counters: Optional[PrefixCounters]
+    prefix_text: str
+    carried_pin: Optional[int]   # INSTANCE the packet arrived with
+    key: bytes                   # its flow key
 
 
 class Forwarder:
     """One node's data plane. Roles: 'sg' accepts local applications, 'sr' routes."""
 
     def __init__(self, node_name: Union[str, Name], roles=("sg", "sr"),
-                 hop_limit: int = wire.DEFAULT_HOP_LIMIT, flow_idle: float = 30.0,
-                 seed: Optional[int] = None, spa=None, spa_enforce: bool = True,
+                 hop_limit: int = wire.DEFAULT_HOP_LIMIT, flow_idle: float = DEFAULT_IDLE_TIMEOUT,
+                 seed: Optional[int] = None, spa: Optional[AdmissionCheck] = None,
+                 spa_enforce: bool = True,
                  nonce_source: Callable[[], bytes] = lambda: os.urandom(16)) -> None:
-        """`spa` is a spa.Validator: with it, registrations must prove an authorization."""
+        """`spa` is the registration check (forwarder.spa.Validator): with it,
+        registrations must prove an authorization."""
         self.name = Name.parse(node_name)
         if len(self.name) == 0:
             raise ValueError("the node name must have at least one component")
@@ -161,7 +180,7 @@ class Forwarder:
             fast = self.fast_forward(face_id, data, now)
             if fast is not None:
                 out = bytearray(data[:fast[2]])
-                out[3] = fast[1]
+                out[wire.OFF_HOP_LIMIT] = fast[1]
                 return [Send(fast[0], bytes(out), 0)]
         n = len(data)
         fc = self.counters.faces[face_id]
@@ -195,8 +214,8 @@ class Forwarder:
         """True when the name block equals that of a flow already validated."""
         if n < HEADER_LEN:
             return False
-        end = HEADER_LEN + data[28] + data[29]
-        return end <= n and bytes(data[20:end]) in self.flows._flows
+        end = wire.names_end(data)
+        return end <= n and bytes(data[wire.OFF_DST_HASH:end]) in self.flows
 
     def originate(self, packet: Packet, now: float) -> List[Action]:
         """Send a packet made by the node itself (a ping, a NACK, an echo reply)."""
@@ -223,12 +242,12 @@ class Forwarder:
         n = len(data) - offset
         if n < HEADER_LEN:
             return None
-        word, total, hlen, fidx, fcnt, dlen, slen = _FAST.unpack_from(data, offset)
+        word, total, hlen, fidx, fcnt, dlen, slen = wire.FAST.unpack_from(data, offset)
         names_end = HEADER_LEN + dlen + slen
         if (word >> 8) not in _FAST_WORDS or hlen != names_end or total > n or hlen > total \
                 or fidx >= fcnt:
             return None
-        fe = self.flows._flows.get(data[offset + 20:offset + names_end])
+        fe = self.flows.get(data[offset + wire.OFF_DST_HASH:offset + names_end])
         if fe is None or fe.generation != self.fib.generation + self.strategy.generation:
             return None
         out = fe.out
@@ -250,9 +269,29 @@ class Forwarder:
 
     # -------------------------------------------------------------- slow path
     def _forward(self, in_face: int, data, h: wire.Header, now: float) -> List[Action]:
-        total = h.total_length
+        """The full pipeline for one validated packet: decide the next hop, keep the
+        books (counters, the SCSC's latency samples), then rewrite and send."""
+        d = self._decide(in_face, data, h, now)
+        if type(d) is list:
+            return d  # refused
+        self._account(in_face, data, h, d, now)
+        out_face = d.flow.face_id
+        if d.out.kind == SELF or (h.type == PacketType.ECHO_REQUEST and d.out.kind == LOCAL):
+            return self._at_self(in_face, data, h, now)
+        out = self._rewrite(in_face, data, h, d, now)
+        if type(out) is list:
+            return out  # refused
+        fe = d.flow
+        fe.last_used = now
+        fe.packets += 1
+        fe.bytes += h.total_length
+        return [Send(out_face, out, fe.priority)]
+
+    def _decide(self, in_face: int, data, h: wire.Header,
+                now: float) -> Union["_Decision", List[Action]]:
+        """Strategy, flow table and FIB: the flow entry to follow, or the refusal."""
         names_end = HEADER_LEN + h.dst_len + h.src_len
-        key = bytes(data[20:names_end])
+        key = bytes(data[wire.OFF_DST_HASH:names_end])
         dst_wire = bytes(data[HEADER_LEN:HEADER_LEN + h.dst_len])
         rule = self.strategy.lookup_wire(dst_wire, h.dst_bounds, h.dst_ncomp)
         entry = self.fib.lookup_wire(dst_wire, h.dst_bounds, h.dst_ncomp)
@@ -267,7 +306,6 @@ class Forwarder:
         tlv_prio, carried_pin = self._tlv_info(data, h, names_end)
         pin = carried_pin
         fe = self.flows.get(key)
-        route = None
         gen = self.generation
         if fe is not None and fe.generation != gen:
             # Tables changed since the flow was pinned: keep the hop only if it is still
@@ -275,15 +313,13 @@ class Forwarder:
             # enough: after a failure, flows pinned to backup or detour routes would
             # keep a loop alive forever, each refreshing the others' entries.
             if not self._still_chosen(fe.face_id, entry, in_face, rule, pin):
-                self.flows._flows.pop(key, None)
+                self.flows.discard(key)
                 fe = None
             else:  # same hop; the policy (rule, priority) may have changed
                 fe.generation, fe.rule = gen, rule
                 fe.priority = rule.priority if rule is not None and rule.priority is not None \
                     else tlv_prio
-        if fe is not None and (fe.face_id != in_face or not self.faces.faces[in_face].network):
-            out_face = fe.face_id
-        else:
+        if fe is None or (fe.face_id == in_face and self.faces.faces[in_face].network):
             if entry is None:
                 return self._refuse(in_face, data, h, NackReason.NO_ROUTE, now, "")
             cands = self._candidates(entry, in_face)
@@ -305,53 +341,61 @@ class Forwarder:
                            dst=Name.from_wire(dst_wire).text,
                            src=Name.from_wire(bytes(data[HEADER_LEN + h.dst_len:names_end])).text,
                            pin=pin)
-            if h.type != 3 or self.faces.faces[out_face].kind != LOCAL:
+            if h.type != PacketType.ECHO_REQUEST or self.faces.faces[out_face].kind != LOCAL:
                 self.flows.put(key, fe)
+        return _Decision(fe, self.faces.faces[fe.face_id], pc, prefix_text, carried_pin, key)
 
-        face = self.faces.faces[out_face]
+    def _account(self, in_face: int, data, h: wire.Header, d: "_Decision", now: float) -> None:
+        """Prefix counters, and the request/response pairs whose delays the SCSC
+        reads: calls made by local applications (latency) and calls served by
+        instances hosted here (service time)."""
+        pc, out = d.prefix_counters, d.out
         if pc is not None:
             pc.packets += 1
-            pc.bytes += total
+            pc.bytes += h.total_length
         in_kind = self.faces.faces[in_face].kind if in_face in self.faces else ""
-        if h.type == 1 and in_kind == LOCAL and pc is not None:
+        t = h.type
+        if pc is not None and t == PacketType.REQUEST and (in_kind == LOCAL or out.kind == LOCAL):
+            names_end = HEADER_LEN + h.dst_len + h.src_len
             src_wire = bytes(data[HEADER_LEN + h.dst_len:names_end])
-            pc.requests += 1
-            self._pending[(src_wire, h.flow_id, h.seq)] = (pc, now)
-        if h.type == 1 and face.kind == LOCAL and pc is not None and h.frag_index == 0:
-            # an instance hosted here starts serving: its service time is instance load
-            src_wire = bytes(data[HEADER_LEN + h.dst_len:names_end])
-            pc.served += 1
-            self._serving[(src_wire, h.flow_id, h.seq)] = (pc, now)
-        elif h.type == 2 and in_kind == LOCAL and self._serving:
-            item = self._serving.pop((dst_wire, h.flow_id, h.seq), None)
+            if in_kind == LOCAL:
+                pc.requests += 1
+                self._pending[(src_wire, h.flow_id, h.seq)] = (pc, now)
+            if out.kind == LOCAL and h.frag_index == 0:
+                # an instance hosted here starts serving: its service time is instance load
+                pc.served += 1
+                self._serving[(src_wire, h.flow_id, h.seq)] = (pc, now)
+        elif t == PacketType.DATA and in_kind == LOCAL and self._serving:
+            item = self._serving.pop((bytes(data[HEADER_LEN:HEADER_LEN + h.dst_len]),
+                                      h.flow_id, h.seq), None)
             if item is not None:
                 item[0].service_latency.observe((now - item[1]) * 1e6)
-        if face.kind == SELF or (h.type == 3 and face.kind == LOCAL):
-            return self._at_self(in_face, data, h, now)
-        if face.network:
-            if h.hop_limit <= 1:
-                if in_face != SELF_FACE:
-                    # likely a loop through stale flow entries: choose afresh next time
-                    self.flows._flows.pop(key, None)
-                return self._refuse(in_face, data, h, NackReason.HOP_LIMIT_EXCEEDED, now,
-                                    prefix_text)
-            out = bytearray(data[:total])
-            out[3] = h.hop_limit - 1
-            if fe.pin is not None and carried_pin is None:
-                _insert_tlv(out, wire.TLV_HEADER.pack(wire.TlvType.INSTANCE, 4)
-                            + struct.pack("!I", fe.pin))
-            if h.flags & wire.Flag.TELEMETRY:
-                self._add_hop_record(out, in_face, out_face, now)
-            if len(out) > face.mtu:
-                return self._refuse(in_face, data, h, NackReason.TOO_BIG, now, prefix_text)
-        else:
-            out = bytearray(data[:total])
-            if h.type in (2, 5) and self._pending:
-                self._observe_response(data, h.dst_len, now)
-        fe.last_used = now
-        fe.packets += 1
-        fe.bytes += total
-        return [Send(out_face, bytes(out), fe.priority)]
+        if out.kind == LOCAL and t in (PacketType.DATA, PacketType.NACK) and self._pending:
+            self._observe_response(data, h.dst_len, now)
+
+    def _rewrite(self, in_face: int, data, h: wire.Header, d: "_Decision",
+                 now: float) -> Union[bytes, List[Action]]:
+        """The bytes that leave: hop limit, the INSTANCE pin and the hop record added
+        on the way into the network; the refusal when the packet cannot go."""
+        face, fe = d.out, d.flow
+        if not face.network:
+            return bytes(data[:h.total_length])
+        if h.hop_limit <= 1:
+            if in_face != SELF_FACE:
+                # likely a loop through stale flow entries: choose afresh next time
+                self.flows.discard(d.key)
+            return self._refuse(in_face, data, h, NackReason.HOP_LIMIT_EXCEEDED, now,
+                                d.prefix_text)
+        out = bytearray(data[:h.total_length])
+        out[wire.OFF_HOP_LIMIT] = h.hop_limit - 1
+        if fe.pin is not None and d.carried_pin is None:
+            _insert_tlv(out, wire.TLV_HEADER.pack(wire.TlvType.INSTANCE, 4)
+                        + struct.pack("!I", fe.pin))
+        if h.flags & wire.Flag.TELEMETRY:
+            self._add_hop_record(out, in_face, fe.face_id, now)
+        if len(out) > face.mtu:
+            return self._refuse(in_face, data, h, NackReason.TOO_BIG, now, d.prefix_text)
+        return bytes(out)
 
     def _candidates(self, entry: Optional[FibEntry], in_face: int) -> List[Route]:
         if entry is None:
@@ -417,13 +461,13 @@ class Forwarder:
         _insert_tlv(out, wire.TLV_HEADER.pack(wire.TlvType.HOP_RECORD, wire.HOP.size) + rec.encode())
 
     def _observe_response(self, data, dlen: int, now: float) -> None:
-        t = data[1]
-        flow, seq = struct.unpack_from("!II", data, 8)
+        t = data[wire.OFF_TYPE]
+        flow, seq = wire.FLOW_SEQ.unpack_from(data, wire.OFF_FLOW_SEQ)
         item = self._pending.pop((bytes(data[HEADER_LEN:HEADER_LEN + dlen]), flow, seq), None)
         if item is None:
             return
         pc, start = item
-        if t == 2:
+        if t == PacketType.DATA:
             pc.responses += 1
             pc.latency.observe((now - start) * 1e6)
         else:
@@ -506,6 +550,9 @@ class Forwarder:
             actions: List[Action] = [Send(face.face_id, res.encode())]
             if status == RegisterResult.ACCEPTED:
                 actions.append(Registered(pkt.dst, True))
+            elif status == RegisterResult.UNAUTHORIZED:
+                actions.append(Noted("registration_refused",
+                                     {"prefix": pkt.dst.text, "face": face.face_id, "reason": msg}))
             return actions
         if pkt.type == PacketType.UNREGISTER:
             removed = self.remove_route(pkt.dst, "connected", face.face_id, now,
@@ -525,11 +572,10 @@ class Forwarder:
             return RegisterResult.INVALID, str(exc)
         auth = pkt.tlv(wire.TlvType.SPA_AUTHORIZATION) or b""
         if self.spa is not None:
-            from .spa import SpaError
             try:
                 self.spa.check_registration(auth, pkt.tlv(wire.TlvType.SPA_SIGNATURE) or b"",
                                             self._nonces.get(face.face_id, b""), prefix, now)
-            except SpaError as exc:
+            except Refused as exc:
                 self.counters.drop(face.face_id, f"spa_{exc.reason}", prefix.text)
                 if self.spa_enforce:
                     return RegisterResult.UNAUTHORIZED, f"spa: {exc.reason}: {exc.detail}"
@@ -558,11 +604,11 @@ class Forwarder:
 
 def _insert_tlv(out: bytearray, tlv: bytes) -> bool:
     """Append a TLV to the packet's header in place; False (unchanged) when there is no room."""
-    total, hl = struct.unpack_from("!HH", out, 4)
-    names_end = HEADER_LEN + out[28] + out[29]
+    total, hl = wire.LENGTHS.unpack_from(out, wire.OFF_LENGTHS)
+    names_end = wire.names_end(out)
     if total + len(tlv) > wire.MAX_PACKET or \
             len(wire.parse_tlvs(out, names_end, hl)) >= wire.MAX_TLVS:
         return False  # forward unchanged rather than drop
     out[hl:hl] = tlv
-    struct.pack_into("!HH", out, 4, total + len(tlv), hl + len(tlv))
+    wire.LENGTHS.pack_into(out, wire.OFF_LENGTHS, total + len(tlv), hl + len(tlv))
     return True

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import (Callable, Dict, FrozenSet, List, NamedTuple, Optional, Set,
                     Tuple, Union)
 
-from . import spf, wire
+from . import spf
+
+from ..dataplane import wire
 from .backoff import Backoff
-from .names import Name
-from .rib import Route
-from .wire import (ACK_NAME, HELLO_NAME, LSA_NAME, AckBody, DecodeError, HelloBody, LsaBody,
+from ..dataplane.names import Name
+from ..dataplane.rib import Route
+from ..dataplane.wire import (ACK_NAME, HELLO_NAME, LSA_NAME, AckBody, DecodeError, HelloBody, LsaBody,
                    LsaPrefix, Packet, PacketType)
 
 

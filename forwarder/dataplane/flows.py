@@ -1,8 +1,9 @@
 """Data flow table: (destination, source) -> the next hop chosen for the flow.
 
-The key is the raw header bytes [20, names_end) of the first packet: hashes,
-lengths, component table and both names. A later packet with equal bytes has
-identical, already validated names, so the hit path neither parses nor hashes.
+The key is the raw header bytes [20, names_end) of the first packet
+(`wire.flow_key`): hashes, lengths, component table and both names. A later
+packet with equal bytes has identical, already validated names, so the hit
+path neither parses nor hashes.
 """
 from __future__ import annotations
 
@@ -44,6 +45,13 @@ class FlowTable:
 
     def get(self, key: bytes) -> Optional[FlowEntry]:
         return self._flows.get(key)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._flows
+
+    def discard(self, key: bytes) -> Optional[FlowEntry]:
+        """Forget one flow (its next packet chooses afresh); the entry, or None."""
+        return self._flows.pop(key, None)
 
     def put(self, key: bytes, entry: FlowEntry) -> None:
         if len(self._flows) >= self.max_entries and key not in self._flows:

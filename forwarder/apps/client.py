@@ -35,11 +35,11 @@ import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
-from . import wire
-from .names import InvalidName, Name
-from .wire import (ETH_HEADER_LEN, HEADER_LEN, MAX_PACKET, DecodeError, EchoBody, NackBody,
+from ..dataplane import wire
+from ..dataplane.names import InvalidName, Name
+from ..dataplane.wire import (ETH_HEADER_LEN, HEADER_LEN, MAX_PACKET, DecodeError, EchoBody, NackBody,
                    NackReason, Packet, PacketType, RegisterBody, RegisterResult, TlvType)
 
 log = logging.getLogger("dmsc.client")
@@ -259,15 +259,26 @@ class Reassembler:
 # ---------------------------------------------------------------------------
 
 class _Waiter:
-    __slots__ = ("event", "packet")
+    __slots__ = ("event", "packet", "arrived_ns")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.packet: Optional[Packet] = None
+        self.arrived_ns: Optional[int] = None
 
     def set(self, pkt: Optional[Packet]) -> None:
+        if pkt is not None:
+            self.arrived_ns = time.time_ns()  # on the receiver thread, as it arrives
         self.packet = pkt
         self.event.set()
+
+
+class EchoResult(NamedTuple):
+    """One echo of `Client.echoes`: what was sent, what came back (ECHO_REPLY or
+    NACK; None on timeout) and when it arrived (ns since the epoch)."""
+    request: Packet
+    reply: Optional[Packet]
+    arrived_ns: Optional[int]
 
 
 class Reply:
@@ -540,6 +551,48 @@ class Client:
             sent = body.send_time_ns
         return {"rtt_ms": (now - sent) / 1e6, "responder": ans.src.text,
                 "hops": len(ans.tlvs_of(TlvType.HOP_RECORD))}
+
+    def echoes(self, name: NameLike, count: int, interval: float = 0.0, *, size: int = 0,
+               telemetry: bool = True, timeout: float = 1.0) -> List[EchoResult]:
+        """`count` ECHO_REQUESTs, one every `interval` s (0: back to back), answers
+        collected as they come with their arrival times: what per-hop timing needs
+        (the replies keep their HOP_RECORDs), which `ping` summarizes away."""
+        dst = Name.parse(name)
+
+        def make() -> Packet:
+            body = EchoBody(time.time_ns(), random.getrandbits(32), b"\0" * size)
+            return Packet(PacketType.ECHO_REQUEST, dst=dst, src=self.name, payload=body.encode(),
+                          flags=int(wire.Flag.TELEMETRY) if telemetry else 0,
+                          flow_id=flow_id_for(self.name), seq=self._next_seq())
+        pkts = [make() for _ in range(count)] if interval == 0 else []
+        pending: List[Tuple[Packet, _Waiter, float]] = []
+        t0 = time.monotonic()
+        try:
+            for i in range(count):
+                if interval:
+                    delay = t0 + i * interval - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    pkt = make()
+                else:
+                    pkt = pkts[i]
+                w = _Waiter()
+                with self._lock:
+                    self._waiters[(pkt.flow_id, pkt.seq)] = w
+                pending.append((pkt, w, time.monotonic() + timeout))
+                if interval:
+                    self._send_packets([pkt])
+            if not interval:
+                self._send_packets(pkts)
+            out = []
+            for pkt, w, deadline in pending:
+                w.event.wait(max(0.0, deadline - time.monotonic()))
+                out.append(EchoResult(pkt, w.packet, w.arrived_ns))
+            return out
+        finally:
+            with self._lock:
+                for pkt, _, _ in pending:
+                    self._waiters.pop((pkt.flow_id, pkt.seq), None)
 
     # ------------------------------------------------------------- registering
     def register(self, prefix: NameLike, *, cost: int = 0,

@@ -54,6 +54,7 @@ from scapy.packet import Packet, bind_bottom_up, bind_layers
 
 from .names import InvalidName, Name, fnv1a32
 from .wire import (
+    DEFAULT_HOP_LIMIT,
     ETHERTYPE,
     HEADER_LEN,
     TLV_CRITICAL,
@@ -357,7 +358,7 @@ class DMSC(Packet):
         ByteField("version", 1),
         ByteEnumField("type", int(PacketType.REQUEST), TYPE_NAMES),
         FlagsField("flags", 0, 8, _HEADER_FLAGS),
-        ByteField("hop_limit", 32),
+        ByteField("hop_limit", DEFAULT_HOP_LIMIT),
         ShortField("total_length", None),
         ShortField("header_length", None),
         IntField("flow_id", 0),

@@ -22,15 +22,16 @@ import time
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
 
-from . import wire
-from .wire import ETH_HEADER_LEN
-from .config import NodeConfig
-from .facetable import ETHER, LOCAL, UDP
-from .io_faces import EtherFace, FaceIO, LocalFace, LocalListener, UdpFace, UdpSocket
-from .names import Name
-from .pipeline import Control, Delivered, Forwarder, Registered, Send
-from .rib import Route
-from .strategy import Rule
+from ..dataplane import wire
+from ..dataplane.wire import ETH_HEADER_LEN
+from ..config import NodeConfig
+from ..dataplane.facetable import ETHER, LOCAL, UDP
+from .events import EVENTS_FILE, EventLog
+from .faces import EtherFace, FaceIO, LocalFace, LocalListener, UdpFace, UdpSocket
+from ..dataplane.names import Name
+from ..dataplane.pipeline import Control, Delivered, Forwarder, Noted, Registered, Send
+from ..dataplane.rib import Route
+from ..dataplane.strategy import Rule
 
 log = logging.getLogger("dmsc.forwarder")
 # Housekeeping: flow and rule expiry, kernel drop counters, the /sys carrier fallback
@@ -85,9 +86,10 @@ class Daemon:
         self._routing_token = 0
         self.carrier = None
         self.face_events: Dict[str, dict] = {}  # face name -> last carrier change seen
+        self.events = EventLog(cfg.workdir / EVENTS_FILE, cfg.node.text)
         if cfg.routing.enabled:
-            from .backoff import Backoff
-            from .routing import LinkStateRouter
+            from ..routing.backoff import Backoff
+            from ..routing.linkstate import LinkStateRouter
             rc = cfg.routing
             self.router = LinkStateRouter(
                 cfg.node, hello_interval=rc.hello_ms / 1000, dead_interval=rc.dead_ms / 1000,
@@ -103,7 +105,7 @@ class Daemon:
     def _spa_validator(cfg: NodeConfig):
         if not cfg.spa.enabled:
             return None
-        from .spa import Validator, load_public_key
+        from ..spa import Validator, load_public_key
         return Validator([load_public_key(p) for p in cfg.spa.trust])
 
     def reload_crl(self) -> None:
@@ -118,7 +120,7 @@ class Daemon:
         if mtime == self._crl_mtime:
             return
         self._crl_mtime = mtime
-        from .spa import SpaError
+        from ..spa import SpaError
         try:
             if self.spa.load_revocation_list(path.read_bytes()):
                 log.info("revocation list %s applied", path)
@@ -183,13 +185,13 @@ class Daemon:
         work = self.cfg.workdir
         if self.cfg.http_proxy:
             host, port = self.cfg.http_proxy
-            argv = [python, "-m", "forwarder.http_proxy", "--socket", sock,
+            argv = [python, "-m", "forwarder.apps.http_proxy", "--socket", sock,
                     "--listen", f"{host}:{port}"]
             for h, p in self.cfg.host_map.items():
                 argv += ["--map", f"{h}={p}"]
             self._spawn(argv, work / "http_proxy.log")
         for i, svc in enumerate(self.cfg.http_services):
-            argv = [python, "-m", "forwarder.http_backend", "--socket", sock,
+            argv = [python, "-m", "forwarder.apps.http_backend", "--socket", sock,
                     "--prefix", svc.prefix.text, "--backend", f"{svc.backend[0]}:{svc.backend[1]}",
                     "--cost", str(svc.cost)]
             if svc.identity is not None:
@@ -308,6 +310,8 @@ class Daemon:
         """A turn of the loop long enough to endanger adjacencies: say so, with what
         was in it, so that an overloaded lab shows in the logs (at most every 10 s)."""
         self.slow_turns += 1
+        self.events.emit("slow_turn", seconds=round(seconds, 3), ready=events,
+                         lsa_queue=len(self._lsa_queue))
         now = time.monotonic()
         if now - self._slow_logged >= 10.0:
             self._slow_logged = now
@@ -331,6 +335,7 @@ class Daemon:
     def close(self) -> None:
         if self.carrier is not None:
             self.carrier.close()
+        self.events.close()
         for proc in self.children:
             if proc.poll() is None:
                 proc.terminate()
@@ -458,6 +463,9 @@ class Daemon:
             elif type(a) is Registered:
                 log.info("prefix %s %s", a.prefix, "registered" if a.added else "withdrawn")
                 self.announce()
+            elif type(a) is Noted:
+                log.warning("%s %s", a.kind, a.detail)
+                self.events.emit(a.kind, **a.detail)
 
     def _want_flush(self, io: FaceIO) -> None:
         """Ask for a write event; UDP faces share a socket and simply drop instead."""
@@ -506,6 +514,7 @@ class Daemon:
             return
         log.warning("face %s carrier %s (%s)", face.name, "up" if up else "down", source)
         self.face_events[face.name] = {"up": up, "time": now, "source": source}
+        self.events.emit("carrier", face=face.name, up=up, source=source)
         self.core.set_face_state(fid, up, now)
         io = self.io.get(fid)
         if not up and isinstance(io, EtherFace):
@@ -536,7 +545,7 @@ class Daemon:
         """SPA check of an advertised prefix; cached by the validator, so cheap on refresh."""
         if self.spa is None:
             return None
-        from .spa import SpaError
+        from ..spa import SpaError
         try:
             self.spa.check_authorization(authorization, prefix)
         except SpaError as exc:
@@ -602,18 +611,21 @@ class Daemon:
         self._routing_woken()
 
     def _route_apply(self, actions) -> None:
-        from .routing import RoutesChanged, RoutingEvent, SendControl
+        from ..routing.linkstate import RoutesChanged, RoutingEvent, SendControl
         for a in actions:
             if type(a) is SendControl:
                 self._act((Send(a.face_id, a.packet.encode(), 7),))
             elif type(a) is RoutesChanged:
                 self.core.replace_routes("routing", a.routes, time.time())
+                self.events.emit("routes_changed", routes=len(a.routes),
+                                 prefixes=len({r.prefix for r in a.routes}))
                 for r in a.routes:  # so pings and traces can name the hops
                     if r.instance:
                         self.core.names_seen.setdefault(Name.parse(r.instance).hash32, r.instance)
             elif type(a) is RoutingEvent:
                 level = logging.WARNING if a.kind.endswith(("down", "rejected")) else logging.INFO
                 log.log(level, "routing: %s %s", a.kind, a.detail)
+                self.events.emit(a.kind, **a.detail)
 
     def announce(self) -> None:
         """Tell routing which prefixes this node originates (after any registration change)."""

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from .lpm import PrefixTable
 from .names import Name
 from .rib import Route
 
@@ -77,33 +78,25 @@ class Rule:
 
 class StrategyTable:
     def __init__(self, seed: Optional[int] = None) -> None:
-        self._rules: Dict[bytes, Rule] = {}
+        self._table: PrefixTable[Rule] = PrefixTable()
+        self.lookup_wire = self._table.lookup_wire   # the per-packet call, without a hop
+        self.lookup = self._table.lookup
+        self.get = self._table.get
         self.generation = 0
         self.rng = random.Random(seed)
 
     def set(self, rule: Rule) -> None:
-        self._rules[rule.prefix.wire] = rule
+        self._table.set(rule.prefix, rule)
         self.generation += 1
 
     def remove(self, prefix: Name) -> bool:
-        found = self._rules.pop(prefix.wire, None) is not None
+        found = self._table.pop(prefix) is not None
         if found:
             self.generation += 1
         return found
 
-    def lookup_wire(self, dst_wire: bytes, bounds: bytes, ncomp: int) -> Optional[Rule]:
-        if not self._rules:
-            return None
-        for k in range(ncomp - 1, -1, -1):
-            r = self._rules.get(dst_wire[:bounds[k]])
-            if r is not None:
-                return r
-        return self._rules.get(b"")
-
     def expire(self, now: float) -> int:
-        dead = [k for k, r in self._rules.items() if r.expires is not None and r.expires <= now]
-        for k in dead:
-            del self._rules[k]
+        dead = self._table.remove_where(lambda r: r.expires is not None and r.expires <= now)
         if dead:
             self.generation += 1
         return len(dead)
@@ -134,7 +127,7 @@ class StrategyTable:
         return weighted[-1][0]
 
     def rules(self) -> List[Rule]:
-        return sorted(self._rules.values(), key=lambda r: r.prefix)
+        return sorted(self._table.values(), key=lambda r: r.prefix)
 
     def __len__(self) -> int:
-        return len(self._rules)
+        return len(self._table)

@@ -1,11 +1,11 @@
 """The Service Gateway's server-side adapter: serve a prefix with a plain HTTP server.
 
-Run: ``python -m forwarder.http_backend --socket PATH --prefix /shop/cart
+Run: ``python -m forwarder.apps.http_backend --socket PATH --prefix /shop/cart
 --backend 127.0.0.1:9000 [--cost N]``
 
 It registers the prefix at the gateway (flag HTTP, option ``{"http":
 backend}``) and turns every REQUEST -- an HTTP request message in the format
-documented in forwarder.http_proxy -- into a request to the backend over a
+documented in forwarder.apps.http_proxy -- into a request to the backend over a
 small pool of keep-alive connections. The backend's response is de-chunked,
 stripped of hop-by-hop headers, given a Content-Length and sent back as the
 DATA payload. The backend being down is answered with an HTTP 502 message (the
@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 from .client import Client, DmscError
 from .http_proxy import (HttpResponse, StopFlag, decode_request, encode_response, end_to_end,
                          error_response, parse_hostport)
-from .wire import Packet
+from ..dataplane.wire import Packet
 
 log = logging.getLogger("dmsc.http_backend")
 
@@ -129,7 +129,7 @@ class HttpBackendHandler:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m forwarder.http_backend",
+    ap = argparse.ArgumentParser(prog="python -m forwarder.apps.http_backend",
                                  description="Serve a DMSC prefix with a plain HTTP server.")
     ap.add_argument("--socket", required=True, help="the Service Gateway's local socket")
     ap.add_argument("--prefix", required=True, help="service prefix to register, e.g. /shop/cart")
@@ -153,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         identity = None
         if args.identity:
-            from .spa import ServiceIdentity
+            from ..spa import ServiceIdentity
             identity = ServiceIdentity.load(args.identity)
         client = Client(args.socket, mtu=args.mtu, identity=identity)
         client.serve(args.prefix, HttpBackendHandler(pool, args.max_response), cost=args.cost,
