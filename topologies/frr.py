@@ -37,6 +37,7 @@ import os
 import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -367,7 +368,7 @@ class FrrNode:
 
     def vtysh(self, *commands: str, daemon: Optional[str] = None, timeout: float = 10.0) -> str:
         """Run vtysh commands against this instance's daemons; returns the output."""
-        argv = ["vtysh", "--vty_socket", str(self.dir)]
+        argv = ["vtysh", "--vty_socket", str(self.dir), "--config_dir", str(self.dir)]
         if daemon:
             argv += ["-d", daemon]
         for c in commands:
@@ -427,11 +428,19 @@ class FrrNetwork:
         raise KeyError(f"{node} has no interface {intf}")
 
     def start_all(self, timeout: float = 60.0) -> None:
-        """Write and check every config, then start all zebras, then all bfdd and ospfd."""
+        """`prepare`, then `launch_all`."""
+        self.prepare()
+        self.launch_all(timeout)
+
+    def prepare(self, workers: int = 4) -> None:
+        """Set each namespace's sysctls; write every config once FRR's parser accepted it."""
         for fn in self.nodes.values():
             fn.prepare_kernel(self.ignore_linkdown)
-        for fn in self.nodes.values():
-            fn.write_config()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda fn: fn.write_config(), self.nodes.values()))
+
+    def launch_all(self, timeout: float = 60.0) -> None:
+        """Start all zebras, wait for their sockets, then start all bfdd and ospfd."""
         for fn in self.nodes.values():
             fn.launch("zebra")
         for fn in self.nodes.values():
