@@ -478,6 +478,9 @@ def main() -> int:
     ap.add_argument("--modes", default="dmsc,frr", help="comma-separated: dmsc,frr")
     ap.add_argument("--keep-linkdown-routes", action="store_true",
                     help="FRR: leave ignore_routes_with_linkdown at 0 (the kernel default)")
+    ap.add_argument("--bfd-ms", type=int, default=OspfTimers.bfd_rx_ms,
+                    help="FRR: BFD receive and transmit interval (default %(default)s; FRR allows 10)")
+    ap.add_argument("--no-bfd", action="store_true", help="FRR: OSPF without BFD")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -485,7 +488,8 @@ def main() -> int:
         return 2
     out = args.out or RESULTS / ("peers.json" if args.k == 4 else f"peers-k{args.k}.json")
     nodes, links, _ = br.fat_tree(args.k)
-    timers = OspfTimers()
+    timers = OspfTimers(bfd=not args.no_bfd, bfd_rx_ms=args.bfd_ms, bfd_tx_ms=args.bfd_ms)
+    timers.validate()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or None
     result: dict = {
