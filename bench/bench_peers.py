@@ -389,7 +389,9 @@ def run_frr(k: int, rest_s: float, window_s: float, timers: OspfTimers,
             t_launch_wall, t_launch = time.time(), time.monotonic()
             frr.launch_all()
             res["start_s"] = round(time.monotonic() - t_launch, 2)
-            last = wait_for(lambda: mon.all_reach(frr.loopbacks), 300, interval=0.05,
+            # all_reach is O(nodes^2) in the monitor (a real-time process): poll it gently at k=8
+            last = wait_for(lambda: mon.all_reach(frr.loopbacks), 300,
+                            interval=0.05 if len(nodes) <= 64 else 0.5,
                             what="every node routing to every loopback")
             res["bringup_s"] = round(last - t_launch_wall, 3)
             polled = wait_for(lambda: frr.converged() and time.monotonic(), 60, interval=0.2,
