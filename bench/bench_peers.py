@@ -303,14 +303,32 @@ def ms(x: Optional[float]) -> Optional[float]:
     return None if x is None else round(x * 1000, 2)
 
 
+def limits(run_dir: Optional[str]) -> dict:
+    """What a failed mode ran into: load, memory, adjacencies lost (from the logs)."""
+    out: dict = {"loadavg": os.getloadavg()}
+    try:
+        with open("/proc/meminfo") as f:
+            mem = {l.split(":")[0]: int(l.split()[1]) for l in f}
+        out["mem_available_gb"] = round(mem["MemAvailable"] / 2**20, 1)
+        out["mem_total_gb"] = round(mem["MemTotal"] / 2**20, 1)
+    except (OSError, KeyError, ValueError):
+        pass
+    if run_dir:
+        run = Path(run_dir)
+        out["ospf_adjacency_deletions_logged"] = sum(
+            p.read_text(errors="replace").count("-> Deleted") for p in run.glob("*/frr-ospfd.log"))
+        out["dmsc_adjacency_downs_logged"] = sum(
+            p.read_text(errors="replace").count("adjacency_down") for p in run.glob("*/forwarder.log"))
+    return out
+
+
 def machine(load: str) -> dict:
     return {"cpus": os.cpu_count(), "kernel": platform.release(),
             "python": platform.python_version(), f"loadavg_{load}": os.getloadavg()}
 
 
 # -- DMSC mode --------------------------------------------------------------------------------
-def run_dmsc(k: int, rest_s: float, window_s: float) -> dict:
-    res: dict = {"mode": "dmsc"}
+def run_dmsc(k: int, rest_s: float, window_s: float, res: dict) -> dict:
     run = new_run_dir("bench-peers-dmsc")
     res["run_dir"] = str(run)
     with NetnsNetwork(run) as net:
@@ -370,8 +388,7 @@ def pick_destination(net: NetnsNetwork, frr: FrrNetwork, src: str, hosts: List[s
 
 
 def run_frr(k: int, rest_s: float, window_s: float, timers: OspfTimers,
-            ignore_linkdown: bool) -> dict:
-    res: dict = {"mode": "frr"}
+            ignore_linkdown: bool, res: dict) -> dict:
     run = new_run_dir("bench-peers-frr")
     res["run_dir"] = str(run)
     with NetnsNetwork(run) as net:
@@ -468,7 +485,9 @@ def run_frr(k: int, rest_s: float, window_s: float, timers: OspfTimers,
                 for n in nodes)
         finally:
             mon.stop()
-            frr.stop_all()
+            left = frr.stop_all()
+            if left:
+                res["slow_to_stop"] = left[:10]
     return res
 
 
@@ -514,16 +533,18 @@ def main() -> int:
     }
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
+        r = {"mode": mode}
         try:
             if mode == "dmsc":
-                r = run_dmsc(args.k, args.rest, args.window)
+                run_dmsc(args.k, args.rest, args.window, r)
             elif mode == "frr":
-                r = run_frr(args.k, args.rest, args.window, timers, not args.keep_linkdown_routes)
+                run_frr(args.k, args.rest, args.window, timers, not args.keep_linkdown_routes, r)
             else:
                 raise ValueError(f"unknown mode {mode!r}")
         except Exception as e:  # one mode failing (e.g. k=8 too big) still reports the other
-            r = {"mode": mode, "error": f"{type(e).__name__}: {e}"}
-            print(f"{mode}: FAILED: {r['error']}", file=sys.stderr, flush=True)
+            r["error"] = f"{type(e).__name__}: {e}"
+            r["limits"] = limits(r.get("run_dir"))
+            print(f"{mode}: FAILED: {r['error']}; {r['limits']}", file=sys.stderr, flush=True)
         result[mode] = r
         print(f"{mode}: " + json.dumps({k: r.get(k) for k in (
             "bringup_s", "failover_ms", "convergence_ms", "interruption_ms",

@@ -353,8 +353,13 @@ class FrrNode:
         """Live daemons' pids (``ip netns exec`` execs the daemon, so the pid is the daemon's)."""
         return {d: p.pid for d, p in self.procs.items() if p.poll() is None}
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM each daemon, in reverse start order; SIGKILL what does not exit."""
+    def stop(self, timeout: float = 5.0) -> List[str]:
+        """SIGTERM each daemon, in reverse start order; SIGKILL what does not exit.
+
+        Returns what is still running after that (a machine under extreme load can
+        take longer); the network's own stop() signals those again and reports them.
+        """
+        left = []
         for d in reversed(list(self.procs)):
             p = self.procs[d]
             if p.poll() is None:
@@ -363,8 +368,12 @@ class FrrNode:
                     p.wait(timeout)
                 except subprocess.TimeoutExpired:
                     p.kill()
-                    p.wait(5)
+                    try:
+                        p.wait(5)
+                    except subprocess.TimeoutExpired:
+                        left.append(f"{self.name}/{d} ({p.pid})")
         self.procs.clear()
+        return left
 
     def vtysh(self, *commands: str, daemon: Optional[str] = None, timeout: float = 10.0) -> str:
         """Run vtysh commands against this instance's daemons; returns the output."""
@@ -477,9 +486,12 @@ class FrrNetwork:
             raise TimeoutError(f"{e}: {'; '.join(self.missing_routes())}") from None
         return time.monotonic() - t0
 
-    def stop_all(self) -> None:
+    def stop_all(self) -> List[str]:
+        """Stop every node's daemons; returns those still running (see `FrrNode.stop`)."""
+        left: List[str] = []
         for fn in self.nodes.values():
-            fn.stop()
+            left += fn.stop()
+        return left
 
     def pids(self) -> Dict[str, Dict[str, int]]:
         return {n: fn.pids() for n, fn in self.nodes.items()}
