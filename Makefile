@@ -4,7 +4,7 @@ ARGS ?=
 BENCH_SCRIPTS := $(sort $(wildcard bench/bench_*.py))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lab demo bench bench-forwarder bench-routing bench-lab bench-scsc clean distclean
+.PHONY: help setup test test-unit lab demo bench bench-forwarder bench-routing bench-lab bench-scsc bench-peers clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,10 @@ bench-routing: setup ## failover and convergence on a k=4 fat tree -> bench/resu
 bench-lab: setup ## fat_tree.py --up-only for k=4 and k=8: up/converged times -> bench/results/lab.json
 	@mkdir -p bench/results
 	$(PY) bench/bench_lab.py $(ARGS)
+
+bench-peers: setup ## DMSC vs FRR (OSPF+BFD) on the k=4 fat tree, same cut -> bench/results/peers.json (ARGS="--k 8")
+	@mkdir -p bench/results
+	$(PY) bench/bench_peers.py $(ARGS)
 
 bench-scsc: setup ## SCSC policy push to 36 real / 200 simulated forwarders -> bench/results/scsc.json
 	@mkdir -p bench/results

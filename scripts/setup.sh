@@ -14,9 +14,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # (the kernel datapath is absent here; OVS works only with datapath='user').
 # tshark has Lua built in (tools/dmsc.lua needs no separate lua package).
 # iputils-ping: tests and Mininet's pingall need it; Debian images lack it.
+# frr and haproxy are peers the lab runs itself, inside namespaces (topologies/frr.py,
+# bench/bench_peers.py); step 1b keeps them from running as system services.
 APT_PACKAGES=(
     mininet openvswitch-switch iproute2 iputils-ping ethtool tcpdump tshark nftables
     iperf3 nginx-light wrk netsniff-ng curl python3-venv python3-pip procps psmisc make
+    frr haproxy
 )
 VENV=.venv
 STAMP=$VENV/.dmsc-setup-stamp
@@ -44,6 +47,52 @@ if ((${#missing[@]})); then
 else
     echo "setup: apt packages present"
 fi
+
+# --- 1b. frr and haproxy never run as system services -----------------------
+# Their postinst enables (and, where policy allows, starts) a machine-wide
+# instance.  With systemd running: disable --now and mask.  Without: stop only
+# the instance the init script started (found by its own pid file, checked
+# against the executable) through that init script, and disable its rc links.
+# The lab's own instances use pid files under runs/, which these never touch.
+service_pid_alive() {  # $1 pid file, $2 executable: true if the file names that live program
+    local pid
+    [ -r "$1" ] || return 1
+    pid=$(head -n1 "$1" 2>/dev/null) || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$2" ]
+}
+for svc in frr haproxy; do
+    dpkg-query -W -f='${Status}' "$svc" 2>/dev/null | grep -q 'install ok installed' || continue
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        if [ "$(systemctl is-enabled "$svc" 2>/dev/null)" != masked ]; then
+            systemctl disable --now "$svc" >/dev/null 2>&1 || true
+            systemctl mask "$svc" >/dev/null
+            echo "setup: $svc service stopped, disabled and masked (the lab runs its own)"
+        fi
+        continue
+    fi
+    case $svc in
+        frr) running=false
+             for d in watchfrr zebra ospfd bfdd staticd mgmtd; do
+                 service_pid_alive "/run/frr/$d.pid" "/usr/lib/frr/$d" && running=true
+             done ;;
+        haproxy) running=false
+             service_pid_alive /run/haproxy.pid /usr/sbin/haproxy && running=true ;;
+    esac
+    if $running && [ -x "/etc/init.d/$svc" ]; then
+        "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+        echo "setup: stopped the $svc system instance its package started (the lab runs its own)"
+    fi
+    if ls /etc/rc[2-5].d/S*"$svc" >/dev/null 2>&1; then
+        update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+    # Masking needs no running systemd: it is a link to /dev/null, kept if systemd boots later.
+    if [ -d /etc/systemd/system ] && [ "$(readlink "/etc/systemd/system/$svc.service")" != /dev/null ]; then
+        rm -f "/etc/systemd/system/multi-user.target.wants/$svc.service"
+        ln -sfn /dev/null "/etc/systemd/system/$svc.service"
+        echo "setup: $svc service disabled and masked (the lab runs its own)"
+    fi
+done
 
 # --- 2. venv (Debian's python 3.11, with system site-packages for mininet) ---
 venv_ok() {
