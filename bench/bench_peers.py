@@ -59,7 +59,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import socket
 import struct
 import subprocess
@@ -76,15 +75,17 @@ sys.path.insert(0, str(REPO / "bench"))
 import bench_routing as br  # noqa: E402
 from forwarder.config import RoutingConfig  # noqa: E402
 from topologies.frr import FrrNetwork, OspfTimers  # noqa: E402
-from topologies.fwd_net import intf_between, wait_for  # noqa: E402
+from forwarder.runtime.events import EVENTS_FILE, read_events  # noqa: E402
+from topologies.fwd_net import intf_between  # noqa: E402
+from topologies.measure import machine_facts, proc_cpu_s, proc_mem_kb, wait_for  # noqa: E402
 from topologies.netns import NetnsNetwork  # noqa: E402
+from topologies.proc import run  # noqa: E402
 from topologies.nsenter import socket_in  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
 from topologies.records import Records  # noqa: E402
 from topologies.rtmon import MonitorProcess  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 EDGE, CUT_PEER = "e00", "a01"
 PROBE_PORT = 47000
 NFT_TABLE = "bench_ctl"
@@ -93,15 +94,7 @@ NFT_TABLE = "bench_ctl"
 # -- per-process resources ------------------------------------------------------------
 def proc_cpu_rss(pid: int) -> tuple[float, float]:
     """(CPU seconds, resident MB) of one process; (0, 0) if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        with open(f"/proc/{pid}/status") as f:
-            rss_kb = next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
-    except (OSError, StopIteration, ValueError):
-        return 0.0, 0.0
-    # after the comm field: fields[0] is field 3 (state); utime, stime are fields 14, 15
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK, rss_kb / 1024.0
+    return proc_cpu_s(pid), proc_mem_kb(pid)["rss_kb"] / 1024.0
 
 
 def node_usage(pids: Dict[str, List[int]]) -> Dict[str, tuple[float, float]]:
@@ -275,8 +268,7 @@ table inet {NFT_TABLE} {{
 
 def nft_install(net: NetnsNetwork, nodes) -> None:
     for n in nodes:
-        subprocess.run(["ip", "netns", "exec", net.node(n).netns, "nft", "-f", "-"],
-                       input=NFT_RULES, text=True, check=True, capture_output=True)
+        run(["nft", "-f", "-"], netns=net.node(n).netns, input=NFT_RULES)
 
 
 def nft_counts(net: NetnsNetwork, nodes) -> Dict[str, int]:
@@ -317,14 +309,9 @@ def limits(run_dir: Optional[str]) -> dict:
         run = Path(run_dir)
         out["ospf_adjacency_deletions_logged"] = sum(
             p.read_text(errors="replace").count("-> Deleted") for p in run.glob("*/frr-ospfd.log"))
-        out["dmsc_adjacency_downs_logged"] = sum(
-            p.read_text(errors="replace").count("adjacency_down") for p in run.glob("*/forwarder.log"))
+        out["dmsc_adjacency_downs"] = sum(
+            len(read_events(p, kind="adjacency_down")) for p in run.glob(f"*/{EVENTS_FILE}"))
     return out
-
-
-def machine(load: str) -> dict:
-    return {"cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), f"loadavg_{load}": os.getloadavg()}
 
 
 # -- DMSC mode --------------------------------------------------------------------------------
@@ -511,12 +498,9 @@ def main() -> int:
     nodes, links, _ = br.fat_tree(args.k)
     timers = OspfTimers(bfd=not args.no_bfd, bfd_rx_ms=args.bfd_ms, bfd_tx_ms=args.bfd_ms)
     timers.validate()
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or None
     result: dict = {
         "bench": "peers", "k": args.k, "nodes": len(nodes), "links": len(links),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": commit,
-        "machine": machine("start"), "method": __doc__.strip(),
+        "machine": machine_facts(), "method": __doc__.strip(),
         "settings": {
             "dmsc": {"routing": dataclasses.asdict(RoutingConfig(enabled=True)),
                      "spf_backoff": "router default: RFC 8405 initial 0, short 50 ms, long 500 ms",

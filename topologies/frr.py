@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import subprocess
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from .netns import NetnsNetwork, NsNode
+from .proc import run
 
 FRR_DIR = Path("/usr/lib/frr")
 DAEMONS = ("zebra", "bfdd", "ospfd")  # start order; stop in reverse
@@ -290,8 +290,7 @@ class FrrNode:
         for daemon, text in texts.items():
             conf = check / f"{daemon}.conf"
             conf.write_text(text)
-            res = subprocess.run(self.argv(daemon, conf=conf, sockdir=check) + ["-C"],
-                                 capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            res = run(self.argv(daemon, conf=conf, sockdir=check) + ["-C"], check=False)
             # FRR's -C exits 0 even when a line is rejected; it names the line instead.
             bad = [l.split("] ", 1)[-1] for l in (res.stdout + res.stderr).splitlines()
                    if "config line" in l]
