@@ -29,6 +29,8 @@ class StubDaemon:
         self.face_events: dict = {}
         self.events = EventLog(None, node)
         self.router = None
+        self.offload = None
+        self.dataplane = {"mode": "python", "reason": "a simulated forwarder has no kernel path"}
         self._lock = threading.Lock()
         for f in faces:
             self.core.add_face(ETHER, f)
@@ -37,6 +39,9 @@ class StubDaemon:
         fid = self.core.faces.by_name(face).face_id
         self.call_soon_wait(lambda: self.core.add_route(
             Route(Name.parse(prefix), fid, cost, 0, "static", instance), time.time()))
+
+    def sync_kernel(self) -> None:
+        """Nothing to merge: no kernel fast path."""
 
     def call_soon_wait(self, fn, timeout: float = 5.0):
         if not self._lock.acquire(timeout=timeout):

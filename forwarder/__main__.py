@@ -33,6 +33,9 @@ configuration (YAML; flags override it):
   spa: {trust: [authority.pub], crl: crl.bin, enforce: true}
   scsc: 10.255.0.254:6653    the Scheduling Center; telemetry_interval_s: 1.0
   hop_limit: 32   flow_idle_s: 30   log_level: info
+  dataplane: auto            ebpf: the kernel fast path repeats flow-table hits (tc);
+                             python: every packet through this process; auto (default):
+                             ebpf where it loads, else python (GET /status says why)
 
 see docs/protocol.md for the wire format and README.md for the lab.
 """
@@ -53,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-socket", help="Unix socket path for applications")
     p.add_argument("--http-proxy", metavar="HOST:PORT", help="run the HTTP proxy adapter here")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--dataplane", choices=["auto", "ebpf", "python"],
+                   help="kernel fast path (ebpf), Python only, or ebpf where it loads (auto)")
     p.add_argument("--check", action="store_true", help="validate the configuration and exit")
     return p
 
@@ -73,7 +78,8 @@ def merged_config(args: argparse.Namespace) -> config_mod.NodeConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         base = path.parent
-    for key in ("node", "workdir", "management", "local_socket", "http_proxy", "log_level"):
+    for key in ("node", "workdir", "management", "local_socket", "http_proxy", "log_level",
+                "dataplane"):
         v = getattr(args, key)
         if v is not None:
             data[key] = v

@@ -97,6 +97,7 @@ class NodeConfig:
     spa: SpaConfig = field(default_factory=SpaConfig)
     scsc: Optional[Tuple[str, int]] = None
     telemetry_interval_s: float = 1.0
+    dataplane: str = "auto"   # auto | ebpf | python (forwarder.runtime.offload)
 
     @property
     def mgmt_socket(self) -> Optional[Path]:
@@ -160,7 +161,8 @@ def _check_keys(d: Any, allowed: set, where: str) -> dict:
 
 TOP_KEYS = {"node", "roles", "workdir", "faces", "routes", "rules", "local_socket", "management",
             "http_proxy", "http_services", "host_map", "hop_limit", "flow_idle_s", "log_level",
-            "pcap", "routing", "spa", "scsc", "telemetry_interval_s"}
+            "pcap", "routing", "spa", "scsc", "telemetry_interval_s", "dataplane"}
+DATAPLANES = ("auto", "ebpf", "python")
 
 
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
@@ -216,6 +218,9 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
     if not isinstance(ti, (int, float)) or isinstance(ti, bool) or not 0.05 <= ti <= 3600:
         raise ConfigError(f"telemetry_interval_s: expected a number of seconds in 0.05..3600, got {ti!r}")
     cfg.telemetry_interval_s = float(ti)
+    cfg.dataplane = d.get("dataplane", "auto")
+    if cfg.dataplane not in DATAPLANES:
+        raise ConfigError(f"dataplane: expected one of {', '.join(DATAPLANES)}, got {cfg.dataplane!r}")
     return cfg
 
 

@@ -16,10 +16,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # iputils-ping: tests and Mininet's pingall need it; Debian images lack it.
 # frr and haproxy are peers the lab runs itself, inside namespaces (topologies/frr.py,
 # bench/bench_peers.py); step 1b keeps them from running as system services.
+# clang, llvm, libbpf-dev build the kernel fast path (step 4; only UAPI headers and
+# libbpf's bpf_helpers.h are needed, no kernel headers); libbpf1 (libbpf-dev's
+# dependency) is what the forwarder loads it with; bpftool is for looking at it.
 APT_PACKAGES=(
     mininet openvswitch-switch iproute2 iputils-ping ethtool tcpdump tshark nftables
     iperf3 nginx-light wrk netsniff-ng curl python3-venv python3-pip procps psmisc make
-    frr haproxy
+    frr haproxy clang llvm libbpf-dev bpftool
 )
 VENV=.venv
 STAMP=$VENV/.dmsc-setup-stamp
@@ -127,3 +130,8 @@ else
     echo "$want" >"$STAMP"
     echo "setup: venv packages installed (pip install -e .)"
 fi
+
+# --- 4. the kernel fast path's eBPF object -------------------------------------
+# Rebuilt only when forwarder/dataplane/fastpath/fastpath.bpf.c or .h is newer.
+"$VENV/bin/python" -m forwarder.dataplane.fastpath.build \
+    || die "cannot build the eBPF fast path (forwarder/dataplane/fastpath/fastpath.bpf.c)"

@@ -5,7 +5,7 @@ import pytest
 
 from forwarder.dataplane import wire
 from forwarder.dataplane.names import Name
-from forwarder.dataplane.pipeline import Delivered, Forwarder, Registered, Send
+from forwarder.dataplane.pipeline import Delivered, Forwarder, Offload, Registered, Send
 from forwarder.dataplane.rib import Route
 from forwarder.dataplane.strategy import Rule
 from forwarder.dataplane.wire import NackBody, NackReason, Packet, PacketType
@@ -16,6 +16,11 @@ N = Name.parse
 def req(dst, src="/node/c/_app/1", **kw) -> bytes:
     return Packet(kw.pop("type", PacketType.REQUEST), N(dst), N(src), kw.pop("payload", b"x"),
                   **kw).encode()
+
+
+def no_offload(actions):
+    """The actions but the kernel offers (Offload), which test_offload_* check."""
+    return [a for a in actions if not isinstance(a, Offload)]
 
 
 def nack_of(actions):
@@ -45,9 +50,9 @@ def test_longest_prefix_on_whole_components(fwd):
     assert fwd.fib.lookup(N("/shop/cart/v2")).prefix == N("/shop/cart")
     assert fwd.fib.lookup(N("/shop/cartoon")).prefix == N("/shop")
     assert fwd.fib.lookup(N("/other")) is None
-    (a,) = fwd.receive(fwd.up, req("/shop/cart/v2"), 1.0)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/shop/cart/v2"), 1.0))
     assert a.face_id == fwd.e2
-    (a,) = fwd.receive(fwd.up, req("/shop/cartoon"), 1.0)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/shop/cartoon"), 1.0))
     assert a.face_id == fwd.e1
 
 
@@ -63,22 +68,22 @@ def test_fib_with_ten_thousand_prefixes(fwd):
 
 def test_default_route(fwd):
     fwd.add_route(Route(N("/"), fwd.e2), 0)
-    (a,) = fwd.receive(fwd.up, req("/anything/at/all"), 1.0)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/anything/at/all"), 1.0))
     assert a.face_id == fwd.e2
 
 
 def test_flow_is_sticky_until_its_face_goes_down_then_fails_over(fwd):
-    (a,) = fwd.receive(fwd.up, req("/svc"), 1.0)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc"), 1.0))
     assert a.face_id == fwd.e1  # lower cost
     fwd.add_route(Route(N("/other"), fwd.e2), 1.1)           # unrelated change...
     fwd.add_route(Route(N("/svc"), fwd.e2, cost=1), 1.1)     # ...and an equal-cost path
-    (a,) = fwd.receive(fwd.up, req("/svc"), 1.2)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc"), 1.2))
     assert a.face_id == fwd.e1                               # the flow keeps its hop
     fwd.add_route(Route(N("/svc"), fwd.e2, cost=0), 1.25)    # a strictly better route:
-    (a,) = fwd.receive(fwd.up, req("/svc"), 1.26)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc"), 1.26))
     assert a.face_id == fwd.e2                               # flows move (no stale detours)
     fwd.set_face_state(fwd.e1, False, 1.3)                   # carrier lost: local failover
-    (a,) = fwd.receive(fwd.up, req("/svc"), 1.4)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc"), 1.4))
     assert a.face_id == fwd.e2
 
 
@@ -96,7 +101,7 @@ def test_fast_path_decrements_hop_limit_and_counts(fwd):
     fwd.receive(fwd.up, data, 1.0)
     hit = fwd.fast_forward(fwd.up, data, 1.1)
     assert hit == (fwd.e1, 8, len(data))
-    (a,) = fwd.receive(fwd.up, data, 1.2)
+    (a,) = no_offload(fwd.receive(fwd.up, data, 1.2))
     assert wire.decode(a.data).hop_limit == 8
     assert fwd.counters.prefixes["/svc"].packets == 3
     assert fwd.counters.faces[fwd.up].rx_packets == 3
@@ -139,12 +144,12 @@ def test_deny_rate_limit_and_priority_rules(fwd):
     assert [wire.decode(s[0].data).type for s in sent] == [1, 1, 1, 5, 5]
     _, body = nack_of(sent[-1])
     assert body.reason == NackReason.RATE_LIMITED
-    (a,) = fwd.receive(fwd.up, req("/svc/slow"), 2.2)  # 0.2 s later: 2 tokens back
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc/slow"), 2.2))  # 0.2 s later: 2 tokens back
     assert wire.decode(a.data).type == PacketType.REQUEST
     fwd.set_rule(Rule(N("/svc/gold"), priority=7))
-    (a,) = fwd.receive(fwd.up, req("/svc/gold"), 3.0)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc/gold"), 3.0))
     assert a.priority == 7
-    (a,) = fwd.receive(fwd.up, req("/svc/tlv", tlvs=[(wire.TlvType.PRIORITY, b"\x05")]), 3.0)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc/tlv", tlvs=[(wire.TlvType.PRIORITY, b"\x05")]), 3.0))
     assert a.priority == 5
 
 
@@ -154,14 +159,14 @@ def test_weighted_choice_between_instances(fwd):
     fwd.set_rule(Rule(N("/any"), weights={"/node/i1": 1, "/node/i2": 3}))
     via = {fwd.e1: 0, fwd.e2: 0}
     for k in range(4000):
-        (a,) = fwd.receive(fwd.up, req("/any", src=f"/node/c/_app/1/f{k}"), 1.0)
+        (a,) = no_offload(fwd.receive(fwd.up, req("/any", src=f"/node/c/_app/1/f{k}"), 1.0))
         via[a.face_id] += 1
     assert abs(via[fwd.e2] / 4000 - 0.75) < 0.0375
 
 
 def test_telemetry_appends_hop_records(fwd):
     data = req("/svc", flags=wire.Flag.TELEMETRY)
-    (a,) = fwd.receive(fwd.up, data, 5.0)
+    (a,) = no_offload(fwd.receive(fwd.up, data, 5.0))
     p = wire.decode(a.data)
     (rec,) = [wire.HopRecord.decode(v) for t, v in p.tlvs if t == wire.TlvType.HOP_RECORD]
     assert rec.node_hash == N("/node/r").hash32
@@ -170,7 +175,7 @@ def test_telemetry_appends_hop_records(fwd):
 
 def test_echo_to_the_node_and_trace_material(fwd):
     body = wire.EchoBody(123, 7).encode()
-    (a,) = fwd.receive(fwd.up, req("/node/r", type=PacketType.ECHO_REQUEST, payload=body), 1.0)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/node/r", type=PacketType.ECHO_REQUEST, payload=body), 1.0))
     p = wire.decode(a.data)
     assert (a.face_id, p.type, p.src, p.dst, p.payload) == (
         fwd.up, PacketType.ECHO_REPLY, N("/node/r"), N("/node/c/_app/1"), body)
@@ -208,7 +213,7 @@ def test_local_registration_and_withdrawal(fwd):
     for bad in ("/_dmsc/x", "/node/r/_app/7"):
         acts = fwd.receive(app, reg(bad, 2), 1.0)
         assert wire.RegisterResult.decode(wire.decode(acts[0].data).payload).status == 3
-    (a,) = fwd.receive(fwd.up, req("/shop/cart/item"), 1.0)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/shop/cart/item"), 1.0))
     assert a.face_id == app
     # a spoofed source from the app is dropped
     assert fwd.receive(app, req("/svc", src="/node/other"), 1.0) == []
@@ -224,7 +229,7 @@ def test_gateway_measures_request_latency(fwd):
     src = name.text
     fwd.receive(app, req("/svc", src=src, flow_id=4, seq=8), 10.0)
     data = Packet(PacketType.DATA, N(src), N("/svc"), b"r", flow_id=4, seq=8).encode()
-    (a,) = fwd.receive(fwd.e1, data, 10.002)
+    (a,) = no_offload(fwd.receive(fwd.e1, data, 10.002))
     assert a.face_id == app
     pc = fwd.counters.prefixes["/svc"]
     assert pc.requests == 1 and pc.responses == 1
@@ -271,10 +276,10 @@ def test_long_work_folders_get_short_socket_paths(tmp_path):
 
 
 def test_new_priority_applies_to_existing_flows(fwd):
-    (a,) = fwd.receive(fwd.up, req("/svc"), 1.0)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc"), 1.0))
     assert a.priority == 0
     fwd.set_rule(Rule(N("/svc"), priority=7))   # e.g. the SCSC marks /svc critical
-    (a,) = fwd.receive(fwd.up, req("/svc"), 1.1)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc"), 1.1))
     assert a.priority == 7 and a.face_id == fwd.e1
 
 
@@ -282,10 +287,10 @@ def test_flows_leave_a_detour_once_the_best_route_is_back(fwd):
     """After a failure a flow takes a worse route; when the better one returns the flow
     moves back, so stale detours cannot keep a loop alive."""
     fwd.set_face_state(fwd.e1, False, 1.0)
-    (a,) = fwd.receive(fwd.up, req("/svc"), 1.1)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc"), 1.1))
     assert a.face_id == fwd.e2                 # detour while e1 is down
     fwd.set_face_state(fwd.e1, True, 1.2)
-    (a,) = fwd.receive(fwd.up, req("/svc"), 1.3)
+    (a,) = no_offload(fwd.receive(fwd.up, req("/svc"), 1.3))
     assert a.face_id == fwd.e1                 # back on the best route
 
 
@@ -295,3 +300,55 @@ def test_hop_limit_expiry_forgets_the_flow(fwd):
     assert len(fwd.flows) == 1
     fwd.receive(fwd.up, req("/svc", hop_limit=1), 1.1)
     assert [f.dst for f in fwd.flows.entries()] == ["/node/c/_app/1"]  # only the NACK's flow
+
+
+# ------------------------------------------------------------- kernel offload
+def offloads(actions):
+    return [a for a in actions if isinstance(a, Offload)]
+
+
+def test_offload_offered_for_a_plain_ether_hop(fwd):
+    data = req("/svc/a", hop_limit=9)
+    actions = fwd.receive(fwd.up, data, 1.0)
+    (send,) = no_offload(actions)
+    (off,) = offloads(actions)
+    assert send.face_id == fwd.e1
+    assert off.key == data[20:wire.validate(data).header_length] and off.in_face == fwd.up
+    assert off.flow is fwd.flows.get(wire.flow_key(data)) and off.flow.face_id == fwd.e1
+    # with TLVs the key covers them too: the kernel matches names and TLVs alike
+    data = req("/svc/b", tlvs=[(wire.TlvType.PRIORITY, b"\x05")])
+    (off,) = offloads(fwd.receive(fwd.up, data, 1.1))
+    assert off.key == data[20:wire.validate(data).header_length]
+
+
+def test_no_offload_where_the_kernel_cannot_repeat_the_decision(fwd):
+    # TELEMETRY: a hop record per packet
+    assert not offloads(fwd.receive(fwd.up, req("/svc/t", flags=wire.Flag.TELEMETRY), 1.0))
+    # per-packet policy: a token bucket or a deny
+    fwd.set_rule(Rule(N("/svc/limited"), rate=1000, burst=1000))
+    assert not offloads(fwd.receive(fwd.up, req("/svc/limited"), 1.0))
+    fwd.set_rule(Rule(N("/svc/denied"), deny=True))
+    assert not offloads(fwd.receive(fwd.up, req("/svc/denied"), 1.0))
+    # a priority is per flow: repeatable
+    fwd.set_rule(Rule(N("/svc/gold"), priority=7))
+    (off,) = offloads(fwd.receive(fwd.up, req("/svc/gold"), 1.0))
+    assert off.flow.priority == 7
+    # a UDP face has no kernel fast path
+    u = fwd.add_face("udp", "u0")
+    fwd.add_route(Route(N("/over/udp"), u.face_id), 0)
+    assert not offloads(fwd.receive(fwd.up, req("/over/udp"), 1.0))
+    # the last hop limit: refused, never offered
+    assert not offloads(fwd.receive(fwd.up, req("/svc/x", hop_limit=1), 1.0))
+
+
+def test_no_offload_when_this_node_pins_the_instance(fwd):
+    """A node that chooses the instance by weight adds an INSTANCE TLV: the bytes change."""
+    fwd.add_route(Route(N("/any"), fwd.e1, instance="/node/i1"), 0)
+    fwd.add_route(Route(N("/any"), fwd.e2, instance="/node/i2"), 0)
+    fwd.set_rule(Rule(N("/any"), weights={"/node/i1": 1, "/node/i2": 1}))
+    assert not offloads(fwd.receive(fwd.up, req("/any"), 1.0))
+    # downstream of the choice the pin arrives in the packet: repeatable there
+    pinned = req("/any", src="/node/c/_app/2",
+                 tlvs=[(wire.TlvType.INSTANCE, N("/node/i2").hash32.to_bytes(4, "big"))])
+    (off,) = offloads(fwd.receive(fwd.up, pinned, 1.1))
+    assert off.flow.face_id == fwd.e2

@@ -45,6 +45,7 @@ class ForwarderApp(Proc):
         self.node_config = self.validate()
         # ready only once every Ethernet face is up (links just made need a moment)
         self.wait_faces_up = False
+        self._dataplane_recorded = False
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -81,11 +82,29 @@ class ForwarderApp(Proc):
         if self.running:
             return
         self.write_config()
+        self.records.many(self.dataplane_records())
         try:
             self.mgmt.unlink()
         except OSError:
             pass
         self.spawn(record=record)
+
+    def dataplane_records(self) -> List[dict]:
+        """Before a forwarder that may load the kernel fast path starts: mount the pin
+        root in this (the root) mount namespace, so that the node's pins are visible
+        to `make clean` and bpftool; return the records of its pins and tc filters
+        (once per app; the caller writes them, many nodes under one fsync)."""
+        if self.node_config.dataplane == "python" or self._dataplane_recorded:
+            return []
+        from forwarder.dataplane.fastpath import pins
+        try:
+            pins.ensure_pin_root()
+        except OSError:
+            return []  # the forwarder will say why it runs the Python data plane
+        self._dataplane_recorded = True
+        return ([{"kind": "bpf_pins", "path": pins.pin_dir_for(self.workdir)}]
+                + [{"kind": "tc_filter", "dev": f.interface, "netns": self.netns}
+                   for f in self.node_config.faces if f.type == "ether"])
 
     def socket_ready(self) -> bool:
         """The process runs and its management socket exists (it serves from then on)."""

@@ -12,7 +12,8 @@ Per run: SIGTERM each recorded process that is still the same process (pid
 process that led its own process group (``pgid == pid``, as
 ``NsNode.popen`` starts them) is signalled as a group, and only while the
 leader itself is verified alive, so a reused pid is never hit.  Then delete
-recorded links and namespaces that still exist; append ``{"kind": "done"}``.
+recorded tc filters (the kernel fast path's), links and namespaces that still
+exist, and the recorded folders of pinned BPF maps; append ``{"kind": "done"}``.
 Nothing that is not recorded is ever signalled or deleted; unlike ``mn -c``
 this is safe on a shared machine.
 
@@ -60,6 +61,10 @@ def _ip(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True)
 
 
+def _tc(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["tc", *args], capture_output=True, text=True)
+
+
 def link_exists(name: str, netns: Optional[str] = None) -> bool:
     """True if interface ``name`` exists in ``netns`` (None: the root namespace)."""
     if netns is not None and not netns_exists(netns):
@@ -81,7 +86,7 @@ class _Cleaner:
     def __init__(self, dry_run: bool, log: Callable[[str], None]) -> None:
         self.dry_run = dry_run
         self.log = log
-        self.counts = {"process": 0, "netns": 0, "link": 0}
+        self.counts = {"process": 0, "netns": 0, "link": 0, "tc_filter": 0, "bpf_pins": 0}
         self.errors = 0
 
     def _did(self, what: str, text: str) -> None:
@@ -143,6 +148,47 @@ class _Cleaner:
             else:
                 self.fail(f"{text}: {res.stderr.strip()}")
 
+    def delete_filters(self, entries: list[dict]) -> None:
+        """The fast path's tc filter (clsact ingress, pref 1 handle 1) on interfaces that
+        outlive a crashed forwarder (an interface deleted with its namespace takes it along)."""
+        for e in entries:
+            if e.get("kind") != "tc_filter" or not link_exists(e["dev"], e.get("netns")):
+                continue
+            ns_args = ["-n", e["netns"]] if e.get("netns") else []
+            shown = _tc([*ns_args, "filter", "show", "dev", e["dev"], "ingress"])
+            if shown.returncode != 0 or " bpf " not in f" {shown.stdout} ":
+                continue
+            text = f"tc filter on {e['dev']}" + (f" in netns {e['netns']}" if e.get("netns") else "")
+            if self.dry_run:
+                self._did("tc_filter", text)
+                continue
+            res = _tc([*ns_args, "filter", "del", "dev", e["dev"], "ingress", "pref", "1",
+                       "handle", "1", "bpf"])
+            if res.returncode == 0:
+                self._did("tc_filter", text)
+            else:
+                self.fail(f"{text}: {res.stderr.strip()}")
+
+    def delete_pins(self, entries: list[dict]) -> None:
+        """Unlink pinned BPF maps in a recorded pin folder, then the folder (only ours)."""
+        for e in entries:
+            if e.get("kind") != "bpf_pins":
+                continue
+            d = Path(e["path"])
+            if not d.is_dir():
+                continue
+            text = f"pinned maps in {d}"
+            if self.dry_run:
+                self._did("bpf_pins", text)
+                continue
+            try:
+                for pin in d.iterdir():
+                    pin.unlink()
+                d.rmdir()
+                self._did("bpf_pins", text)
+            except OSError as exc:
+                self.fail(f"{text}: {exc}")
+
     def delete_namespaces(self, entries: list[dict]) -> None:
         for e in entries:
             if e.get("kind") != "netns" or not netns_exists(e["name"]):
@@ -161,8 +207,10 @@ class _Cleaner:
         entries = read_records(run_dir)
         before = self.errors
         self.kill_processes(entries)
+        self.delete_filters(entries)
         self.delete_links(entries)
         self.delete_namespaces(entries)
+        self.delete_pins(entries)
         if not self.dry_run and self.errors == before and not is_done(entries):
             Records(run_dir).done()
 
@@ -198,7 +246,8 @@ def clean(run_dirs: Optional[list[Path]] = None, dry_run: bool = False,
         log(f"clean: nothing to clean ({len(runs)} run folder(s) checked)")
     else:
         log(f"clean: {verb} {c['process']} process(es), {c['link']} link(s), "
-            f"{c['netns']} namespace(s) from {len(runs)} run folder(s); {cleaner.errors} failure(s)")
+            f"{c['netns']} namespace(s), {c['tc_filter']} tc filter(s), {c['bpf_pins']} pin "
+            f"folder(s) from {len(runs)} run folder(s); {cleaner.errors} failure(s)")
     return 1 if cleaner.errors else 0
 
 

@@ -10,6 +10,8 @@ import ctypes
 import os
 import socket
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 CLONE_NEWNET = 0x40000000
 _lock = threading.Lock()
@@ -31,6 +33,24 @@ def socket_in(netns: str, family: int, type_: int, proto: int = 0) -> socket.soc
             _setns(target)
             try:
                 return socket.socket(family, type_, proto)
+            finally:
+                _setns(own)
+        finally:
+            os.close(own)
+            os.close(target)
+
+
+@contextmanager
+def in_netns(netns: str) -> Iterator[None]:
+    """Run the block in /run/netns/<netns> (this thread only), then come back: for
+    calls that act on the caller's namespace (tc attach, BPF_PROG_TEST_RUN's ifindex)."""
+    with _lock:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                yield
             finally:
                 _setns(own)
         finally:

@@ -13,6 +13,8 @@ Entry kinds::
     {"kind": "link", "name": "r1-eth0", "netns": "dm-1a2b3c-r1"}   # netns null = root namespace
     {"kind": "pid", "pid": 1234, "starttime": 567890, "argv0": "python3", "pgid": 1234}
     {"kind": "owner", "pid": 1200, "starttime": 567000, "argv0": "python3"}  # the lab/test process
+    {"kind": "tc_filter", "dev": "r1-eth0", "netns": "dm-1a2b3c-r1"} # the fast path's tc program
+    {"kind": "bpf_pins", "path": "/run/dmsc/bpf/0123456789abcdef"}   # a forwarder's pinned maps
     {"kind": "done"}                                                 # run cleaned up after itself
 
 While a run's owner is alive, ``clean`` without arguments leaves the run
@@ -228,6 +230,16 @@ class Records:
         return {"kind": "pid", "pid": pid, "starttime": process_starttime(pid),
                 "argv0": argv0 if argv0 is not None else _argv0(pid),
                 "pgid": pgid if pgid is not None else process_group(pid)}
+
+    def tc_filter(self, dev: str, netns: Optional[str]) -> None:
+        """Record that a process of ours attaches the kernel fast path's tc filter to
+        `dev` (clsact ingress); call before starting it."""
+        self._append({"kind": "tc_filter", "dev": dev, "netns": netns})
+
+    def bpf_pins(self, path: str) -> None:
+        """Record the bpffs folder where a process of ours pins its maps; call before
+        starting it. `clean` unlinks the pins in it and removes it."""
+        self._append({"kind": "bpf_pins", "path": str(path)})
 
     def done(self) -> None:
         """Mark the run as cleaned up; ``clean`` then skips it."""

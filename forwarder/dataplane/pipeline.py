@@ -62,7 +62,19 @@ class Noted(NamedTuple):
     detail: dict
 
 
-Action = Union[Send, Control, Delivered, Registered, Noted]
+class Offload(NamedTuple):
+    """The decision just carried out for this packet may be repeated by the kernel's
+    fast path (forwarder.dataplane.fastpath) for every later packet whose bytes
+    [20, header_length) equal `key` (names and TLVs alike): from a network face
+    to network face `flow.face_id`, hop limit - 1, nothing else changed, no
+    per-packet policy. The runtime installs it; the generation it was decided in
+    is the pipeline's `generation`."""
+    key: bytes
+    flow: FlowEntry
+    in_face: int
+
+
+Action = Union[Send, Control, Delivered, Registered, Noted, Offload]
 
 
 class _Decision(NamedTuple):
@@ -285,7 +297,23 @@ class Forwarder:
         fe.last_used = now
         fe.packets += 1
         fe.bytes += h.total_length
-        return [Send(out_face, out, fe.priority)]
+        send = Send(out_face, out, fe.priority)
+        if self._repeatable(in_face, h, d):
+            return [send, Offload(bytes(data[wire.OFF_DST_HASH:h.header_length]), fe, in_face)]
+        return [send]
+
+    def _repeatable(self, in_face: int, h: wire.Header, d: "_Decision") -> bool:
+        """Could the kernel repeat this decision for later packets with the same
+        header bytes [20, header_length)? Only an Ethernet-to-Ethernet hop that
+        changes nothing but the hop limit, under no per-packet policy: no deny or
+        token bucket (priority and weights are decided per flow), no TELEMETRY
+        (a hop record per packet), no INSTANCE added here. Hop limit and MTU are
+        checked again by the kernel on every packet."""
+        rule, fe = d.flow.rule, d.flow
+        return (h.flags == 0 and d.out.kind == ETHER
+                and self.faces.faces[in_face].kind == ETHER
+                and (rule is None or (not rule.deny and rule.bucket is None))
+                and (fe.pin is None or d.carried_pin is not None))
 
     def _decide(self, in_face: int, data, h: wire.Header,
                 now: float) -> Union["_Decision", List[Action]]:

@@ -42,6 +42,7 @@ class Views:
         return self.d.core
 
     def status(self) -> dict:
+        self.d.sync_kernel()
         core, now = self.core, time.time()
         faces = []
         for f in core.faces:
@@ -59,7 +60,15 @@ class Views:
                 "drops": dict(core.counters.drops),
                 "face_events": dict(self.d.face_events),
                 "events": self.d.events.summary(),
+                "dataplane": self.dataplane(),
                 "routing": self.routing_summary()}
+
+    def dataplane(self) -> dict:
+        """Which data plane runs and why; with the kernel fast path, its state."""
+        out = dict(self.d.dataplane)
+        if self.d.offload is not None:
+            out.update(self.d.offload.status())
+        return out
 
     def routing_summary(self) -> Optional[dict]:
         r = self.d.router
@@ -105,6 +114,7 @@ class Views:
         return d
 
     def flows(self) -> dict:
+        self.d.sync_kernel()
         now = time.time()
         out = []
         for e in self.core.flows.entries():
@@ -118,12 +128,14 @@ class Views:
         return {"rules": [r.to_json() for r in self.core.strategy.rules()]}
 
     def counters(self) -> dict:
+        self.d.sync_kernel()
         names = {f.face_id: f.name for f in self.core.faces}
         d = self.core.counters.to_json(names)
         d["tx_errors"] = dict(self.d.tx_errors)
         return d
 
     def metrics(self) -> str:
+        self.d.sync_kernel()
         names = {f.face_id: f.name for f in self.core.faces}
         return self.core.counters.prometheus(self.core.name.text, names)
 

@@ -29,7 +29,7 @@ from ..dataplane.facetable import ETHER, LOCAL, UDP
 from .events import EVENTS_FILE, EventLog
 from .faces import EtherFace, FaceIO, LocalFace, LocalListener, UdpFace, UdpSocket
 from ..dataplane.names import Name
-from ..dataplane.pipeline import Control, Delivered, Forwarder, Noted, Registered, Send
+from ..dataplane.pipeline import Control, Delivered, Forwarder, Noted, Offload, Registered, Send
 from ..dataplane.rib import Route
 from ..dataplane.strategy import Rule
 
@@ -87,6 +87,8 @@ class Daemon:
         self.carrier = None
         self.face_events: Dict[str, dict] = {}  # face name -> last carrier change seen
         self.events = EventLog(cfg.workdir / EVENTS_FILE, cfg.node.text)
+        self.offload = None  # forwarder.runtime.offload.KernelOffload when the kernel fast path runs
+        self.dataplane = {"mode": "python", "reason": "not opened yet"}
         if cfg.routing.enabled:
             from ..routing.backoff import Backoff
             from ..routing.linkstate import LinkStateRouter
@@ -153,6 +155,7 @@ class Daemon:
             self.io[face.face_id] = io
             if fc.type == "ether":
                 self.sel.register(io, selectors.EVENT_READ, ("ether", io))
+        self._open_dataplane()
         ether = [fc.interface for fc in self.cfg.faces if fc.type == "ether"]
         if ether:
             from .carrier import CarrierMonitor
@@ -178,6 +181,24 @@ class Daemon:
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self.reload_crl()
         self.every(TICK_S, self._tick)
+
+    def _open_dataplane(self) -> None:
+        """Load the kernel fast path on the Ethernet faces, or say why not (`dataplane`)."""
+        from ..dataplane.fastpath.pins import pin_dir_for
+        from .offload import choose
+        faces = [(f.face_id, self.io[f.face_id].interface, f.up, f.kind)
+                 for f in self.core.faces if f.kind == ETHER and f.face_id in self.io]
+        self.offload, reason = choose(self.cfg.dataplane, self.core, pin_dir_for(self.cfg.workdir),
+                                      faces)
+        self.dataplane = {"mode": "ebpf" if self.offload else "python", "configured":
+                          self.cfg.dataplane, "reason": reason}
+        log.info("data plane %s", reason)
+        self.events.emit("dataplane", mode=self.dataplane["mode"], reason=reason)
+
+    def sync_kernel(self) -> None:
+        """Merge the kernel's counters into the pipeline's (before anyone reads them)."""
+        if self.offload is not None:
+            self.offload.merge()
 
     def start_children(self, python: str = sys.executable) -> None:
         """HTTP adapters run as child processes that die with the forwarder."""
@@ -302,6 +323,8 @@ class Daemon:
                     log.exception("timer failed")
             if self._dirty:
                 self._kick()
+            if self.offload is not None:
+                self.offload.sync_generation()
             turn = time.monotonic() - t_turn
             if turn > SLOW_TURN_S:
                 self._slow_turn(turn, len(events))
@@ -335,6 +358,12 @@ class Daemon:
     def close(self) -> None:
         if self.carrier is not None:
             self.carrier.close()
+        if self.offload is not None:
+            try:
+                self.offload.close()
+            except OSError as exc:
+                log.warning("kernel fast path: %s", exc)
+            self.offload = None
         self.events.close()
         for proc in self.children:
             if proc.poll() is None:
@@ -380,6 +409,8 @@ class Daemon:
                 continue
             out_id, hop, length = hit
             out = ios.get(out_id)
+            if self.offload is not None and out is not None:
+                self.offload.python_hit(fid, frame, out, io)
             if out is not None and out.forward(frame, hop, length, 14):
                 dirty.add(out)
                 fc = faces[out_id]
@@ -463,9 +494,20 @@ class Daemon:
             elif type(a) is Registered:
                 log.info("prefix %s %s", a.prefix, "registered" if a.added else "withdrawn")
                 self.announce()
+            elif type(a) is Offload:
+                if self.offload is not None:
+                    self._offload(a)
             elif type(a) is Noted:
                 log.warning("%s %s", a.kind, a.detail)
                 self.events.emit(a.kind, **a.detail)
+
+    def _offload(self, a: Offload) -> None:
+        out, inn = self.io.get(a.flow.face_id), self.io.get(a.in_face)
+        if isinstance(out, EtherFace) and isinstance(inn, EtherFace):
+            try:
+                self.offload.install(a, out, inn)
+            except OSError as exc:  # a full or vanished map: the Python path carries on
+                log.warning("kernel fast path: install failed: %s", exc)
 
     def _want_flush(self, io: FaceIO) -> None:
         """Ask for a write event; UDP faces share a socket and simply drop instead."""
@@ -487,7 +529,11 @@ class Daemon:
 
     def _tick(self) -> None:
         now = time.time()
+        if self.offload is not None:
+            self.offload.merge()  # idle times first: a flow busy in the kernel is not idle
         self.core.tick(now)
+        if self.offload is not None:
+            self.offload.prune()
         for fid, io in list(self.io.items()):
             if isinstance(io, EtherFace):
                 lost = io.kernel_drops()
@@ -516,6 +562,9 @@ class Daemon:
         self.face_events[face.name] = {"up": up, "time": now, "source": source}
         self.events.emit("carrier", face=face.name, up=up, source=source)
         self.core.set_face_state(fid, up, now)
+        if self.offload is not None:
+            self.offload.face_state(fid, up)
+            self.offload.sync_generation()
         io = self.io.get(fid)
         if not up and isinstance(io, EtherFace):
             io.learn(b"\xff" * 6)

@@ -474,6 +474,7 @@ class DmscLab:
                     self.services.append(app.start())
         for app in self.fwd.values():
             app.write_config()
+        self.records.many([e for app in self.fwd.values() for e in app.dataplane_records()])
         self._wait_scsc_listening()
         pending = list(self.fwd.values())
         for app in pending:

@@ -1,0 +1,260 @@
+"""A forwarder's kernel fast path: which data plane runs, and the kernel's copy of
+the pipeline's decisions kept true.
+
+The pipeline decides; its Offload actions name the decisions the kernel may
+repeat (forwarder.dataplane.pipeline). This module, on the event loop:
+
+* installs them in the tc program's flow map (forwarder.dataplane.fastpath),
+  with the pipeline's generation;
+* writes the pipeline's generation to the kernel whenever the tables change
+  (a FIB or strategy change, a face going down, an SPA revocation, a rule or
+  SCSC weight change), so every kernel entry is stale at once and its next
+  packet goes up to be decided again, exactly as a Python flow entry would;
+* deletes the kernel entries of flows the pipeline forgot (idle expiry,
+  eviction, a face removed, a stale choice dropped);
+* merges the kernel's per-CPU counters into the pipeline's (flows, with their
+  idle times; faces; prefixes), so /counters, /flows, /metrics and the SCSC's
+  reports count what the kernel forwarded.
+
+Modes (configuration `dataplane`): `python` never loads the program; `ebpf`
+requires it (the forwarder refuses to start without it); `auto` (the default)
+uses it when it loads here and otherwise runs the Python data plane, with the
+reason in the log and in GET /status.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Set, Tuple
+
+from ..dataplane.counters import PrefixCounters
+from ..dataplane.facetable import ETHER
+from ..dataplane.flows import FlowEntry
+from ..dataplane.pipeline import Forwarder, Offload
+
+log = logging.getLogger("dmsc.offload")
+
+MODES = ("auto", "ebpf", "python")
+KERNEL_FLOWS = 8192     # flow slots in the kernel per forwarder (its per-CPU counters are
+                        # allocated up front: 8192 x 24 B x CPUs; more flows stay in Python)
+HIGH_PRIORITY = 6       # classes 6 and 7 leave with skb->priority 7, as faces.EtherFace does
+
+
+class DataplaneError(RuntimeError):
+    """`dataplane: ebpf` was asked for and the kernel fast path cannot run; str() says why."""
+
+
+@dataclass
+class _KernelFlow:
+    """One pipeline flow entry and the kernel entries that repeat it."""
+    flow: FlowEntry
+    slot: int
+    pkey: bytes                       # the pipeline's flow key (names only)
+    keys: Set[bytes] = field(default_factory=set)  # kernel keys (names and TLVs), fp_key form
+    packets: int = 0                  # kernel counts merged into the flow so far
+    bytes: int = 0
+    last_ns: int = 0
+
+
+class KernelOffload:
+    """The FastPath of one forwarder process and the bookkeeping around it."""
+
+    def __init__(self, core: Forwarder, pin_dir: str, flows_max: int = KERNEL_FLOWS) -> None:
+        from ..dataplane.fastpath import kernel, layout
+        self.core = core
+        self.layout = layout
+        self.fp = kernel.FastPath(pin_dir, flows_max=flows_max)
+        self.pin_dir = pin_dir
+        self.flows_max = flows_max
+        self._free = list(range(flows_max - 1, -1, -1))  # pop() gives 0 first
+        self._flows: Dict[int, _KernelFlow] = {}          # id(FlowEntry) -> its kernel entries
+        self._prefix_slots: Dict[int, Tuple[int, PrefixCounters]] = {}  # id(pc) -> slot
+        self._prefix_seen: Dict[int, Tuple[int, int]] = {}   # slot -> (packets, bytes) merged
+        self._face_seen: Dict[int, Tuple[int, int, int, int]] = {}  # face slot -> merged
+        self._ifindex: Dict[int, int] = {}                   # face id -> ifindex
+        self.gen = -1
+        self.stats = {"installed": 0, "reinstalled": 0, "deleted": 0, "no_slot": 0,
+                      "key_too_long": 0, "no_neighbour_mac": 0, "not_a_kernel_face": 0}
+        self.sync_generation()
+
+    # ------------------------------------------------------------------ faces
+    def add_face(self, face_id: int, interface: str, up: bool) -> None:
+        """Attach the program to a network face's interface (this process's netns)."""
+        ifindex = _ifindex(interface)
+        self.fp.attach([ifindex])
+        self.fp.set_face(ifindex, face_id, 0 if up else self.layout.FACE_DOWN)
+        self._ifindex[face_id] = ifindex
+
+    def face_state(self, face_id: int, up: bool) -> None:
+        ifindex = self._ifindex.get(face_id)
+        if ifindex is not None:
+            self.fp.set_face_down(ifindex, face_id, not up)
+
+    # -------------------------------------------------------------- decisions
+    def install(self, off: Offload, out_io, in_io) -> bool:
+        """Repeat one pipeline decision in the kernel; False (and counted) when it
+        cannot be: the packet then stays on the Python path, which is never wrong."""
+        lay, fe = self.layout, off.flow
+        out_ifindex = self._ifindex.get(fe.face_id)
+        if out_ifindex is None or off.in_face not in self._ifindex:
+            self.stats["not_a_kernel_face"] += 1
+            return False
+        if out_io.peer_mac == b"\xff" * 6:
+            self.stats["no_neighbour_mac"] += 1   # not learnt yet: the next packet tries again
+            return False
+        self.sync_generation()  # the kernel must hold the generation the value carries
+        key = lay.key_from_block(off.key)
+        if key is None:
+            self.stats["key_too_long"] += 1
+            return False
+        kf = self._flows.get(id(fe))
+        if kf is None or kf.flow is not fe:
+            if not self._free:
+                self.stats["no_slot"] += 1
+                return False
+            slot = self._free.pop()
+            self.fp.reset_flow_stats([slot])
+            dlen, slen = off.key[8], off.key[9]        # dst_len, src_len (offsets 28, 29)
+            kf = self._flows[id(fe)] = _KernelFlow(fe, slot, off.key[:20 + dlen + slen])
+        value = lay.flow_value(out_ifindex, kf.slot, self.core.generation, out_io.peer_mac,
+                               out_io.mac, fe.out.mtu, fe.face_id, self._prefix_slot(fe),
+                               7 if fe.priority >= HIGH_PRIORITY else 0)
+        self.fp.install(key, value)
+        self.stats["reinstalled" if key in kf.keys else "installed"] += 1
+        kf.keys.add(key)
+        return True
+
+    def python_hit(self, face_id: int, frame: bytes, out_io, in_io) -> None:
+        """The Python fast path forwarded a frame of a flow the kernel does not hold
+        (its install was refused earlier, e.g. before the neighbour's MAC was
+        known): offer the flow again."""
+        dlen, slen = frame[14 + 28], frame[14 + 29]
+        pkey = bytes(frame[34:54 + dlen + slen])
+        fe = self.core.flows.get(pkey)
+        if fe is None or id(fe) in self._flows:
+            return
+        self.install(Offload(pkey, fe, face_id), out_io, in_io)
+
+    def _prefix_slot(self, fe: FlowEntry) -> int:
+        pc = fe.prefix_counters
+        if pc is None:
+            return self.layout.NO_PREFIX
+        got = self._prefix_slots.get(id(pc))
+        if got is not None and got[1] is pc:
+            return got[0]
+        slot = len(self._prefix_slots)
+        if slot >= self.layout.FP_PREFIXES_MAX:
+            return self.layout.NO_PREFIX
+        self._prefix_slots[id(pc)] = (slot, pc)
+        return slot
+
+    def sync_generation(self) -> None:
+        """Make every kernel entry decided under older tables stale (cheap when unchanged)."""
+        g = self.core.generation
+        if g != self.gen:
+            self.fp.set_generation(g)
+            self.gen = g
+
+    # --------------------------------------------------------------- counters
+    def merge(self) -> None:
+        """Add what the kernel forwarded since the last merge to the pipeline's counters."""
+        if self._flows:
+            stats = self.fp.read_flow_stats([kf.slot for kf in self._flows.values()])
+            now_wall, now_ns = time.time(), time.monotonic_ns()
+            for kf in self._flows.values():
+                st = stats.get(kf.slot)
+                if st is None:
+                    continue
+                fe = kf.flow
+                if st.packets != kf.packets:
+                    fe.packets += st.packets - kf.packets
+                    fe.bytes += st.bytes - kf.bytes
+                    kf.packets, kf.bytes = st.packets, st.bytes
+                if st.last_ns > kf.last_ns:
+                    fe.last_used = max(fe.last_used, now_wall - (now_ns - st.last_ns) / 1e9)
+                    kf.last_ns = st.last_ns
+        by_slot = {slot: pc for slot, pc in self._prefix_slots.values()}
+        for slot, st in self.fp.read_prefix_stats().items():
+            pc = by_slot.get(slot)
+            seen = self._prefix_seen.get(slot, (0, 0))
+            if pc is not None and (st.packets, st.bytes) != seen:
+                pc.packets += st.packets - seen[0]
+                pc.bytes += st.bytes - seen[1]
+                self._prefix_seen[slot] = (st.packets, st.bytes)
+        faces = self.core.counters.faces
+        for slot, st in self.fp.read_face_stats().items():
+            seen = self._face_seen.get(slot, (0, 0, 0, 0))
+            if tuple(st) != seen:
+                fc = faces[slot]
+                fc.rx_packets += st.rx_packets - seen[0]
+                fc.rx_bytes += st.rx_bytes - seen[1]
+                fc.tx_packets += st.tx_packets - seen[2]
+                fc.tx_bytes += st.tx_bytes - seen[3]
+                self._face_seen[slot] = tuple(st)
+
+    def prune(self) -> int:
+        """Delete the kernel entries of flows the pipeline no longer holds (after a
+        merge, so their last packets are counted); returns how many flows went."""
+        gone = [k for k, kf in self._flows.items() if self.core.flows.get(kf.pkey) is not kf.flow]
+        for k in gone:
+            kf = self._flows.pop(k)
+            for key in kf.keys:
+                self.fp.delete(key)
+                self.stats["deleted"] += 1
+            self._free.append(kf.slot)
+        return len(gone)
+
+    # ----------------------------------------------------------------- views
+    def status(self) -> dict:
+        return {"kernel_flows": len(self._flows),
+                "kernel_entries": sum(len(kf.keys) for kf in self._flows.values()),
+                "flow_slots": self.flows_max, "pin_dir": self.pin_dir,
+                "attached": {fid: ifx for fid, ifx in sorted(self._ifindex.items())},
+                "offload": dict(self.stats), "verdicts": self.fp.read_verdicts()}
+
+    def close(self) -> None:
+        """Detach from every interface, unpin, free the maps."""
+        self.fp.close()
+
+
+def _ifindex(interface: str) -> int:
+    try:
+        return int(open(f"/sys/class/net/{interface}/ifindex").read())
+    except (OSError, ValueError):
+        return _socket_ifindex(interface)
+
+
+def _socket_ifindex(interface: str) -> int:
+    import socket
+    return socket.if_nametoindex(interface)
+
+
+def choose(mode: str, core: Forwarder, pin_dir: str,
+           faces: List[Tuple[int, str, bool, str]]) -> Tuple[Optional[KernelOffload], str]:
+    """The data plane for this process: (the offload or None, why). `faces` are the
+    network faces as (face id, interface, up, kind). `ebpf` raises DataplaneError
+    when the kernel fast path cannot run; `auto` falls back to Python instead."""
+    if mode not in MODES:
+        raise ValueError(f"dataplane {mode!r} is not one of {', '.join(MODES)}")
+    if mode == "python":
+        return None, "python: configured (dataplane: python)"
+    from ..dataplane.fastpath import kernel
+    ok, reason = kernel.available()
+    off = None
+    if ok:
+        try:
+            off = KernelOffload(core, pin_dir)
+            for face_id, interface, up, kind in faces:
+                if kind == ETHER:
+                    off.add_face(face_id, interface, up)
+        except (OSError, ValueError) as exc:  # libbpf's BpfError is an OSError
+            if off is not None:
+                off.close()
+            off, ok, reason = None, False, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    if ok:
+        return off, (f"ebpf: tc program on {len(off._ifindex)} face(s), maps pinned in "
+                     f"{pin_dir}")
+    if mode == "ebpf":
+        raise DataplaneError(f"dataplane: ebpf, but the kernel fast path cannot run here: {reason}")
+    return None, f"python: the kernel fast path cannot run here ({reason})"

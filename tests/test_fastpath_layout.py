@@ -1,0 +1,193 @@
+"""C and Python agree: fastpath.h vs layout.py, libbpf 1.1's headers vs libbpf.py's ctypes.
+
+A host C probe (compiled with the system cc/clang against fastpath.h,
+/usr/include/bpf/*.h and linux/bpf.h) prints sizes and offsets; the Python
+side must match. Plus the pure-Python key/value helpers.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from ctypes import sizeof
+from pathlib import Path
+
+import pytest
+
+from fastpath_helpers import build, layout, libbpf, packet, wire
+
+HEADER = build.HERE / "fastpath.h"
+CTYPES = (libbpf.bpf_tc_hook, libbpf.bpf_tc_opts, libbpf.bpf_test_run_opts,
+          libbpf.bpf_map_batch_opts, libbpf.bpf_map_create_opts)
+
+PROBE = r"""
+#include <stdio.h>
+#include <stddef.h>
+#include <linux/bpf.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include "fastpath.h"
+#define S(t) printf("size %s %zu\n", #t, sizeof(struct t))
+#define O(t, f) printf("off %s.%s %zu\n", #t, #f, offsetof(struct t, f))
+int main(void) {
+  S(fp_key); O(fp_key, len); O(fp_key, pad); O(fp_key, bytes);
+  S(fp_face); O(fp_face, face_slot); O(fp_face, flags);
+  S(fp_flow); O(fp_flow, out_ifindex); O(fp_flow, flow_slot); O(fp_flow, gen);
+  O(fp_flow, dst_mac); O(fp_flow, src_mac); O(fp_flow, mtu); O(fp_flow, out_face_slot);
+  O(fp_flow, prefix_slot); O(fp_flow, priority);
+  S(fp_flow_stats); O(fp_flow_stats, packets); O(fp_flow_stats, bytes); O(fp_flow_stats, last_ns);
+  S(fp_face_stats); O(fp_face_stats, rx_packets); O(fp_face_stats, rx_bytes);
+  O(fp_face_stats, tx_packets); O(fp_face_stats, tx_bytes);
+  S(fp_prefix_stats); O(fp_prefix_stats, packets); O(fp_prefix_stats, bytes);
+  @CTYPES@
+  S(__sk_buff); O(__sk_buff, len); O(__sk_buff, mark); O(__sk_buff, priority);
+  O(__sk_buff, ingress_ifindex); O(__sk_buff, ifindex);
+  S(bpf_prog_info); O(bpf_prog_info, type); O(bpf_prog_info, id); O(bpf_prog_info, jited_prog_len);
+  O(bpf_prog_info, xlated_prog_len); O(bpf_prog_info, name); O(bpf_prog_info, verified_insns);
+  S(bpf_map_info); O(bpf_map_info, type); O(bpf_map_info, id); O(bpf_map_info, key_size);
+  O(bpf_map_info, value_size); O(bpf_map_info, max_entries); O(bpf_map_info, map_flags);
+  O(bpf_map_info, name);
+  printf("const FP_KEY_MAX %d\nconst FP_FLOWS_MAX %d\nconst FP_FACES_MAX %d\n"
+         "const FP_PREFIXES_MAX %d\nconst FP_VERDICTS_MAX %d\nconst FP_NO_PREFIX %u\n"
+         "const FP_FACE_DOWN %d\nconst FP_V__COUNT %d\n",
+         FP_KEY_MAX, FP_FLOWS_MAX, FP_FACES_MAX, FP_PREFIXES_MAX, FP_VERDICTS_MAX,
+         FP_NO_PREFIX, FP_FACE_DOWN, FP_V__COUNT);
+  return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None or not Path("/usr/include/bpf/libbpf.h").exists():
+        pytest.skip("needs a host C compiler and libbpf-dev")
+    d = tmp_path_factory.mktemp("probe")
+    src = d / "probe.c"
+    lines = []
+    for cls in CTYPES:  # every field of every ctypes struct, generated
+        lines.append(f"S({cls.__name__});")
+        lines += [f"O({cls.__name__}, {f});" for f, *_ in cls._fields_]
+    src.write_text(PROBE.replace("@CTYPES@", "\n  ".join(lines)))
+    exe = d / "probe"
+    subprocess.run([cc, f"-I{build.HERE}", f"-I{build.multiarch_include()}", str(src), "-o",
+                    str(exe)], check=True, capture_output=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    sizes, offs, consts = {}, {}, {}
+    for line in out.splitlines():
+        kind, name, val = line.split()
+        {"size": sizes, "off": offs, "const": consts}[kind][name] = int(val)
+    return sizes, offs, consts
+
+
+def test_fp_structs_match_header(probe):
+    sizes, offs, _ = probe
+    for name, size in layout.SIZES.items():
+        assert sizes[name] == size, name
+        for field, off in layout.OFFSETS[name].items():
+            assert offs[f"{name}.{field}"] == off, f"{name}.{field}"
+    # the struct formats pack fields at those offsets
+    v = layout.flow_value(0x11111111, 0x2222, 0x3333333333, b"\xaa" * 6, b"\xbb" * 6, 0x4444,
+                          0x55, 0x666, 0x77777777)
+    o = layout.OFFSETS["fp_flow"]
+    assert v[o["dst_mac"]:o["dst_mac"] + 6] == b"\xaa" * 6
+    assert v[o["src_mac"]:o["src_mac"] + 6] == b"\xbb" * 6
+    assert int.from_bytes(v[o["mtu"]:o["mtu"] + 2], "little") == 0x4444
+    assert int.from_bytes(v[o["priority"]:o["priority"] + 4], "little") == 0x77777777
+    assert int.from_bytes(v[o["gen"]:o["gen"] + 8], "little") == 0x3333333333
+
+
+def test_constants_match_header(probe):
+    _, _, c = probe
+    assert c["FP_KEY_MAX"] == layout.FP_KEY_MAX
+    assert c["FP_FLOWS_MAX"] == layout.FP_FLOWS_MAX
+    assert c["FP_FACES_MAX"] == layout.FP_FACES_MAX
+    assert c["FP_PREFIXES_MAX"] == layout.FP_PREFIXES_MAX
+    assert c["FP_VERDICTS_MAX"] == layout.FP_VERDICTS_MAX
+    assert c["FP_NO_PREFIX"] == layout.NO_PREFIX
+    assert c["FP_FACE_DOWN"] == layout.FACE_DOWN
+    assert c["FP_V__COUNT"] == len(layout.VERDICTS)
+
+
+def test_verdict_names_follow_the_enum():
+    text = HEADER.read_text()
+    body = text[text.index("enum fp_verdict {"):text.index("FP_V__COUNT")]
+    enum = [m.lower() for m in re.findall(r"^\s*FP_V_([A-Z_]+)", body, re.M)]
+    assert tuple(enum) == layout.VERDICTS
+
+
+def test_libbpf_ctypes_match_headers(probe):
+    sizes, offs, _ = probe
+    for cls in CTYPES:
+        name = cls.__name__
+        assert sizeof(cls) == sizes[name], name
+        for field, *_ in cls._fields_:
+            assert getattr(cls, field).offset == offs[f"{name}.{field}"], f"{name}.{field}"
+    assert sizes["__sk_buff"] == libbpf.SKB_CTX_SIZE
+    assert offs["__sk_buff.len"] == libbpf.SKB_OFF_LEN
+    assert offs["__sk_buff.mark"] == libbpf.SKB_OFF_MARK
+    assert offs["__sk_buff.priority"] == libbpf.SKB_OFF_PRIORITY
+    assert offs["__sk_buff.ingress_ifindex"] == libbpf.SKB_OFF_INGRESS_IFINDEX
+    assert offs["__sk_buff.ifindex"] == libbpf.SKB_OFF_IFINDEX
+    assert sizes["bpf_prog_info"] == libbpf.PROG_INFO_SIZE
+    for f, off in libbpf.PROG_INFO_OFF.items():
+        assert offs[f"bpf_prog_info.{f}"] == off, f
+    assert sizes["bpf_map_info"] == libbpf.MAP_INFO_SIZE
+    for f, off in libbpf.MAP_INFO_OFF.items():
+        assert offs[f"bpf_map_info.{f}"] == off, f
+
+
+def test_object_btf_matches_layout():
+    """The compiled object's BTF (what the kernel sees) has the same struct sizes."""
+    bpftool = shutil.which("bpftool")
+    obj = build.object_path()
+    if bpftool is None or not obj.exists():
+        pytest.skip("needs bpftool and the built object")
+    out = subprocess.run([bpftool, "btf", "dump", "file", str(obj)], capture_output=True,
+                         text=True, check=True).stdout
+    for name, size in layout.SIZES.items():
+        m = re.search(rf"STRUCT '{name}' size=(\d+)", out)
+        assert m and int(m.group(1)) == size, name
+
+
+# ------------------------------------------------------------------ pure helpers
+def test_flow_key_is_the_name_block():
+    pkt = packet(dst="/svc/video", src="/host/a", payload=b"x" * 10)
+    key = layout.flow_key(pkt)
+    assert len(key) == layout.KEY.size == 260
+    hlen = int.from_bytes(pkt[6:8], "big")
+    assert key[:2] == (hlen - 20).to_bytes(2, "little") and key[2:4] == b"\0\0"
+    assert layout.key_block(key) == pkt[20:hlen] == wire.flow_key(pkt)   # Python's flow key
+    assert key[4 + hlen - 20:] == bytes(256 - (hlen - 20))
+    assert layout.key_from_block(wire.flow_key(pkt)) == key
+    assert layout.key_from_block(b"x" * 257) is None
+    with pytest.raises(ValueError):
+        layout.flow_key(pkt[:39])
+
+
+def test_flow_value_roundtrip_and_checks():
+    v = layout.flow_value(5, 9, 3, "02:00:00:00:00:01", bytes(6), 1500, 2, priority=4)
+    f = layout.decode_flow(v)
+    assert f == layout.Flow(5, 9, 3, bytes.fromhex("020000000001"), bytes(6), 1500, 2,
+                            layout.NO_PREFIX, 4)
+    for bad in (dict(flow_slot=layout.FP_FLOWS_MAX), dict(out_face_slot=layout.FP_FACES_MAX),
+                dict(prefix_slot=layout.FP_PREFIXES_MAX), dict(mtu=70000),
+                dict(dst_mac=b"\0" * 5)):
+        args = dict(out_ifindex=1, flow_slot=0, gen=0, dst_mac=bytes(6), src_mac=bytes(6),
+                    mtu=1500, out_face_slot=0)
+        args.update(bad)
+        with pytest.raises(ValueError):
+            layout.flow_value(**args)
+
+
+def test_percpu_decoders():
+    fs = [layout.FLOW_STATS.pack(1, 10, 500), layout.FLOW_STATS.pack(2, 20, 900)]
+    assert layout.decode_flow_stats(fs) == layout.FlowStats(3, 30, 900)
+    ff = [layout.FACE_STATS.pack(1, 2, 3, 4), layout.FACE_STATS.pack(10, 20, 30, 40)]
+    assert layout.decode_face_stats(ff) == layout.FaceStats(11, 22, 33, 44)
+    assert layout.decode_prefix_stats([layout.PREFIX_STATS.pack(1, 7)] * 3) == \
+        layout.PrefixStats(3, 21)
+    assert layout.decode_u64_sum([layout.U64.pack(5), layout.U64.pack(6)]) == 11
+    d = layout.verdict_dict([1, 2])
+    assert d["redirected"] == 1 and d["not_dmsc"] == 2 and d["miss"] == 0
+    assert list(d) == list(layout.VERDICTS)
