@@ -279,7 +279,7 @@ def test_bad_version(version: int) -> None:
     assert reason_of(raw_packet(version=version)) == "bad_version"
 
 
-@pytest.mark.parametrize("t", [0x00, 0x06, 0x0F, 0x13, 0x1F, 0x24, 0xFF])
+@pytest.mark.parametrize("t", [0x00, 0x07, 0x0F, 0x13, 0x1F, 0x24, 0xFF])
 def test_bad_type(t: int) -> None:
     assert reason_of(raw_packet(type=t)) == "bad_type"
 

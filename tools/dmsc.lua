@@ -24,7 +24,7 @@ local NO_FACE = 0xFFFF
 
 local TYPE_NAMES = {
     [0x01] = "REQUEST", [0x02] = "DATA", [0x03] = "ECHO_REQUEST",
-    [0x04] = "ECHO_REPLY", [0x05] = "NACK", [0x10] = "HELLO", [0x11] = "LSA",
+    [0x04] = "ECHO_REPLY", [0x05] = "NACK", [0x06] = "IPV4", [0x10] = "HELLO", [0x11] = "LSA",
     [0x12] = "ACK", [0x20] = "REGISTER", [0x21] = "UNREGISTER",
     [0x22] = "REGISTER_RESULT", [0x23] = "ATTACH",
 }
@@ -425,6 +425,17 @@ BODY[0x05] = function(tree, tvb, raw, off, stop)
                          TYPE_NAMES[u8(raw, off + 1)] or u8(raw, off + 1), text)
 end
 
+-- 4.6: one IPv4 packet, whose own total length is the payload's length.
+BODY[0x06] = function(tree, tvb, raw, off, stop)
+    if stop - off < 20 then return nil, "IPv4 payload of " .. (stop - off) .. " bytes" end
+    if math.floor(u8(raw, off) / 16) ~= 4 then return nil, "payload is not IPv4" end
+    local iplen = u16(raw, off + 2)
+    if iplen ~= stop - off then
+        return nil, "IPv4 total length " .. iplen .. ", payload of " .. (stop - off) .. " bytes"
+    end
+    return "IPv4, " .. iplen .. " bytes"
+end
+
 BODY[0x10] = function(tree, tvb, raw, off, stop)
     if stop - off < 8 then return nil, "hello body of " .. (stop - off) .. " bytes" end
     local sub = tree:add(dmsc, tvb(off, 8), "Hello body")
@@ -605,6 +616,11 @@ local function dissect(tvb, pinfo, tree)
             info = "[Malformed: bad_body] " .. info
         elseif suffix ~= nil then
             info = info .. " (" .. suffix .. ")"
+            if h.type == 0x06 then  -- the carried packet, dissected as IPv4
+                pinfo.cols.info:set(info)
+                Dissector.get("ip"):call(tvb(off, stop - off):tvb(), pinfo, tree)
+                return h.total_length
+            end
         end
     elseif stop > off then
         root:add(F.payload, tvb(off, stop - off))

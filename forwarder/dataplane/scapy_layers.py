@@ -48,7 +48,7 @@ from scapy.fields import (
     XStrFixedLenField,
     XStrLenField,
 )
-from scapy.layers.inet import UDP
+from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, bind_bottom_up, bind_layers
 
@@ -555,6 +555,7 @@ bind_layers(UDP, DMSC, sport=UDP_PORT, dport=UDP_PORT)
 bind_layers(DMSC, DMSCEcho, type=int(PacketType.ECHO_REQUEST))
 bind_bottom_up(DMSC, DMSCEcho, type=int(PacketType.ECHO_REPLY))
 bind_layers(DMSC, DMSCNack, type=int(PacketType.NACK))
+bind_layers(DMSC, IP, type=int(PacketType.IPV4))  # 4.6: the payload is one IPv4 packet
 bind_layers(DMSC, DMSCHello, type=int(PacketType.HELLO))
 bind_layers(DMSC, DMSCLsa, type=int(PacketType.LSA))
 bind_layers(DMSC, DMSCAck, type=int(PacketType.ACK))

@@ -59,6 +59,7 @@ class PacketType(enum.IntEnum):
     ECHO_REQUEST = 0x03
     ECHO_REPLY = 0x04
     NACK = 0x05
+    IPV4 = 0x06          # an IPv4 packet carried by name between Service Gateways (4.6)
     HELLO = 0x10
     LSA = 0x11
     ACK = 0x12
@@ -72,7 +73,7 @@ TYPE_CODES = frozenset(int(t) for t in PacketType)
 # Types a forwarder forwards by name (the rest are link-local control or local-face only).
 FORWARDED_TYPES = frozenset(int(t) for t in (PacketType.REQUEST, PacketType.DATA,
                                              PacketType.ECHO_REQUEST, PacketType.ECHO_REPLY,
-                                             PacketType.NACK))
+                                             PacketType.NACK, PacketType.IPV4))
 LOCAL_ONLY_TYPES = frozenset(int(t) for t in (PacketType.REGISTER, PacketType.UNREGISTER,
                                               PacketType.REGISTER_RESULT, PacketType.ATTACH))
 CONTROL_TYPES = frozenset(t for t in TYPE_CODES if t >= PacketType.HELLO)
