@@ -64,6 +64,9 @@ def parse_args(name: str, doc: str, add_args: Callable[[argparse.ArgumentParser]
     ap.add_argument("--seed", type=int, default=1, help="seed of every random choice (default 1)")
     ap.add_argument("--out", type=Path, default=RESULTS_ROOT,
                     help=f"results root (default {RESULTS_ROOT.relative_to(REPO)}/)")
+    ap.add_argument("--dataplane", choices=["auto", "ebpf", "python"], default="auto",
+                    help="the forwarders' data plane (default auto: the kernel fast path where "
+                         "it loads; config.json says which ran)")
     add_args(ap)
     pre, _ = ap.parse_known_args(argv)
     merged = dict(defaults)
@@ -413,7 +416,8 @@ def lab_facts(lab) -> dict:
     return {"lab_run_dir": str(lab.run_dir), "lab_routing": lab.routing,
             "lab_timings": dict(lab.timings), "lab_warnings": list(lab.warnings),
             "topology": lab.describe(), "hello_ms": lab.hello_ms, "dead_ms": lab.dead_ms,
-            "telemetry_interval_s": lab.telemetry_s, "scsc": lab.scsc is not None}
+            "telemetry_interval_s": lab.telemetry_s, "scsc": lab.scsc is not None,
+            "dataplane": lab.dataplane_in_use}
 
 
 def issue_identity(lab, prefix: str, app: str, node: str) -> Optional[Path]:

@@ -282,7 +282,7 @@ class FailureExperiment(Experiment):
         from topologies.lab.builders import fat_tree
         a = self.a
         self.lab = start_lab(fat_tree(a.k), self.res, self.p, run_kind="exp-failure",
-                             hello_ms=a.hello_ms, dead_ms=a.dead_ms)
+                             hello_ms=a.hello_ms, dead_ms=a.dead_ms, dataplane=a.dataplane)
         self.net = Net(self.lab, self.p)
         self.procs = ProcSet(self.lab)
         topo = self.lab.topo

@@ -90,7 +90,7 @@ class LoadExperiment(Experiment):
         def configure(lab) -> None:
             lab.telemetry_s = a.telemetry_interval
         self.lab = start_lab(topo, self.res, self.p, run_kind="exp-load", configure=configure,
-                             hello_ms=a.hello_ms, dead_ms=a.dead_ms)
+                             hello_ms=a.hello_ms, dead_ms=a.dead_ms, dataplane=a.dataplane)
         self.procs = ProcSet(self.lab)
         sgs = topo.sgs
         self.client = sgs[0]

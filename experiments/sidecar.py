@@ -108,7 +108,7 @@ class SidecarExperiment(Experiment):
         a = self.a
         topo = build_topology(a.topology)
         self.lab = start_lab(topo, self.res, self.p, run_kind="exp-sidecar", hello_ms=a.hello_ms,
-                             dead_ms=a.dead_ms, scsc=a.scsc)
+                             dead_ms=a.dead_ms, scsc=a.scsc, dataplane=a.dataplane)
         lab = self.lab
         self.procs = ProcSet(lab)
         sgs = topo.sgs

@@ -349,7 +349,7 @@ class TelemetryExperiment(Experiment):
         def configure(lab) -> None:
             lab.telemetry_s = 1.0
         self.lab = start_lab(topo, self.res, self.p, run_kind="exp-telemetry", shop=False,
-                             configure=configure)
+                             configure=configure, dataplane=self.a.dataplane)
         self.names = node_hashes(topo.nodes)
         self.shaped = {n: topo.links_between("r2", "s1")[0].intf_of(n) for n in ("r2", "s1")}
         self.lossy = {n: topo.links_between("r3", "l1")[0].intf_of(n) for n in ("r3", "l1")}

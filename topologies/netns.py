@@ -82,12 +82,14 @@ class NsNode:
     def __repr__(self) -> str:
         return f"NsNode({self.name!r}, netns={self.netns!r}, intfs={self.intfs!r})"
 
-    def cmd(self, argv: list[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        """Run ``argv`` inside the namespace and wait; stdout/stderr captured as text.
+    def cmd(self, argv: list[str], check: bool = True, timeout: float = 30,
+            input: Optional[str] = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` inside the namespace and wait (``input`` on its stdin);
+        stdout/stderr captured as text.
 
         Raises CommandError (a CalledProcessError) on a non-zero exit if ``check``.
         """
-        return _run(argv, netns=self.netns, check=check, timeout=timeout)
+        return _run(argv, netns=self.netns, check=check, timeout=timeout, input=input)
 
     def popen(self, argv: list[str], log_name: str,
               env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:

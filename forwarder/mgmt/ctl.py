@@ -91,8 +91,15 @@ def render(cmd: str, data: Any) -> str:
                          f["app"] or f["peer_mac"] or "", f["queued"]] for f in data["faces"]],
                        ["id", "face", "kind", "state", "mtu", "peer/app", "queued"])
         drops = ", ".join(f"{k}={v}" for k, v in sorted(data["drops"].items())) or "none"
+        dp = data.get("dataplane") or {}
+        kernel = ""
+        if dp.get("mode") == "ebpf":
+            v = dp.get("verdicts") or {}
+            kernel = (f"; kernel: {dp.get('kernel_flows', 0)} flows, {v.get('redirected', 0)} frames "
+                      f"forwarded, {sum(n for k, n in v.items() if k != 'redirected')} passed up")
         return (f"node {data['node']}  roles {','.join(data['roles'])}  pid {data['pid']}  "
                 f"up {data['uptime_s']:.1f}s\n"
+                f"data plane: {dp.get('reason', '?')}{kernel}\n"
                 f"fib {data['fib_entries']} entries (digest {data['fib_digest']}), "
                 f"rib {data['rib_routes']} routes, {data['flows']} flows, {data['rules']} rules\n"
                 f"local prefixes: {', '.join(data['local_prefixes']) or 'none'}\n"

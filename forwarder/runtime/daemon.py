@@ -195,6 +195,11 @@ class Daemon:
         log.info("data plane %s", reason)
         self.events.emit("dataplane", mode=self.dataplane["mode"], reason=reason)
 
+    def _kernel_generation(self) -> None:
+        """Every table change reaches the kernel's generation at once (cheap if none)."""
+        if self.offload is not None:
+            self.offload.sync_generation()
+
     def sync_kernel(self) -> None:
         """Merge the kernel's counters into the pipeline's (before anyone reads them)."""
         if self.offload is not None:
@@ -267,6 +272,9 @@ class Daemon:
                 box.append((True, fn()))
             except Exception as exc:  # handed back to the caller's thread
                 box.append((False, exc))
+            # a change made through the management API holds in the kernel before it is
+            # acknowledged: the caller's next packet must not meet the old decision
+            self._kernel_generation()
             done.set()
         self._calls.put(run)
         try:
@@ -323,8 +331,7 @@ class Daemon:
                     log.exception("timer failed")
             if self._dirty:
                 self._kick()
-            if self.offload is not None:
-                self.offload.sync_generation()
+            self._kernel_generation()
             turn = time.monotonic() - t_turn
             if turn > SLOW_TURN_S:
                 self._slow_turn(turn, len(events))
@@ -564,7 +571,7 @@ class Daemon:
         self.core.set_face_state(fid, up, now)
         if self.offload is not None:
             self.offload.face_state(fid, up)
-            self.offload.sync_generation()
+        self._kernel_generation()
         io = self.io.get(fid)
         if not up and isinstance(io, EtherFace):
             io.learn(b"\xff" * 6)
@@ -666,6 +673,7 @@ class Daemon:
                 self._act((Send(a.face_id, a.packet.encode(), 7),))
             elif type(a) is RoutesChanged:
                 self.core.replace_routes("routing", a.routes, time.time())
+                self._kernel_generation()
                 self.events.emit("routes_changed", routes=len(a.routes),
                                  prefixes=len({r.prefix for r in a.routes}))
                 for r in a.routes:  # so pings and traces can name the hops

@@ -207,7 +207,7 @@ class KernelOffload:
 
     # ----------------------------------------------------------------- views
     def status(self) -> dict:
-        return {"kernel_flows": len(self._flows),
+        return {"generation": self.gen, "kernel_flows": len(self._flows),
                 "kernel_entries": sum(len(kf.keys) for kf in self._flows.values()),
                 "flow_slots": self.flows_max, "pin_dir": self.pin_dir,
                 "attached": {fid: ifx for fid, ifx in sorted(self._ifindex.items())},

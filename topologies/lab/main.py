@@ -40,6 +40,10 @@ def build_parser(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) 
     g.add_argument("--timeout", type=float, help="convergence timeout, seconds")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="forwarders' log level")
+    g.add_argument("--dataplane", choices=["auto", "ebpf", "python"], default="auto",
+                   help="the forwarders' data plane: ebpf (the kernel fast path repeats flow-table "
+                        "decisions), python (every packet through the Python forwarder), auto "
+                        "(default: ebpf where it loads; `dmsc status NODE` says which and why)")
     g.add_argument("--no-zygote", action="store_true",
                    help="start every forwarder as its own `python -m forwarder` (slower start-up; "
                         "by default they are forked from one pre-imported process)")
@@ -80,7 +84,7 @@ def run(topo: Topology, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_signal)
     lab = DmscLab(topo, routing=args.routing, scsc=args.scsc, spa=not args.no_spa,
                   shop=not args.no_shop, proxies=args.proxies, hello_ms=args.hello_ms,
-                  log_level=args.log_level, zygote=not args.no_zygote)
+                  log_level=args.log_level, zygote=not args.no_zygote, dataplane=args.dataplane)
     rc, error = 0, None
     try:
         lab.start(converge_timeout=args.timeout)
@@ -110,5 +114,6 @@ def run(topo: Topology, args: argparse.Namespace) -> int:
         if args.report is not None:
             args.report.write_text(json.dumps({
                 "run_dir": str(lab.run_dir) if lab.run_dir else None, "routing": lab.routing,
+                "dataplane": lab.dataplane_in_use,
                 "timings": lab.timings, "exit": rc, "error": error}, indent=1) + "\n")
     return rc

@@ -96,6 +96,7 @@ class DmscLab:
                  spa: bool = True, shop: bool = True, proxies: str = "entry",
                  hello_ms: Optional[int] = None, dead_ms: Optional[int] = None,
                  log_level: str = "info", run_kind: str = "lab", zygote: bool = True,
+                 dataplane: str = "auto",
                  out: Callable[[str], None] = print, python: str = sys.executable) -> None:
         topo.validate()
         self.topo = topo
@@ -113,6 +114,10 @@ class DmscLab:
         if routing not in ("linkstate", "static"):
             raise LabError(f"routing must be auto, linkstate or static, not {routing!r}")
         self.routing = routing
+        if dataplane not in ("auto", "ebpf", "python"):
+            raise LabError(f"dataplane must be auto, ebpf or python, not {dataplane!r}")
+        self.dataplane = dataplane
+        self.dataplane_in_use: Dict[str, Any] = {}
         self.scsc_mode = scsc
         self.spa = spa
         self.shop = shop
@@ -400,6 +405,7 @@ class DmscLab:
             "roles": ["sg", "sr"] if spec.role == "sg" else ["sr"],
             "workdir": str(work),
             "log_level": self.log_level,
+            "dataplane": self.dataplane,
             "faces": [{"name": l.intf_of(name), "type": "ether", "interface": l.intf_of(name),
                        "mtu": l.opts.mtu} for l in self.topo.links_of(name)],
         }
@@ -494,13 +500,17 @@ class DmscLab:
                 time.sleep(0.05)
 
     def _check_routing_mode(self) -> None:
-        if self.routing != "linkstate":
-            return
+        """What one forwarder runs: link-state routing when asked for, and its data plane."""
         app = next(iter(self.fwd.values()))
         try:
             st = app.api("GET", "/status", timeout=60.0)
         except CtlError as exc:
             raise LabError(f"forwarder on {app.name} does not answer: {exc}") from None
+        dp = st.get("dataplane") or {}
+        self.dataplane_in_use = {"mode": dp.get("mode"), "reason": dp.get("reason")}
+        self.out(f"*** data plane: {dp.get('reason')}")
+        if self.routing != "linkstate":
+            return
         if not st.get("routing"):
             raise LabError("the forwarder ignored 'routing: {enabled: true}' (its /status has no "
                            "routing summary); run the lab with --routing static")

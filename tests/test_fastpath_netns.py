@@ -1,0 +1,321 @@
+"""The kernel fast path inside real forwarders: what it forwards, what it counts, and
+that every change of the tables takes effect on flows it holds (docs/protocol.md 10.1).
+
+Real forwarder processes with `dataplane: ebpf` on network namespaces; traffic is
+real calls through the Service Gateways' client library, or raw frames of an
+established flow sent from a packet socket. Nothing is timed: tests assert
+which node answered, kernel verdict counts, queue counters and flow tables.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from forwarder.apps.client import Client, NackError
+from forwarder.dataplane import wire
+from forwarder.dataplane.names import Name
+from topologies.fwd_net import ForwarderNet, intf_between, wait_for
+from topologies.nsenter import socket_in
+
+pytestmark = pytest.mark.netns
+HANG_S = 30.0  # hang detector only
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h (root: above rmem_max)
+
+
+def _echo(tag: bytes):
+    return lambda payload, request: tag + payload
+
+
+def _fan(net, rules_r=(), idle=None):
+    """a - r - b and r - c; /svc via b (cost 1) and c (cost 5) at r; SGs a, b, c."""
+    for n in ("a", "r", "b", "c"):
+        net.add_node(n)
+    for l in (("a", "r"), ("r", "b"), ("r", "c")):
+        net.add_link(*l)
+    i = lambda p, q: intf_between(net, p, q)
+    fn = ForwarderNet(net)
+    back = [{"prefix": "/node/a", "face": i(n, "r")} for n in ("b", "c")]
+    fn.add("a", dataplane="ebpf", routes=[{"prefix": "/svc", "face": i("a", "r")},
+                                          {"prefix": "/node", "face": i("a", "r")}])
+    extra = {"flow_idle_s": idle} if idle else {}
+    fn.add("r", roles=["sr"], dataplane="ebpf", rules=list(rules_r), **extra, routes=[
+        {"prefix": "/svc", "face": i("r", "b"), "cost": 1, "instance": "/node/b"},
+        {"prefix": "/svc", "face": i("r", "c"), "cost": 5, "instance": "/node/c"},
+        {"prefix": "/node/a", "face": i("r", "a")}, {"prefix": "/node/b", "face": i("r", "b")},
+        {"prefix": "/node/c", "face": i("r", "c")}])
+    fn.add("b", dataplane="ebpf", routes=[back[0]])
+    fn.add("c", dataplane="ebpf", routes=[back[1]])
+    fn.start_all()
+    return fn
+
+
+def _kernel(app) -> dict:
+    return app.status()["dataplane"]
+
+
+def _verdicts(app) -> dict:
+    return _kernel(app)["verdicts"]
+
+
+def _served(cli, n: int, name: str = "/svc/x", flow=None) -> dict:
+    """n calls; how many each server answered (by the answer's tag)."""
+    got = {}
+    for k in range(n):
+        tag = cli.call(name, b"%d" % k, flow=flow)[:1]
+        got[tag] = got.get(tag, 0) + 1
+    return got
+
+
+@pytest.fixture
+def fan(netns_net):
+    fn = _fan(netns_net)
+    with Client(fn["b"].app_socket) as b, Client(fn["c"].app_socket) as c, \
+            Client(fn["a"].app_socket, timeout=2, retries=0) as cli:
+        b.serve("/svc", _echo(b"B"))
+        c.serve("/svc", _echo(b"C"))
+        wait_for(lambda: all("/svc" in fn[n].status()["local_prefixes"] for n in "bc"), HANG_S,
+                 what="registrations")
+        yield fn, cli
+
+
+def _hit_in_kernel(fn, cli, n: int = 50) -> None:
+    """Calls of one flow until r's kernel forwards them (the first ones decide)."""
+    before = _verdicts(fn["r"])["redirected"]
+    assert _served(cli, n) == {b"B": n}
+    assert _verdicts(fn["r"])["redirected"] - before >= n, _verdicts(fn["r"])
+
+
+# ------------------------------------------------------------------- basics
+def test_established_flows_leave_python_and_every_view_counts_them(fan):
+    fn, cli = fan
+    st = _kernel(fn["r"])
+    assert st["mode"] == "ebpf" and st["configured"] == "ebpf", st
+    assert sorted(st["attached"]) == ["1", "2", "3"]
+    rx0 = fn["r"].counters()["faces"]
+    _hit_in_kernel(fn, cli, 100)
+    # both directions of the flow are in r's kernel; Python counts what the kernel did
+    flows = {(f["dst"], f["src"]): f for f in fn["r"].api("GET", "/flows")["flows"]}
+    fwd = flows[("/svc/x", "/node/a/_app/1")]
+    assert fwd["packets"] >= 100 and fwd["face_name"] == intf_between(fn.net, "r", "b")
+    c = fn["r"].counters()
+    ra = intf_between(fn.net, "r", "a")
+    assert c["faces"][ra]["rx_packets"] - rx0[ra]["rx_packets"] >= 100
+    assert c["prefixes"]["/svc"]["packets"] >= 100
+    metrics = fn["r"].api("GET", "/metrics")
+    assert 'prefix="/svc"' in metrics
+
+
+def test_counts_equal_a_known_number_of_frames(fan):
+    """N raw frames of an established flow: the kernel forwards exactly N, and the flow,
+    both faces and the prefix count exactly N more. They are DATA packets (the flow key
+    does not cover the type), which b delivers without answering: no traffic back."""
+    fn, cli = fan
+    _hit_in_kernel(fn, cli, 5)
+    net = fn.net
+    a_if, ra, rb, b_if = (intf_between(net, "a", "r"), intf_between(net, "r", "a"),
+                          intf_between(net, "r", "b"), intf_between(net, "b", "r"))
+    pkt = wire.Packet(wire.PacketType.DATA, Name.parse("/svc/x"), Name.parse("/node/a/_app/1"),
+                      b"raw-frame", flow_id=99, seq=7, hop_limit=20).encode()
+    r_mac = bytes.fromhex(net.node("r").mac(ra).replace(":", ""))
+    a_mac = bytes.fromhex(net.node("a").mac(a_if).replace(":", ""))
+    frame = wire.ethernet_frame(r_mac, a_mac, pkt)
+    flows = lambda: {(f["dst"], f["src"]): f for f in fn["r"].api("GET", "/flows")["flows"]}
+    f0, c0, v0 = flows()[("/svc/x", "/node/a/_app/1")], fn["r"].counters(), _verdicts(fn["r"])
+    # b's packet socket (0x88B5) counts what arrives; a's sends
+    rx = socket_in(net.node("b").netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)  # all n wait here
+    rx.bind((b_if, 0x88B5))
+    rx.settimeout(HANG_S)
+    tx = socket_in(net.node("a").netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
+    tx.bind((a_if, 0))
+    n = 300
+    try:
+        for _ in range(n):
+            tx.send(frame)
+        got = 0
+        while got < n:
+            data, addr = rx.recvfrom(2048)
+            if addr[2] != socket.PACKET_OUTGOING and data[14:14 + len(pkt)] == pkt[:3] + bytes(
+                    [pkt[3] - 1]) + pkt[4:]:
+                got += 1
+    finally:
+        rx.close()
+        tx.close()
+    wait_for(lambda: _verdicts(fn["r"])["redirected"] - v0["redirected"] >= n, HANG_S,
+             what="the kernel's count")
+    v1 = _verdicts(fn["r"])
+    assert v1["redirected"] - v0["redirected"] == n
+    assert sum(v1.values()) - sum(v0.values()) == n, "r's kernel saw other frames meanwhile"
+    f1, c1 = flows()[("/svc/x", "/node/a/_app/1")], fn["r"].counters()
+    total = len(pkt)
+    assert f1["packets"] - f0["packets"] == n and f1["bytes"] - f0["bytes"] == n * total
+    assert c1["faces"][ra]["rx_packets"] - c0["faces"][ra]["rx_packets"] == n
+    assert c1["faces"][rb]["tx_packets"] - c0["faces"][rb]["tx_packets"] == n
+    assert c1["faces"][rb]["tx_bytes"] - c0["faces"][rb]["tx_bytes"] == n * total
+    assert c1["prefixes"]["/svc"]["packets"] - c0["prefixes"]["/svc"]["packets"] == n
+
+
+# --------------------------------------------------------------- coherence
+def test_a_better_route_takes_established_flows_at_once(fan):
+    fn, cli = fan
+    _hit_in_kernel(fn, cli)
+    stale0 = _verdicts(fn["r"])["stale"]
+    rc = intf_between(fn.net, "r", "c")
+    fn["r"].api("POST", "/routes", {"prefix": "/svc", "face": rc, "cost": 0, "instance": "/node/c"})
+    got = _served(cli, 20)
+    assert got == {b"C": 20}, (got, _kernel(fn["r"]), fn["r"].api("GET", "/flows"))
+    assert _verdicts(fn["r"])["stale"] > stale0
+
+
+def test_a_face_going_down_moves_established_flows(fan):
+    fn, cli = fan
+    _hit_in_kernel(fn, cli)
+    fn.net.link_down("r", "b")
+    rb = intf_between(fn.net, "r", "b")
+    wait_for(lambda: not {f["name"]: f for f in fn["r"].status()["faces"]}[rb]["up"], HANG_S,
+             what="r to see the cut")
+    assert _served(cli, 20) == {b"C": 20}
+    fn.net.link_up("r", "b")
+
+
+def test_deny_and_rate_limit_rules_apply_to_kernel_flows(fan):
+    fn, cli = fan
+    _hit_in_kernel(fn, cli)
+    fn["r"].api("POST", "/strategy", {"prefix": "/svc", "deny": True})
+    with pytest.raises(NackError) as exc:
+        cli.call("/svc/x", b"no")
+    assert exc.value.reason == wire.NackReason.DENIED
+    # a rate limit: every packet of the flow takes the token bucket in Python, none the kernel
+    fn["r"].api("POST", "/strategy", {"prefix": "/svc", "rate": 5, "burst": 5})
+    red0 = _verdicts(fn["r"])["redirected"]
+    ok = limited = 0
+    for k in range(40):
+        try:
+            cli.call("/svc/x", b"%d" % k)
+            ok += 1
+        except NackError as e:
+            assert e.reason == wire.NackReason.RATE_LIMITED
+            limited += 1
+    assert limited > 0 and ok + limited == 40
+    assert fn["r"].counters()["drops"].get("rate_limited", 0) == limited
+    # requests (a -> b) were limited in Python; only b's answers may have used the kernel
+    flows = {(f["dst"], f["src"]): f for f in fn["r"].api("GET", "/flows")["flows"]}
+    assert _verdicts(fn["r"])["redirected"] - red0 <= ok, "a rate-limited request left r's kernel"
+    assert ("/svc/x", "/node/a/_app/1") in flows
+
+
+def test_new_weights_move_kernel_flows(fan):
+    fn, cli = fan
+    _hit_in_kernel(fn, cli)
+    fn["r"].api("POST", "/strategy", {"prefix": "/svc", "weights": {"/node/b": 0, "/node/c": 1}})
+    assert _served(cli, 20) == {b"C": 20}
+    fn["r"].api("POST", "/strategy", {"prefix": "/svc", "weights": {"/node/b": 1, "/node/c": 0}})
+    assert _served(cli, 20) == {b"B": 20}
+
+
+def _kernel_entries(app) -> dict:
+    """The flow entries in a forwarder's kernel map, read through its pins: {key block: Flow}."""
+    from forwarder.dataplane.fastpath import kernel, layout
+    maps = kernel.FastPathMaps.open_pinned(_kernel(app)["pin_dir"])
+    try:
+        return {layout.key_block(k): maps.lookup(k) for k in maps.flow_keys()}
+    finally:
+        maps.close_maps()
+
+
+def test_priority_class_is_kept_on_the_kernel_path(fan):
+    """A critical prefix's flows keep skb->priority 7 on the kernel path, as the Python path
+    sends them: the entry the kernel holds for the flow carries it (the program writes an
+    entry's priority to skb->priority: test_fastpath_prog), and the kernel forwards them."""
+    fn, cli = fan
+    _hit_in_kernel(fn, cli, 20)
+    pkt = wire.Packet(wire.PacketType.REQUEST, Name.parse("/svc/x"),
+                      Name.parse("/node/a/_app/1")).encode()
+    key = wire.flow_key(pkt)
+    assert _kernel_entries(fn["r"])[key].priority == 0
+    fn["r"].api("POST", "/strategy", {"prefix": "/svc", "priority": 7})
+    _served(cli, 5)   # decided again under the new rule (stale), and installed again
+    red0 = _verdicts(fn["r"])["redirected"]
+    _served(cli, 50)
+    assert _verdicts(fn["r"])["redirected"] - red0 >= 50
+    entry = _kernel_entries(fn["r"])[key]
+    assert entry.priority == 7 and entry.gen == _kernel(fn["r"])["generation"]
+    # a class below 6 leaves as the Python path sends it too: priority 0
+    fn["r"].api("POST", "/strategy", {"prefix": "/svc", "priority": 3})
+    _served(cli, 5)
+    assert _kernel_entries(fn["r"])[key].priority == 0
+
+
+def test_idle_flows_leave_the_kernel_with_the_pipeline(netns_net):
+    fn = _fan(netns_net, idle=1)
+    with Client(fn["b"].app_socket) as b, Client(fn["a"].app_socket, timeout=2) as cli:
+        b.serve("/svc", _echo(b"B"))
+        wait_for(lambda: "/svc" in fn["b"].status()["local_prefixes"], HANG_S, what="registration")
+        _hit_in_kernel(fn, cli, 20)
+        assert _kernel(fn["r"])["kernel_flows"] >= 1
+        wait_for(lambda: not fn["r"].api("GET", "/flows")["flows"]
+                 and _kernel(fn["r"])["kernel_flows"] == 0, HANG_S, what="idle expiry")
+        assert _kernel(fn["r"])["offload"]["deleted"] >= 1
+        _hit_in_kernel(fn, cli, 20)   # the next call decides and installs again
+
+
+# ------------------------------------------------------------------- crash
+CRASHING = r"""
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from topologies.netns import NetnsNetwork
+from topologies.fwd_net import ForwarderNet
+net = NetnsNetwork(Path(sys.argv[1]))
+for n in ("a", "b"):
+    net.add_node(n)
+net.add_link("a", "b")
+fn = ForwarderNet(net)
+for n in ("a", "b"):
+    fn.add(n, dataplane="ebpf")
+fn.start_all()
+print(fn["a"].status()["dataplane"]["pin_dir"], flush=True)
+time.sleep(3600)
+"""
+
+
+def test_make_clean_removes_pins_and_filters_after_a_crash():
+    from topologies.records import new_run_dir, read_records
+    run_dir = new_run_dir("test-fastpath-crash")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    harness = subprocess.Popen([sys.executable, "-c", CRASHING, str(run_dir), repo],
+                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pin_dir = harness.stdout.readline().strip()
+        assert pin_dir and os.path.isdir(pin_dir), "the harness did not come up"
+        entries = read_records(run_dir)
+        assert {"kind": "bpf_pins", "path": pin_dir} in [
+            {k: e.get(k) for k in ("kind", "path")} for e in entries if e["kind"] == "bpf_pins"]
+        assert any(e["kind"] == "tc_filter" for e in entries)
+        # kill -9 the harness and its forwarders: nothing of theirs runs its cleanup
+        os.killpg(harness.pid, signal.SIGKILL)
+        for e in entries:
+            if e["kind"] == "pid":
+                try:
+                    os.killpg(e["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        harness.wait(10)
+        assert os.path.isdir(pin_dir)
+    finally:
+        if harness.poll() is None:
+            os.killpg(harness.pid, signal.SIGKILL)
+            harness.wait(10)
+    res = subprocess.run([sys.executable, "-m", "topologies.clean", str(run_dir)], cwd=repo,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not os.path.exists(pin_dir)
+    assert "pin folder" in res.stdout or "pin folder" in res.stderr
+    ns = [e["name"] for e in read_records(run_dir) if e["kind"] == "netns"]
+    assert ns and not any(os.path.exists(f"/run/netns/{n}") for n in ns)
