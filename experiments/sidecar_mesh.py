@@ -18,7 +18,8 @@ Every nginx runs in the foreground in its node's host, recorded in the lab's
 records.jsonl (experiments.common.ProcSet), with its config, pid file, temp
 folders and error log in the lab run folder -- never under /tmp. That folder,
 the config file in it and the start through ProcSet are :class:`ProxyFolder`,
-for any proxy of the mesh.
+which experiments/sidecar_haproxy.py's HaproxySidecar (the same sidecar with
+HAProxy) shares.
 """
 from __future__ import annotations
 
