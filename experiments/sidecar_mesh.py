@@ -16,7 +16,10 @@
 
 Every nginx runs in the foreground in its node's host, recorded in the lab's
 records.jsonl (experiments.common.ProcSet), with its config, pid file, temp
-folders and error log in the lab run folder -- never under /tmp.
+folders and error log in the lab run folder -- never under /tmp. That folder,
+the config file in it and the start through ProcSet are :class:`ProxyFolder`,
+which experiments/sidecar_haproxy.py's HaproxySidecar (the same sidecar with
+HAProxy) shares.
 """
 from __future__ import annotations
 
@@ -161,21 +164,39 @@ http {{
 """
 
 
-class NginxProc:
-    """One nginx (master + 1 worker) in a lab host, in the foreground, recorded."""
+class ProxyFolder:
+    """A proxy of ours in a lab host: its folder ``<lab run folder>/<node>/<name>/``
+    holds its config file ``conf`` (and its pid file, temp folders, logs); it runs in
+    the foreground through ProcSet (recorded for ``make clean``; its output goes to
+    ``<lab run folder>/<node>/<name>.log``). Subclasses write the config, then start."""
 
-    def __init__(self, procs: ProcSet, node: str, name: str, http_body: str) -> None:
+    CONF_NAME = "proxy.conf"
+
+    def __init__(self, procs: ProcSet, node: str, name: str) -> None:
         self.node = node
         self.name = name
         self.dir = procs.lab.run_dir / node / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.conf = self.dir / "nginx.conf"
-        self.conf.write_text(_nginx_conf(self.dir, http_body))
-        self.proc = procs.start(node, name, ["nginx", "-c", str(self.conf), "-p", str(self.dir)])
+        self.conf = self.dir / self.CONF_NAME
+        self.proc = None
+
+    def start(self, procs: ProcSet, argv: List[str]) -> None:
+        self.proc = procs.start(self.node, self.name, argv)
 
     @property
     def pid(self) -> Optional[int]:
-        return self.proc.pid
+        return self.proc.pid if self.proc is not None else None
+
+
+class NginxProc(ProxyFolder):
+    """One nginx (master + 1 worker) in a lab host, in the foreground, recorded."""
+
+    CONF_NAME = "nginx.conf"
+
+    def __init__(self, procs: ProcSet, node: str, name: str, http_body: str) -> None:
+        super().__init__(procs, node, name)
+        self.conf.write_text(_nginx_conf(self.dir, http_body))
+        self.start(procs, ["nginx", "-c", str(self.conf), "-p", str(self.dir)])
 
 
 class NginxApp(NginxProc):
