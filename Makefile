@@ -4,7 +4,7 @@ ARGS ?=
 BENCH_SCRIPTS := $(sort $(wildcard bench/bench_*.py))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lab demo bench bench-forwarder bench-routing bench-lab bench-scsc bench-peers clean distclean
+.PHONY: help setup test test-unit lab demo bench bench-forwarder bench-chain bench-routing bench-lab bench-scsc bench-peers clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,9 +29,13 @@ bench: setup ## run every bench/bench_*.py (each writes bench/results/<name>.jso
 	@mkdir -p bench/results
 	@set -e; for s in $(BENCH_SCRIPTS); do echo "bench: $$s"; $(PY) $$s; done
 
-bench-forwarder: setup ## one forwarder hop vs kernel forwarding -> bench/results/forwarder.json
+bench-forwarder: setup ## one hop: Python forwarder, eBPF fast path, kernel forwarding -> bench/results/forwarder.json
 	@mkdir -p bench/results
 	$(PY) bench/bench_forwarder.py $(ARGS)
+
+bench-chain: setup ## one SR hop: Python vs eBPF vs kernel, chains of 2 and 8 SRs -> bench/results/chain.json
+	@mkdir -p bench/results
+	$(PY) bench/bench_chain.py $(ARGS)
 
 bench-routing: setup ## failover and convergence on a k=4 fat tree -> bench/results/routing.json
 	@mkdir -p bench/results

@@ -88,12 +88,12 @@ def build_fat_tree(net: NetnsNetwork, k: int):
     return nodes, links, hosts
 
 
-def start_forwarders(net: NetnsNetwork, nodes, hosts) -> ForwarderNet:
+def start_forwarders(net: NetnsNetwork, nodes, hosts, dataplane: str = "auto") -> ForwarderNet:
     """One forwarder per node (hosts are SG+SR, the rest SR), link-state routing, all started."""
     fn = ForwarderNet(net)
     for n in nodes:
         fn.add(n, roles=["sg", "sr"] if n in hosts else ["sr"], log_level="warning",
-               routing={"enabled": True})
+               routing={"enabled": True}, dataplane=dataplane)
     fn.start_all()
     return fn
 
@@ -173,23 +173,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--steady", type=float, default=5.0, help="seconds to count control packets")
+    ap.add_argument("--dataplane", choices=["auto", "ebpf", "python"], default="auto",
+                    help="the forwarders' data plane (default auto: the kernel fast path where it loads)")
     ap.add_argument("--out", type=Path, default=RESULTS / "routing.json")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_routing: needs root (network namespaces)", file=sys.stderr)
         return 2
     run = new_run_dir("bench-routing")
-    result = {"bench": "routing", "k": args.k,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": machine_facts(),
+    result = {"bench": "routing", "k": args.k, "machine": machine_facts(),
               "method": __doc__.strip(), "run_dir": str(run)}
     with NetnsNetwork(run) as net:
         t0 = time.monotonic()
         nodes, links, hosts = build_fat_tree(net, args.k)
         result.update({"nodes": len(nodes), "links": len(links)})
         t_net = time.monotonic()
-        fn = start_forwarders(net, nodes, hosts)
+        fn = start_forwarders(net, nodes, hosts, args.dataplane)
         t_up = time.monotonic()
+        result["dataplane"] = fn[hosts[0]].status()["dataplane"]["reason"]
         wait_converged(fn, nodes)
         t_conv = time.monotonic()
         result.update({"namespaces_s": round(t_net - t0, 2), "start_s": round(t_up - t_net, 2),

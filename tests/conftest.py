@@ -56,14 +56,32 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         _skip_or_fail(reason)
 
 
+DATAPLANES = ("python", "ebpf")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `dataplanes` that build forwarders on `netns_net` run once per data
+    plane: the Python forwarder alone, and with the kernel fast path (forced, so a
+    kernel that cannot load it fails the test instead of quietly running Python)."""
+    if metafunc.definition.get_closest_marker("dataplanes") and "netns_net" in metafunc.fixturenames:
+        metafunc.parametrize("dataplane", DATAPLANES)
+
+
 @pytest.fixture
-def netns_net(request: pytest.FixtureRequest) -> Iterator[NetnsNetwork]:
+def dataplane() -> str:
+    """The data plane forwarders on `netns_net` run unless a test configures one."""
+    return "auto"
+
+
+@pytest.fixture
+def netns_net(request: pytest.FixtureRequest, dataplane: str) -> Iterator[NetnsNetwork]:
     """A NetnsNetwork recording into ``runs/test-<testname>-<ts>-<rand>/``, stopped after the test."""
     reason = _netns_reason()
     if reason:
         _skip_or_fail(reason)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", request.node.name)[:40]
     net = NetnsNetwork(new_run_dir(f"test-{name}"))
+    net.dataplane = dataplane
     try:
         yield net
     finally:

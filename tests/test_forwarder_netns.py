@@ -25,7 +25,7 @@ from forwarder.dataplane.names import Name
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
 from topologies.nsenter import socket_in
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.dataplanes]
 
 
 # --------------------------------------------------------------------- helpers

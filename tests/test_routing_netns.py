@@ -22,7 +22,7 @@ from forwarder.spa import Authority, ServiceIdentity, public_key_pem
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
 from topologies.nsenter import socket_in
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.dataplanes]
 
 NODES = ("s1", "a", "b", "c", "d", "s2")
 LINKS = (("s1", "a"), ("a", "b"), ("a", "c"), ("b", "c"), ("b", "d"), ("c", "d"), ("d", "s2"))

@@ -19,7 +19,7 @@ from forwarder.apps.client import CallTimeout, Client, NackError
 from forwarder.dataplane.names import Name
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.dataplanes]
 
 INTERVAL = 0.5
 

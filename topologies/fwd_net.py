@@ -27,6 +27,7 @@ class ForwarderNet:
         """Configure (not start) a forwarder on an existing node; faces default to its links."""
         node = self.net.node(name)
         config.setdefault("node", f"/node/{name}")
+        config.setdefault("dataplane", self.net.dataplane)
         config.setdefault("faces", [{"name": i, "type": "ether", "interface": i} for i in node.intfs])
         app = node.adopt(ForwarderApp(name, node.netns, node.workdir, self.net.records, config))
         app.wait_faces_up = True

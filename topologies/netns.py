@@ -136,6 +136,9 @@ class NetnsNetwork:
         self._links: list[NsLink] = []
         self._procs: list[Proc] = []
         self._stopped = False
+        # the data plane of forwarders started on this network (topologies.fwd_net)
+        # unless their configuration names one: auto, ebpf or python
+        self.dataplane = "auto"
 
     @property
     def records(self) -> Records:

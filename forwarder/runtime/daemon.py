@@ -412,6 +412,8 @@ class Daemon:
                 mac = frame[6:12]
                 if mac != io.peer_mac:
                     io.learn(mac)
+                    if self.offload is not None:
+                        self.offload.neighbour_learnt(fid, io)
                 self._act(receive(fid, frame[14:], now))
                 continue
             out_id, hop, length = hit

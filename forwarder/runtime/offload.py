@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..dataplane.counters import PrefixCounters
 from ..dataplane.facetable import ETHER
@@ -51,7 +51,7 @@ class _KernelFlow:
     flow: FlowEntry
     slot: int
     pkey: bytes                       # the pipeline's flow key (names only)
-    keys: Set[bytes] = field(default_factory=set)  # kernel keys (names and TLVs), fp_key form
+    keys: Dict[bytes, int] = field(default_factory=dict)  # kernel key (fp_key form) -> its gen
     packets: int = 0                  # kernel counts merged into the flow so far
     bytes: int = 0
     last_ns: int = 0
@@ -75,7 +75,7 @@ class KernelOffload:
         self._ifindex: Dict[int, int] = {}                   # face id -> ifindex
         self.gen = -1
         self.stats = {"installed": 0, "reinstalled": 0, "deleted": 0, "no_slot": 0,
-                      "key_too_long": 0, "no_neighbour_mac": 0, "not_a_kernel_face": 0}
+                      "key_too_long": 0, "not_a_kernel_face": 0}
         self.sync_generation()
 
     # ------------------------------------------------------------------ faces
@@ -100,9 +100,6 @@ class KernelOffload:
         if out_ifindex is None or off.in_face not in self._ifindex:
             self.stats["not_a_kernel_face"] += 1
             return False
-        if out_io.peer_mac == b"\xff" * 6:
-            self.stats["no_neighbour_mac"] += 1   # not learnt yet: the next packet tries again
-            return False
         self.sync_generation()  # the kernel must hold the generation the value carries
         key = lay.key_from_block(off.key)
         if key is None:
@@ -117,13 +114,29 @@ class KernelOffload:
             self.fp.reset_flow_stats([slot])
             dlen, slen = off.key[8], off.key[9]        # dst_len, src_len (offsets 28, 29)
             kf = self._flows[id(fe)] = _KernelFlow(fe, slot, off.key[:20 + dlen + slen])
-        value = lay.flow_value(out_ifindex, kf.slot, self.core.generation, out_io.peer_mac,
-                               out_io.mac, fe.out.mtu, fe.face_id, self._prefix_slot(fe),
-                               7 if fe.priority >= HIGH_PRIORITY else 0)
-        self.fp.install(key, value)
         self.stats["reinstalled" if key in kf.keys else "installed"] += 1
-        kf.keys.add(key)
+        self._write(key, kf, out_ifindex, out_io, self.core.generation)
         return True
+
+    def _write(self, key: bytes, kf: _KernelFlow, out_ifindex: int, out_io, gen: int) -> None:
+        """The entry as the Python path would send: the out face's addresses as they are
+        now (the neighbour's may still be broadcast, as Python's own frames are)."""
+        fe = kf.flow
+        self.fp.install(key, self.layout.flow_value(
+            out_ifindex, kf.slot, gen, out_io.peer_mac, out_io.mac, fe.out.mtu, fe.face_id,
+            self._prefix_slot(fe), 7 if fe.priority >= HIGH_PRIORITY else 0))
+        kf.keys[key] = gen
+
+    def neighbour_learnt(self, face_id: int, out_io) -> None:
+        """The out face's neighbour address changed: current entries through it take it."""
+        out_ifindex = self._ifindex.get(face_id)
+        if out_ifindex is None:
+            return
+        for kf in self._flows.values():
+            if kf.flow.face_id == face_id:
+                for key, gen in list(kf.keys.items()):
+                    if gen == self.gen:  # a stale one is decided again first
+                        self._write(key, kf, out_ifindex, out_io, gen)
 
     def python_hit(self, face_id: int, frame: bytes, out_io, in_io) -> None:
         """The Python fast path forwarded a frame of a flow the kernel does not hold
