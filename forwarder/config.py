@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -53,6 +54,28 @@ class HttpService:
 
 
 @dataclass
+class PodService:
+    """A service a pod serves: the SG registers its prefix for the pod (with the
+    service's SPA identity when the gateway enforces SPA)."""
+    prefix: Name
+    identity: Optional[Path] = None
+    cost: int = 0
+
+
+@dataclass
+class PodConfig:
+    """A pod behind this Service Gateway (forwarder.gateway): its veth's SG end, its
+    one address and MAC, the services it serves."""
+    name: str
+    interface: str
+    address: str
+    mac: str
+    mtu: Optional[int] = None   # the pod's MTU; default: the network faces' less the
+                                # carriage overhead (forwarder.gateway.addresses.L4_OVERHEAD)
+    services: List[PodService] = field(default_factory=list)
+
+
+@dataclass
 class RoutingConfig:
     enabled: bool = False
     hello_ms: int = 100
@@ -88,6 +111,7 @@ class NodeConfig:
     management: str = ""
     http_proxy: Optional[Tuple[str, int]] = None
     http_services: List[HttpService] = field(default_factory=list)
+    pods: List[PodConfig] = field(default_factory=list)
     host_map: Dict[str, str] = field(default_factory=dict)
     hop_limit: int = DEFAULT_HOP_LIMIT
     flow_idle_s: float = DEFAULT_IDLE_TIMEOUT
@@ -161,7 +185,7 @@ def _check_keys(d: Any, allowed: set, where: str) -> dict:
 
 TOP_KEYS = {"node", "roles", "workdir", "faces", "routes", "rules", "local_socket", "management",
             "http_proxy", "http_services", "host_map", "hop_limit", "flow_idle_s", "log_level",
-            "pcap", "routing", "spa", "scsc", "telemetry_interval_s", "dataplane"}
+            "pcap", "routing", "spa", "scsc", "telemetry_interval_s", "dataplane", "pods"}
 DATAPLANES = ("auto", "ebpf", "python")
 
 
@@ -218,6 +242,7 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
     if not isinstance(ti, (int, float)) or isinstance(ti, bool) or not 0.05 <= ti <= 3600:
         raise ConfigError(f"telemetry_interval_s: expected a number of seconds in 0.05..3600, got {ti!r}")
     cfg.telemetry_interval_s = float(ti)
+    cfg.pods = _parse_pods(d.get("pods") or [], cfg)
     cfg.dataplane = d.get("dataplane", "auto")
     if cfg.dataplane not in DATAPLANES:
         raise ConfigError(f"dataplane: expected one of {', '.join(DATAPLANES)}, got {cfg.dataplane!r}")
@@ -328,6 +353,46 @@ def _parse_http(d: dict, cfg: NodeConfig) -> None:
     for host, prefix in hm.items():
         _name(prefix, f"host_map[{host}]")
     cfg.host_map = {str(k): str(v) for k, v in hm.items()}
+
+
+def _parse_pods(pods: Any, cfg: NodeConfig) -> List[PodConfig]:
+    if not isinstance(pods, list):
+        raise ConfigError("pods: expected a list of {name, interface, address, mac, services}")
+    if pods and "sg" not in cfg.roles:
+        raise ConfigError("pods: only a Service Gateway (role sg) has pods")
+    out: List[PodConfig] = []
+    seen: set = set()
+    for i, p in enumerate(pods):
+        where = f"pods[{i}]"
+        _check_keys(p, {"name", "interface", "address", "mac", "mtu", "services"}, where)
+        for k in ("name", "interface", "address", "mac"):
+            if not isinstance(p.get(k), str) or not p[k]:
+                raise ConfigError(f"{where}.{k}: required (a string)")
+        if p["name"] in seen:
+            raise ConfigError(f"{where}.name: duplicate pod {p['name']!r}")
+        seen.add(p["name"])
+        if len(p["interface"]) > 15:
+            raise ConfigError(f"{where}.interface: {p['interface']!r} is longer than 15 characters")
+        try:
+            addr = ipaddress.IPv4Address(p["address"])
+        except ValueError:
+            raise ConfigError(f"{where}.address: {p['address']!r} is not an IPv4 address") from None
+        if not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", p["mac"]):
+            raise ConfigError(f"{where}.mac: {p['mac']!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+        pc = PodConfig(p["name"], p["interface"], str(addr), p["mac"].lower(),
+                       _int(p, "mtu", where, 576, 576, 65535) if "mtu" in p else None)
+        for j, sv in enumerate(p.get("services") or []):
+            w = f"{where}.services[{j}]"
+            _check_keys(sv, {"prefix", "identity", "cost"}, w)
+            if "prefix" not in sv:
+                raise ConfigError(f"{w}: a prefix is required")
+            ident = Path(sv["identity"]) if sv.get("identity") else None
+            if ident is not None and not ident.exists():
+                raise ConfigError(f"{w}.identity: {ident} does not exist")
+            pc.services.append(PodService(_name(sv["prefix"], f"{w}.prefix"), ident,
+                                          _int(sv, "cost", w, 0, 0, 65535)))
+        out.append(pc)
+    return out
 
 
 def _parse_routing(rt: Any, faces: set) -> RoutingConfig:

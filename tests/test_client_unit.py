@@ -459,7 +459,7 @@ def test_http_proxy_and_backend_through_fake_gateway(sockpath):
     import http.client
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from forwarder.apps.hostmap import HostMap
+    from forwarder.dataplane.hostmap import HostMap
     from forwarder.apps.http_backend import BackendPool, HttpBackendHandler
     from forwarder.apps.http_proxy import ProxyServer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from forwarder.apps.hostmap import HostMap, host_to_prefix, normalize_host, prefix_to_host
+from forwarder.dataplane.hostmap import HostMap, host_to_prefix, normalize_host, prefix_to_host
 from forwarder.dataplane.names import Name
 
 

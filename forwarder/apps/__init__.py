@@ -2,6 +2,6 @@
 
 Modules: `client` (the DMSC client library over the SG's local socket),
 `http_proxy` and `http_backend` (adapters for unmodified HTTP clients and
-servers), `hostmap` (host names such as cart.shop.dmsc <-> prefixes).
+servers).
 Imports the data plane's codec and SPA's service identity only.
 """

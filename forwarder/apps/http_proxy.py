@@ -6,7 +6,7 @@ Run: ``python -m forwarder.apps.http_proxy --socket PATH --listen 127.0.0.1:8080
 An HTTP/1.1 client (curl, a browser, an unmodified micro-service) sends its
 request here, either as a plain request whose ``Host`` names the service or in
 proxy form (``GET http://cart.shop.dmsc/x HTTP/1.1``, what ``curl -x`` sends).
-The host maps to a prefix (forwarder.apps.hostmap: ``cart.shop.dmsc`` ->
+The host maps to a prefix (forwarder.dataplane.hostmap: ``cart.shop.dmsc`` ->
 ``/shop/cart``); the destination name is that prefix plus the URL path's
 components (``/shop/cart/items/3``), or the prefix alone when the path would
 break the name limits. Each TCP connection is one DMSC flow (source
@@ -46,7 +46,7 @@ from typing import Callable, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from .client import CallTimeout, Client, DmscError, NackError
-from .hostmap import HostMap
+from ..dataplane.hostmap import HostMap
 from ..dataplane.names import InvalidName, Name
 
 log = logging.getLogger("dmsc.http_proxy")

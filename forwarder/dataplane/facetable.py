@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional
 
 ETHER, UDP, LOCAL, SELF = "ether", "udp", "local", "self"
+POD = "pod"       # a pod behind a Service Gateway: an IP application the SG speaks for
+LOCAL_KINDS = frozenset((LOCAL, POD))  # faces of applications on this node
 SELF_FACE = 0  # the node itself: echo targets, NACK and reply origination
 
 
@@ -19,7 +21,7 @@ class FaceInfo:
     name: str
     mtu: int = 1500
     up: bool = True
-    app_name: Optional[object] = None  # Name assigned to a local application
+    app_name: Optional[object] = None  # Name assigned to a local application or pod
     peer: Optional[str] = None          # neighbour node name, when known
     queued: int = 0                     # packets waiting in the I/O layer
     util_permille: int = 0

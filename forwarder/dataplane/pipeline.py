@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 from . import wire
 from .admission import AdmissionCheck, Refused
 from .counters import Counters, PrefixCounters
-from .facetable import ETHER, LOCAL, SELF, SELF_FACE, UDP, FaceInfo, FaceTable
+from .facetable import ETHER, LOCAL, LOCAL_KINDS, POD, SELF, SELF_FACE, UDP, FaceInfo, FaceTable
 from .fib import Fib, FibEntry
 from .flows import DEFAULT_IDLE_TIMEOUT, FlowEntry, FlowTable
 from .names import InvalidName, Name
@@ -29,6 +29,7 @@ _NACK_REASON_NAMES = {int(r): r.name.lower() for r in NackReason}
 _FAST_WORDS = frozenset((wire.VERSION << 16) | (t << 8) for t in wire.FORWARDED_TYPES)
 PENDING_TIMEOUT = 30.0
 APP_COMPONENT = b"_app"
+POD_COMPONENT = b"_pod"
 
 
 class Send(NamedTuple):
@@ -62,16 +63,23 @@ class Noted(NamedTuple):
     detail: dict
 
 
+FORWARD, ENCAP, DECAP = "forward", "encap", "decap"
+
+
 class Offload(NamedTuple):
     """The decision just carried out for this packet may be repeated by the kernel's
     fast path (forwarder.dataplane.fastpath) for every later packet whose bytes
-    [20, header_length) equal `key` (names and TLVs alike): from a network face
-    to network face `flow.face_id`, hop limit - 1, nothing else changed, no
-    per-packet policy. The runtime installs it; the generation it was decided in
-    is the pipeline's `generation`."""
+    [20, header_length) equal `key` (names and TLVs alike), under no per-packet
+    policy. `kind` FORWARD: network face to network face `flow.face_id`, hop limit
+    - 1, nothing else changed; ENCAP: a pod's packet carried with `header` (the
+    DMSC header this packet left with); DECAP: a carried packet delivered to the
+    pod behind `flow.face_id`. The runtime installs it; the generation it was
+    decided in is the pipeline's `generation`."""
     key: bytes
     flow: FlowEntry
     in_face: int
+    kind: str = FORWARD
+    header: bytes = b""
 
 
 Action = Union[Send, Control, Delivered, Registered, Noted, Offload]
@@ -124,9 +132,20 @@ class Forwarder:
 
     # ------------------------------------------------------------------ faces
     def add_face(self, kind: str, name: str, mtu: int = 1500, **kw) -> FaceInfo:
-        if kind not in (ETHER, UDP, LOCAL):
+        if kind not in (ETHER, UDP, LOCAL, POD):
             raise ValueError(f"unknown face kind {kind!r}")
         return self.faces.add(kind, name, mtu, **kw)
+
+    def add_pod_face(self, name: str, index: int, mtu: int, now: float) -> FaceInfo:
+        """A pod behind this gateway: a face whose application is an IP pod, named
+        <node>/_pod/<index> (its connections' client names are below it)."""
+        if "sg" not in self.roles:
+            raise ValueError("only a Service Gateway has pods")
+        face = self.faces.add(POD, name, mtu)
+        face.app_name = self.name.append(POD_COMPONENT, str(index))
+        self._install(Route(face.app_name, face.face_id, cost=0, origin="connected",
+                            instance=self.name.text), now)
+        return face
 
     def set_face_state(self, face_id: int, up: bool, now: float) -> None:
         """Carrier change: routes through a down face stay in the FIB but are skipped."""
@@ -144,7 +163,7 @@ class Forwarder:
         for prefix in self.rib.remove_face(face_id):
             self.fib.set(prefix, self.rib.routes(prefix))
             self.fib_changed_at = now
-            if face is not None and face.kind == LOCAL and prefix != face.app_name:
+            if face is not None and face.kind in LOCAL_KINDS and prefix != face.app_name:
                 actions.append(Registered(prefix, False))
         self.flows.remove_face(face_id)
         return actions
@@ -208,16 +227,16 @@ class Forwarder:
             return []
         t = h.type
         if t in wire.LOCAL_ONLY_TYPES:
-            if face.kind != LOCAL:
+            if face.kind not in LOCAL_KINDS:
                 self.counters.drop(face_id, "local_only")
                 return []
             return self._local_control(face, wire.decode(data), now)
         if t in wire.CONTROL_TYPES:
-            if face.kind == LOCAL:
+            if face.kind in LOCAL_KINDS:
                 self.counters.drop(face_id, "control_from_app")
                 return []
             return [Control(face_id, wire.decode(data))]
-        if face.kind == LOCAL and not self._source_allowed(face, data, h):
+        if face.kind in LOCAL_KINDS and not self._source_allowed(face, data, h):
             self.counters.drop(face_id, "spoofed_source")
             return []
         return self._forward(face_id, data, h, now)
@@ -288,7 +307,7 @@ class Forwarder:
             return d  # refused
         self._account(in_face, data, h, d, now)
         out_face = d.flow.face_id
-        if d.out.kind == SELF or (h.type == PacketType.ECHO_REQUEST and d.out.kind == LOCAL):
+        if d.out.kind == SELF or (h.type == PacketType.ECHO_REQUEST and d.out.kind in LOCAL_KINDS):
             return self._at_self(in_face, data, h, now)
         out = self._rewrite(in_face, data, h, d, now)
         if type(out) is list:
@@ -298,22 +317,35 @@ class Forwarder:
         fe.packets += 1
         fe.bytes += h.total_length
         send = Send(out_face, out, fe.priority)
-        if self._repeatable(in_face, h, d):
-            return [send, Offload(bytes(data[wire.OFF_DST_HASH:h.header_length]), fe, in_face)]
+        kind = self._repeatable(in_face, h, d)
+        if kind is not None:
+            header = out[:wire.LENGTHS.unpack_from(out, wire.OFF_LENGTHS)[1]] if kind == ENCAP else b""
+            return [send, Offload(bytes(data[wire.OFF_DST_HASH:h.header_length]), fe, in_face,
+                                  kind, header)]
         return [send]
 
-    def _repeatable(self, in_face: int, h: wire.Header, d: "_Decision") -> bool:
-        """Could the kernel repeat this decision for later packets with the same
-        header bytes [20, header_length)? Only an Ethernet-to-Ethernet hop that
-        changes nothing but the hop limit, under no per-packet policy: no deny or
-        token bucket (priority and weights are decided per flow), no TELEMETRY
-        (a hop record per packet), no INSTANCE added here. Hop limit and MTU are
-        checked again by the kernel on every packet."""
+    def _repeatable(self, in_face: int, h: wire.Header, d: "_Decision") -> Optional[str]:
+        """Could the kernel repeat this decision for later packets with the same header
+        bytes [20, header_length)? Under no per-packet policy only (no deny or token
+        bucket: priority and weights are decided per flow) and with no TELEMETRY (a hop
+        record per packet):
+          * FORWARD: Ethernet to Ethernet, nothing changed but the hop limit (no
+            INSTANCE added here);
+          * ENCAP: a pod's packet carried to an Ethernet face (the kernel puts this
+            packet's header, INSTANCE and all, in front of the pod's later packets);
+          * DECAP: a carried packet delivered to a pod.
+        Hop limit and MTU are checked again by the kernel on every packet."""
         rule, fe = d.flow.rule, d.flow
-        return (h.flags == 0 and d.out.kind == ETHER
-                and self.faces.faces[in_face].kind == ETHER
-                and (rule is None or (not rule.deny and rule.bucket is None))
-                and (fe.pin is None or d.carried_pin is not None))
+        if h.flags != 0 or not (rule is None or (not rule.deny and rule.bucket is None)):
+            return None
+        in_kind, out_kind = self.faces.faces[in_face].kind, d.out.kind
+        if in_kind == ETHER and out_kind == ETHER and (fe.pin is None or d.carried_pin is not None):
+            return FORWARD
+        if h.type == PacketType.IPV4 and in_kind == POD and out_kind == ETHER:
+            return ENCAP
+        if h.type == PacketType.IPV4 and in_kind == ETHER and out_kind == POD:
+            return DECAP
+        return None
 
     def _decide(self, in_face: int, data, h: wire.Header,
                 now: float) -> Union["_Decision", List[Action]]:
@@ -363,13 +395,16 @@ class Forwarder:
             route = self._choose(rule, cands, key)
             out_face = route.face_id
             prio = rule.priority if rule is not None and rule.priority is not None else tlv_prio
-            if pin is None and rule is not None and rule.weights and route.instance:
-                pin = self._instance_hash(route.instance)  # we chose it: tell the next hops
+            if pin is None and route.instance and (
+                    (rule is not None and rule.weights) or self.faces.faces[in_face].kind == POD):
+                # we chose the instance (by weight, or for a pod's connection, which must
+                # stay on one instance as long as it lives): tell the next hops
+                pin = self._instance_hash(route.instance)
             fe = FlowEntry(out_face, gen, now, now, rule, prio, self.faces.faces[out_face], pc,
                            dst=Name.from_wire(dst_wire).text,
                            src=Name.from_wire(bytes(data[HEADER_LEN + h.dst_len:names_end])).text,
                            pin=pin)
-            if h.type != PacketType.ECHO_REQUEST or self.faces.faces[out_face].kind != LOCAL:
+            if h.type != PacketType.ECHO_REQUEST or self.faces.faces[out_face].kind not in LOCAL_KINDS:
                 self.flows.put(key, fe)
         return _Decision(fe, self.faces.faces[fe.face_id], pc, prefix_text, carried_pin, key)
 
@@ -592,7 +627,7 @@ class Forwarder:
     def _register(self, face: FaceInfo, pkt: Packet, now: float) -> Tuple[int, str]:
         prefix = pkt.dst
         if prefix[0] == b"_dmsc" or (self.name.is_prefix_of(prefix) and len(prefix) > len(self.name)
-                                     and prefix[len(self.name)] == APP_COMPONENT):
+                                     and prefix[len(self.name)] in (APP_COMPONENT, POD_COMPONENT)):
             return RegisterResult.RESERVED, f"{prefix.text} is reserved"
         try:
             body = RegisterBody.decode(pkt.payload)

@@ -27,7 +27,7 @@ from ..dataplane.wire import ETH_HEADER_LEN
 from ..config import NodeConfig
 from ..dataplane.facetable import ETHER, LOCAL, UDP
 from .events import EVENTS_FILE, EventLog
-from .faces import EtherFace, FaceIO, LocalFace, LocalListener, UdpFace, UdpSocket
+from .faces import EtherFace, FaceIO, LocalFace, LocalListener, PodFace, UdpFace, UdpSocket
 from ..dataplane.names import Name
 from ..dataplane.pipeline import Control, Delivered, Forwarder, Noted, Offload, Registered, Send
 from ..dataplane.rib import Route
@@ -88,6 +88,7 @@ class Daemon:
         self.face_events: Dict[str, dict] = {}  # face name -> last carrier change seen
         self.events = EventLog(cfg.workdir / EVENTS_FILE, cfg.node.text)
         self.offload = None  # forwarder.runtime.offload.KernelOffload when the kernel fast path runs
+        self.pods = None     # forwarder.runtime.pods.PodRuntime when this SG has pods
         self.dataplane = {"mode": "python", "reason": "not opened yet"}
         if cfg.routing.enabled:
             from ..routing.backoff import Backoff
@@ -155,6 +156,10 @@ class Daemon:
             self.io[face.face_id] = io
             if fc.type == "ether":
                 self.sel.register(io, selectors.EVENT_READ, ("ether", io))
+        if self.cfg.pods:
+            from .pods import PodRuntime
+            self.pods = PodRuntime(self)
+            self.pods.open(now)
         self._open_dataplane()
         ether = [fc.interface for fc in self.cfg.faces if fc.type == "ether"]
         if ether:
@@ -320,6 +325,10 @@ class Daemon:
                     self._drain_calls()
                 elif kind == "carrier":
                     self._carrier_events()
+                elif kind == "pod":
+                    self.pods.read(obj)
+                elif kind == "dns":
+                    self.pods.dns_read()
             if self._lsa_queue:
                 self._drain_lsas()
             now = time.monotonic()
@@ -332,6 +341,8 @@ class Daemon:
             if self._dirty:
                 self._kick()
             self._kernel_generation()
+            if self.pods is not None:
+                self.pods.refresh_services()
             turn = time.monotonic() - t_turn
             if turn > SLOW_TURN_S:
                 self._slow_turn(turn, len(events))
@@ -365,6 +376,8 @@ class Daemon:
     def close(self) -> None:
         if self.carrier is not None:
             self.carrier.close()
+        if self.pods is not None:
+            self.pods.close()
         if self.offload is not None:
             try:
                 self.offload.close()
@@ -479,6 +492,9 @@ class Daemon:
                 if io is None:
                     self.core.counters.drop(a.face_id, "no_io")
                     continue
+                if type(io) is PodFace:   # a carried packet (or a NACK) for a pod
+                    self.pods.deliver(a.face_id, a.data)
+                    continue
                 res = io.send(a.data, a.priority)
                 fc = self.core.counters.faces[a.face_id]
                 if res == "sent":
@@ -540,6 +556,8 @@ class Daemon:
         now = time.time()
         if self.offload is not None:
             self.offload.merge()  # idle times first: a flow busy in the kernel is not idle
+        if self.pods is not None:
+            self.pods.tick(now)
         self.core.tick(now)
         if self.offload is not None:
             self.offload.prune()

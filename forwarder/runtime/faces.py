@@ -416,3 +416,39 @@ class LocalFace(FaceIO):
 
     def _write(self, data: bytes) -> None:
         self.sock.send(data)
+
+
+ETH_P_IP = 0x0800
+
+
+class PodFace(FaceIO):
+    """The SG's end of a pod's veth: IPv4 frames from the pod (those the kernel fast
+    path did not carry already), frames to it (forwarder.gateway decides both)."""
+
+    def __init__(self, face_id: int, interface: str) -> None:
+        super().__init__(face_id)
+        self.interface = interface
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+        try:
+            s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError:
+            pass
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        s.bind((interface, ETH_P_IP))
+        s.setblocking(False)
+        self.sock = s
+        self.mac = s.getsockname()[4]
+
+    def read_batch(self) -> List[bytes]:
+        out = []
+        for _ in range(BATCH):
+            try:
+                frame, addr = self.sock.recvfrom(65536)
+            except (BlockingIOError, OSError):
+                break
+            if addr[2] != socket.PACKET_OUTGOING:
+                out.append(frame)
+        return out
+
+    def _write(self, data: bytes) -> None:
+        self.sock.send(data)   # a whole Ethernet frame, made by the gateway

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Iterable, Mapping, Optional, Union
 
-from ..dataplane.names import COMPONENTS_MAX, InvalidName, Name
+from .names import COMPONENTS_MAX, InvalidName, Name
 
 SUFFIX = "dmsc"
 _LABEL = re.compile(r"^[a-z0-9_-]{1,63}$")
