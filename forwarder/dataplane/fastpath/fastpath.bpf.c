@@ -12,8 +12,8 @@
  * redirected, in a new Ethernet header, to a pod-facing veth.
  *
  * fp_pod_ingress (pod-facing veths) carries a pod's IPv4 packet by name: the
- * 5-tuple's fp_l4 entry gives the DMSC header to put in front (after an
- * optional SNAT of the inner source) and the out face.
+ * 5-tuple's fp_l4 entry gives the DMSC header to put in front (the packet
+ * moves back to make room; its source may be rewritten: SNAT) and the out face.
  *
  * Anything a check refuses is passed up unchanged (TC_ACT_OK) to the Python
  * side, with the reason counted in fp_verdicts. Every check is made before the
@@ -98,7 +98,7 @@ struct {
 	__type(value, struct fp_prefix_stats);
 } fp_prefix_stats SEC(".maps");
 
-/* Per-CPU memory: the flow key, the decap's copy buffer. */
+/* Per-CPU memory: the flow key, the encap/decap copy buffer. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -540,33 +540,63 @@ int fp_pod_ingress(struct __sk_buff *skb)
 		PASS(FP_V_TOO_BIG);
 	__u32 total = hdr_len + ip_len;
 
-	/* Rewrite. Nothing after the IPv4 packet. */
-	if (len > FP_ETH_HLEN + ip_len && bpf_skb_change_tail(skb, FP_ETH_HLEN + ip_len, 0) < 0)
+	struct fp_scratch *scr = bpf_map_lookup_elem(&fp_scratch, &zero);
+
+	if (!scr)
+		PASS(FP_V_REWRITE_ERROR);            /* cannot happen (an array); nothing written */
+
+	/* Rewrite. The frame becomes exactly 14 + hdr_len + ip_len bytes (trailing
+	 * padding dropped), and the IPv4 packet moves back by hdr_len, from the end
+	 * (each chunk is read before anything before its destination is written).
+	 * Why not bpf_skb_change_head: it would leave skb->transport_header on the
+	 * inner L4 header, a veth carries that offset to the next SG, and there
+	 * bpf_skb_change_tail refuses to cut a decapsulated frame below it
+	 * (__bpf_skb_min_len): small packets could not be decapsulated. Moved
+	 * this way, the transport offset stays 14 + IHL, inside any decap result.
+	 * Bytes from offset 14 on are L3 payload for a CHECKSUM_COMPLETE csum. */
+	if (bpf_skb_change_tail(skb, FP_ETH_HLEN + total, 0) < 0)
 		DROP(FP_V_REWRITE_ERROR);
+	__u32 rest = ip_len & (FP_COPY_CHUNK - 1);
+	__u32 whole = ip_len / FP_COPY_CHUNK;
+	__u32 from = FP_ETH_HLEN + ip_len - rest;
+
+	if (rest) {
+		if (bpf_skb_load_bytes(skb, from, scr->chunk, rest) < 0 ||
+		    bpf_skb_store_bytes(skb, from + hdr_len, scr->chunk, rest,
+					BPF_F_RECOMPUTE_CSUM) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+	}
+	for (__u32 i = 0; i < FP_COPY_CHUNKS; i++) {
+		if (i >= whole)
+			break;
+		from = FP_ETH_HLEN + (whole - 1 - i) * FP_COPY_CHUNK;
+		if (bpf_skb_load_bytes(skb, from, scr->chunk, FP_COPY_CHUNK) < 0 ||
+		    bpf_skb_store_bytes(skb, from + hdr_len, scr->chunk, FP_COPY_CHUNK,
+					BPF_F_RECOMPUTE_CSUM) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+	}
 
 	/* SNAT: the address, then the IPv4 and L4 (pseudo-header) checksums. */
+	__u32 ip_off = FP_ETH_HLEN + hdr_len;
+
 	if (snat_addr) {
-		if (bpf_skb_store_bytes(skb, FP_ETH_HLEN + FP_IP_OFF_SADDR, &snat_addr,
+		if (bpf_skb_store_bytes(skb, ip_off + FP_IP_OFF_SADDR, &snat_addr,
 					sizeof(snat_addr), 0) < 0 ||
-		    bpf_l3_csum_replace(skb, FP_ETH_HLEN + FP_IP_OFF_CHECK, pod_addr, snat_addr,
+		    bpf_l3_csum_replace(skb, ip_off + FP_IP_OFF_CHECK, pod_addr, snat_addr,
 					sizeof(snat_addr)) < 0 ||
-		    bpf_l4_csum_replace(skb, FP_ETH_HLEN + l4_check, pod_addr, snat_addr,
+		    bpf_l4_csum_replace(skb, ip_off + l4_check, pod_addr, snat_addr,
 					csum_flags) < 0)
 			DROP(FP_V_REWRITE_ERROR);
 	}
 
-	/* Room for the DMSC header, then Ethernet + header in one write. The new
-	 * bytes sit before the network header: the redirect adds them to a
-	 * CHECKSUM_COMPLETE csum itself (mac_len covers them). */
-	if (bpf_skb_change_head(skb, hdr_len, 0) < 0)
-		DROP(FP_V_REWRITE_ERROR);
+	/* Ethernet (before the network header: the redirect accounts for it),
+	 * then the DMSC header with its total_length. */
 	out.hdr[4] = total >> 8;                 /* total_length, big endian */
 	out.hdr[5] = total & 0xff;
-	__u32 n = FP_ETH_HLEN + hdr_len;
-
-	if (n < FP_ETH_HLEN + FP_HDR_LEN || n > FP_ETH_HLEN + FP_L4_HDR_MAX)
+	if (hdr_len < FP_HDR_LEN || hdr_len > FP_L4_HDR_MAX)
 		DROP(FP_V_REWRITE_ERROR);            /* restated for the verifier */
-	if (bpf_skb_store_bytes(skb, 0, out.dst_mac, n, 0) < 0)
+	if (bpf_skb_store_bytes(skb, 0, out.dst_mac, FP_ETH_HLEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, FP_ETH_HLEN, out.hdr, hdr_len, BPF_F_RECOMPUTE_CSUM) < 0)
 		DROP(FP_V_REWRITE_ERROR);
 	skb->priority = priority;
 

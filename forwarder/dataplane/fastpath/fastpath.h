@@ -37,8 +37,8 @@
 #define FP_IPPROTO_UDP    17
 #define FP_TCP_HLEN       20         /* what fp_pod_ingress requires of a TCP header */
 #define FP_UDP_HLEN       8
-#define FP_COPY_CHUNK     2048       /* decap: bytes moved per load/store pair (2^n) */
-#define FP_COPY_CHUNKS    32         /* decap: whole chunks at most (32 x 2048 > 65535) */
+#define FP_COPY_CHUNK     2048       /* encap/decap: bytes moved per load/store pair (2^n) */
+#define FP_COPY_CHUNKS    32         /* encap/decap: whole chunks at most (32 x 2048 > 65535) */
 
 /* fp_flow.action */
 #define FP_ACT_FORWARD    0          /* rewrite the DMSC frame and redirect it */
@@ -178,8 +178,8 @@ struct fp_wire_head {
 } __attribute__((packed));           /* 42 bytes */
 
 /* fp_scratch value: per-CPU memory too big for the 512-byte stack: fp_ingress's
- * flow key, and the bytes the decap moves the inner packet through. Not
- * pinned: no user-space reader. */
+ * flow key, and the bytes the encap and decap move the IPv4 packet through.
+ * Not pinned: no user-space reader. */
 struct fp_scratch {
 	struct fp_key key;
 	__u32 pad;
