@@ -968,3 +968,171 @@ def test_end_to_end_triangle(env):
             with in_netns(r):
                 fp.close()
         nets.cleanup()
+
+
+def _serve_once(ls: socket.socket, result: dict, reply: bytes) -> None:
+    """Accept one connection, read to EOF, answer `reply`, close (the pod's server)."""
+    try:
+        conn, peer = ls.accept()
+        with conn:
+            conn.settimeout(30)
+            chunks = []
+            while True:
+                b = conn.recv(65536)
+                if not b:
+                    break
+                chunks.append(b)
+            result["got"] = b"".join(chunks)
+            result["peer"] = peer
+            conn.sendall(reply)
+    except Exception as exc:  # reported by the test thread
+        result["error"] = exc
+
+
+def _connection_frames(frames: List[bytes], ports) -> List[bytes]:
+    """The frames of the TCP connection between `ports`, bare IPv4 or carried by name."""
+    out = []
+    for f in frames:
+        ip = None
+        if f[12:14] == b"\x08\x00":
+            ip = f[14:]
+        elif f[12:14] == b"\x88\xb5":
+            try:
+                p = wire.decode(f[14:])
+            except Exception:
+                continue
+            if p.type == wire.PacketType.IPV4:
+                ip = p.payload
+        if ip is None or len(ip) < 24 or ip[9] != 6:
+            continue
+        ihl = (ip[0] & 0xF) * 4
+        if {int.from_bytes(ip[ihl:ihl + 2], "big"), int.from_bytes(ip[ihl + 2:ihl + 4], "big")} \
+                == set(ports):
+            out.append(f)
+    return out
+
+
+def test_end_to_end_pods_through_two_sgs(env):
+    """podA -- sgA -- sgB -- podB with both programs and hand-installed entries for
+    both directions of one TCP connection: podA connects to the VIP, podB's server
+    accepts on its own address; 1 MB each way arrives intact, and no frame of the
+    connection reaches the SGs' packet sockets (the Python side)."""
+    require_kernel()
+    nets = Namespaces("l")
+    fps: Dict[str, kernel.FastPath] = {}
+    socks: List[socket.socket] = []
+    POD_A, POD_B, GW, NET_MTU, POD_MTU = "10.200.1.2", "10.200.2.2", "169.254.1.1", 1500, 1372
+    try:
+        pa, sa, sb, pb = nets.add("pa"), nets.add("sa"), nets.add("sb"), nets.add("pb")
+        nets.veth(pa, "eth0", sa, "sa_pod")
+        nets.veth(sa, "sa_net", sb, "sb_net")
+        nets.veth(pb, "eth0", sb, "sb_pod")
+        for pod, addr_, sg, sg_if in ((pa, POD_A, sa, "sa_pod"), (pb, POD_B, sb, "sb_pod")):
+            sh("ip", "-n", pod, "link", "set", "eth0", "mtu", str(POD_MTU))
+            sh("ip", "-n", sg, "link", "set", sg_if, "mtu", str(POD_MTU))
+            sh("ip", "-n", pod, "addr", "add", f"{addr_}/32", "dev", "eth0")
+            sh("ip", "-n", pod, "route", "add", GW, "dev", "eth0", "scope", "link")
+            sh("ip", "-n", pod, "route", "add", "default", "via", GW, "dev", "eth0")
+            sh("ip", "-n", pod, "neigh", "replace", GW, "lladdr", mac(sg, sg_if).hex(":"),
+               "dev", "eth0", "nud", "permanent")
+            sh("ip", "netns", "exec", pod, "ethtool", "-K", "eth0", "tso", "off", "gso", "off",
+               "tx", "off")
+        for sg, ifs in ((sa, ("sa_pod", "sa_net")), (sb, ("sb_pod", "sb_net"))):
+            for i in ifs:
+                sh("ip", "netns", "exec", sg, "ethtool", "-K", i, "gro", "off")
+        idx = {n: ifindex(ns, n) for ns, n in ((sa, "sa_pod"), (sa, "sa_net"), (sb, "sb_pod"),
+                                               (sb, "sb_net"))}
+        for sg, tag, pod_if, net_if in ((sa, "a", "sa_pod", "sa_net"),
+                                        (sb, "b", "sb_pod", "sb_net")):
+            fp = fps[tag] = kernel.FastPath(
+                os.path.join(pins.PIN_ROOT, f"fpt{os.getpid()}-l4{tag}"), flows_max=64)
+            with in_netns(sg):
+                fp.attach([idx[net_if]])
+                fp.attach_pods([idx[pod_if]])
+            fp.set_face(idx[pod_if], 0)
+            fp.set_face(idx[net_if], 1)
+            fp.set_pod(idx[pod_if], POD_A if tag == "a" else POD_B, 0)
+            fp.set_generation(1)
+        # names: the service (requests) and the client pod (replies)
+        to_svc = dmsc_header("/svc/web", "/pod/a", flow_id=1)
+        to_client = dmsc_header("/pod/a", "/svc/web", flow_id=1)
+        # sgA: podA's packets to the VIP go out by name; replies by name come in
+        fps["a"].install_l4(layout.l4_key(POD_A, VIP, CPORT, SPORT, 6), layout.l4_value(
+            idx["sa_net"], 1, 1, mac(sb, "sb_net"), mac(sa, "sa_net"), NET_MTU, 1,
+            layout.NO_PREFIX, 0, None, to_svc))
+        fps["a"].install(layout.flow_key(to_client), layout.flow_value(
+            idx["sa_pod"], 2, 1, mac(pa, "eth0"), mac(sa, "sa_pod"), POD_MTU, 0,
+            action=layout.ACT_DECAP))
+        # sgB: requests by name come in and are DNATed to podB; podB's replies are SNATed
+        fps["b"].install(layout.flow_key(to_svc), layout.flow_value(
+            idx["sb_pod"], 2, 1, mac(pb, "eth0"), mac(sb, "sb_pod"), POD_MTU, 0,
+            action=layout.ACT_DECAP, nat_addr=POD_B))
+        fps["b"].install_l4(layout.l4_key(POD_B, POD_A, SPORT, CPORT, 6), layout.l4_value(
+            idx["sb_net"], 1, 1, mac(sa, "sa_net"), mac(sb, "sb_net"), NET_MTU, 1,
+            layout.NO_PREFIX, 0, VIP, to_client))
+        # what the Python side would read: packet sockets after tc ingress
+        caps = [_sock(sa, "sa_pod", 0x0800), _sock(sa, "sa_net", wire.ETHERTYPE),
+                _sock(sb, "sb_pod", 0x0800), _sock(sb, "sb_net", wire.ETHERTYPE)]
+        socks += caps
+        with in_netns(pb):
+            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        socks.append(ls)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((POD_B, SPORT))
+        ls.listen(1)
+        ls.settimeout(30)
+        with in_netns(pa):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        socks.append(c)
+        c.bind((POD_A, CPORT))
+        c.settimeout(30)
+        request, reply = os.urandom(1 << 20), os.urandom(1 << 20)
+        import threading
+        result: dict = {}
+        t = threading.Thread(target=_serve_once, args=(ls, result, reply), daemon=True)
+        t.start()
+        try:
+            c.connect((VIP, SPORT))
+        except OSError as exc:          # say what the programs did with the SYN
+            raise AssertionError(f"connect: {exc}; verdicts sgA {fps['a'].read_verdicts()}, "
+                                 f"sgB {fps['b'].read_verdicts()}") from exc
+        assert c.getpeername() == (VIP, SPORT)         # the client only ever sees the VIP
+        c.sendall(request)
+        c.shutdown(socket.SHUT_WR)
+        got = []
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            got.append(b)
+        t.join(30)
+        assert "error" not in result, result.get("error")
+        assert result["peer"] == (POD_A, CPORT)        # the server sees the client's address
+        assert result["got"] == request
+        assert b"".join(got) == reply
+
+        seen = []
+        for s in caps:
+            seen += _drain(s, 100000, 0.2)
+        assert _connection_frames(seen, (CPORT, SPORT)) == []
+        va, vb = fps["a"].read_verdicts(), fps["b"].read_verdicts()
+        for v in (va, vb):
+            assert v["encapsulated"] > 0 and v["decapsulated"] > 0
+            bad = {k: n for k, n in v.items() if n and k not in ("encapsulated", "decapsulated")}
+            assert bad == {}, bad
+        # every packet of the connection went through the kernel entries, both ways
+        a_out, a_in = fps["a"].read_flow_stats([1])[1], fps["a"].read_flow_stats([2])[2]
+        b_in, b_out = fps["b"].read_flow_stats([2])[2], fps["b"].read_flow_stats([1])[1]
+        assert a_out.packets == va["encapsulated"] == b_in.packets == vb["decapsulated"]
+        assert b_out.packets == vb["encapsulated"] == a_in.packets == va["decapsulated"]
+        assert a_out.bytes - a_out.packets * len(to_svc) == b_in.bytes > len(request)
+        assert b_out.bytes - b_out.packets * len(to_client) == a_in.bytes > len(reply)
+        for st in (a_out, b_in, b_out, a_in):           # SYN, ACK, FIN seen each way
+            assert st.tcp_flags & 0x13 == 0x13, hex(st.tcp_flags)
+    finally:
+        for s in socks:
+            s.close()
+        for tag, fp in fps.items():
+            with in_netns(nets.made[1] if tag == "a" else nets.made[2]):
+                fp.close()
+        nets.cleanup()
