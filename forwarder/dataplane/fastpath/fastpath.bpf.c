@@ -546,8 +546,8 @@ int fp_pod_ingress(struct __sk_buff *skb)
 		PASS(FP_V_REWRITE_ERROR);            /* cannot happen (an array); nothing written */
 
 	/* Rewrite. The frame becomes exactly 14 + hdr_len + ip_len bytes (trailing
-	 * padding dropped), and the IPv4 packet moves back by hdr_len, from the end
-	 * (each chunk is read before anything before its destination is written).
+	 * padding dropped), and the IPv4 packet moves back by hdr_len, from its end
+	 * (every chunk is read before a later write can overlap it).
 	 * Why not bpf_skb_change_head: it would leave skb->transport_header on the
 	 * inner L4 header, a veth carries that offset to the next SG, and there
 	 * bpf_skb_change_tail refuses to cut a decapsulated frame below it
