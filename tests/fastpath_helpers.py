@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 from typing import Dict, List, Optional
 
@@ -122,3 +123,96 @@ def patch(pkt: bytes, offset: int, value: bytes) -> bytes:
     b = bytearray(pkt)
     b[offset:offset + len(value)] = value
     return bytes(b)
+
+
+# ------------------------------------------------------------------ IPv4 carried by name
+def inet_csum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data`: 0 when a checksummed block is right."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def addr(a) -> bytes:
+    return layout.ipv4_bytes(a)
+
+
+def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    return src + dst + bytes([0, proto]) + length.to_bytes(2, "big")
+
+
+def tcp_segment(src, dst, sport: int, dport: int, flags: int = 0x18, payload: bytes = b"",
+                seq: int = 1, ack: int = 0) -> bytes:
+    """A TCP header (20 bytes, no options) + payload with a correct checksum."""
+    hdr = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0))
+    seg = bytes(hdr) + payload
+    c = inet_csum(_pseudo(addr(src), addr(dst), 6, len(seg)) + seg)
+    hdr[16:18] = c.to_bytes(2, "big")
+    return bytes(hdr) + payload
+
+
+def udp_datagram(src, dst, sport: int, dport: int, payload: bytes = b"",
+                 no_checksum: bool = False) -> bytes:
+    """A UDP header + payload; checksum 0 (none) with `no_checksum`."""
+    length = 8 + len(payload)
+    hdr = bytearray(struct.pack("!HHHH", sport, dport, length, 0))
+    if not no_checksum:
+        c = inet_csum(_pseudo(addr(src), addr(dst), 17, length) + bytes(hdr) + payload)
+        hdr[6:8] = (c or 0xFFFF).to_bytes(2, "big")
+    return bytes(hdr) + payload
+
+
+def ipv4_packet(src, dst, proto: int, body: bytes, *, frag: int = 0, ttl: int = 64,
+                ident: int = 0x1234, options: bytes = b"", tot_len: Optional[int] = None,
+                version: int = 4) -> bytes:
+    """An IPv4 packet around `body` with a correct header checksum. `frag` is the
+    flags + fragment offset field (0x2000: MF)."""
+    ihl = 5 + len(options) // 4
+    total = tot_len if tot_len is not None else ihl * 4 + len(body)
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", version << 4 | ihl, 0, total, ident, frag, ttl,
+                                proto, 0, addr(src), addr(dst)) + options)
+    hdr[10:12] = inet_csum(bytes(hdr)).to_bytes(2, "big")
+    return bytes(hdr) + body
+
+
+def tcp_packet(src, dst, sport: int, dport: int, flags: int = 0x18, payload: bytes = b"",
+               **ip) -> bytes:
+    return ipv4_packet(src, dst, 6, tcp_segment(src, dst, sport, dport, flags, payload), **ip)
+
+
+def udp_packet(src, dst, sport: int, dport: int, payload: bytes = b"",
+               no_checksum: bool = False, **ip) -> bytes:
+    return ipv4_packet(src, dst, 17, udp_datagram(src, dst, sport, dport, payload, no_checksum),
+                       **ip)
+
+
+def checksums_ok(pkt: bytes) -> bool:
+    """The IPv4 header checksum and the TCP/UDP checksum (pseudo-header) of `pkt` hold."""
+    ihl = (pkt[0] & 0xF) * 4
+    total = int.from_bytes(pkt[2:4], "big")
+    if inet_csum(pkt[:ihl]) != 0:
+        return False
+    proto, src, dst, l4 = pkt[9], pkt[12:16], pkt[16:20], pkt[ihl:total]
+    if proto == 17 and l4[6:8] == b"\0\0":
+        return True                                    # UDP without a checksum
+    if proto in (6, 17):
+        return inet_csum(_pseudo(src, dst, proto, len(l4)) + l4) == 0
+    return True
+
+
+def eth_ipv4(ip_pkt: bytes, pad_to: int = 0, dst: bytes = DST_MAC, src: bytes = SRC_MAC,
+             ethertype: bytes = b"\x08\x00") -> bytes:
+    return (dst + src + ethertype + ip_pkt).ljust(pad_to, b"\0")
+
+
+def dmsc_header(dst: str, src: str, **kw) -> bytes:
+    """A DMSC header of type 6 (IPV4) for an fp_l4 entry: total_length left at
+    header_length; the program writes the real one per packet."""
+    return packet(dst=dst, src=src, type_=wire.PacketType.IPV4, payload=b"", **kw)
+
+
+def with_total_length(header: bytes, total: int) -> bytes:
+    return patch(header, 4, total.to_bytes(2, "big"))

@@ -30,18 +30,11 @@ PROBE = r"""
 #define S(t) printf("size %s %zu\n", #t, sizeof(struct t))
 #define O(t, f) printf("off %s.%s %zu\n", #t, #f, offsetof(struct t, f))
 int main(void) {
-  S(fp_key); O(fp_key, len); O(fp_key, pad); O(fp_key, bytes);
-  S(fp_face); O(fp_face, face_slot); O(fp_face, flags);
-  S(fp_flow); O(fp_flow, out_ifindex); O(fp_flow, flow_slot); O(fp_flow, gen);
-  O(fp_flow, dst_mac); O(fp_flow, src_mac); O(fp_flow, mtu); O(fp_flow, out_face_slot);
-  O(fp_flow, prefix_slot); O(fp_flow, priority);
-  S(fp_flow_stats); O(fp_flow_stats, packets); O(fp_flow_stats, bytes); O(fp_flow_stats, last_ns);
-  S(fp_face_stats); O(fp_face_stats, rx_packets); O(fp_face_stats, rx_bytes);
-  O(fp_face_stats, tx_packets); O(fp_face_stats, tx_bytes);
-  S(fp_prefix_stats); O(fp_prefix_stats, packets); O(fp_prefix_stats, bytes);
+  @LAYOUT@
   @CTYPES@
   S(__sk_buff); O(__sk_buff, len); O(__sk_buff, mark); O(__sk_buff, priority);
-  O(__sk_buff, ingress_ifindex); O(__sk_buff, ifindex);
+  O(__sk_buff, ingress_ifindex); O(__sk_buff, ifindex); O(__sk_buff, gso_segs);
+  O(__sk_buff, gso_size);
   S(bpf_prog_info); O(bpf_prog_info, type); O(bpf_prog_info, id); O(bpf_prog_info, jited_prog_len);
   O(bpf_prog_info, xlated_prog_len); O(bpf_prog_info, name); O(bpf_prog_info, verified_insns);
   S(bpf_map_info); O(bpf_map_info, type); O(bpf_map_info, id); O(bpf_map_info, key_size);
@@ -52,6 +45,9 @@ int main(void) {
          "const FP_FACE_DOWN %d\nconst FP_V__COUNT %d\n",
          FP_KEY_MAX, FP_FLOWS_MAX, FP_FACES_MAX, FP_PREFIXES_MAX, FP_VERDICTS_MAX,
          FP_NO_PREFIX, FP_FACE_DOWN, FP_V__COUNT);
+  printf("const FP_PODS_MAX %d\nconst FP_L4_HDR_MAX %d\nconst FP_ACT_FORWARD %d\n"
+         "const FP_ACT_DECAP %d\nconst FP_TYPE_IPV4 %d\nconst FP_HDR_LEN %d\n",
+         FP_PODS_MAX, FP_L4_HDR_MAX, FP_ACT_FORWARD, FP_ACT_DECAP, FP_TYPE_IPV4, FP_HDR_LEN);
   return 0;
 }
 """
@@ -64,11 +60,16 @@ def probe(tmp_path_factory):
         pytest.skip("needs a host C compiler and libbpf-dev")
     d = tmp_path_factory.mktemp("probe")
     src = d / "probe.c"
+    structs = []
+    for name, fields in layout.OFFSETS.items():  # every struct and field layout.py knows
+        structs.append(f"S({name});")
+        structs += [f"O({name}, {f});" for f in fields]
     lines = []
     for cls in CTYPES:  # every field of every ctypes struct, generated
         lines.append(f"S({cls.__name__});")
         lines += [f"O({cls.__name__}, {f});" for f, *_ in cls._fields_]
-    src.write_text(PROBE.replace("@CTYPES@", "\n  ".join(lines)))
+    src.write_text(PROBE.replace("@CTYPES@", "\n  ".join(lines))
+                   .replace("@LAYOUT@", "\n  ".join(structs)))
     exe = d / "probe"
     subprocess.run([cc, f"-I{build.HERE}", f"-I{build.multiarch_include()}", str(src), "-o",
                     str(exe)], check=True, capture_output=True)
@@ -82,6 +83,7 @@ def probe(tmp_path_factory):
 
 def test_fp_structs_match_header(probe):
     sizes, offs, _ = probe
+    assert set(layout.SIZES) == set(layout.OFFSETS)
     for name, size in layout.SIZES.items():
         assert sizes[name] == size, name
         for field, off in layout.OFFSETS[name].items():
@@ -95,6 +97,48 @@ def test_fp_structs_match_header(probe):
     assert int.from_bytes(v[o["mtu"]:o["mtu"] + 2], "little") == 0x4444
     assert int.from_bytes(v[o["priority"]:o["priority"] + 4], "little") == 0x77777777
     assert int.from_bytes(v[o["gen"]:o["gen"] + 8], "little") == 0x3333333333
+    assert int.from_bytes(v[o["action"]:o["action"] + 4], "little") == layout.ACT_FORWARD
+    assert v[o["nat_addr"]:o["nat_addr"] + 4] == bytes(4)
+    v = layout.flow_value(1, 2, 3, bytes(6), bytes(6), 1500, 4, action=layout.ACT_DECAP,
+                          nat_addr="10.96.0.10")
+    assert int.from_bytes(v[o["action"]:o["action"] + 4], "little") == layout.ACT_DECAP
+    assert v[o["nat_addr"]:o["nat_addr"] + 4] == bytes([10, 96, 0, 10])   # network order
+
+
+def test_l4_structs_pack_at_the_header_offsets(probe):
+    sizes, offs, _ = probe
+    o = layout.OFFSETS["fp_l4"]
+    hdr = bytes(range(1, 61))
+    v = layout.l4_value(0x11111111, 0x2222, 0x3333333333, b"\xaa" * 6, b"\xbb" * 6, 0x4444,
+                        0x55, 0x666, 0x77777777, "192.0.2.9", hdr)
+    assert len(v) == sizes["fp_l4"] == layout.L4_VALUE.size
+    assert int.from_bytes(v[o["out_ifindex"]:o["out_ifindex"] + 4], "little") == 0x11111111
+    assert int.from_bytes(v[o["flow_slot"]:o["flow_slot"] + 4], "little") == 0x2222
+    assert int.from_bytes(v[o["gen"]:o["gen"] + 8], "little") == 0x3333333333
+    assert v[o["dst_mac"]:o["dst_mac"] + 6] == b"\xaa" * 6
+    assert v[o["src_mac"]:o["src_mac"] + 6] == b"\xbb" * 6
+    assert int.from_bytes(v[o["mtu"]:o["mtu"] + 2], "little") == 0x4444
+    assert int.from_bytes(v[o["out_face_slot"]:o["out_face_slot"] + 2], "little") == 0x55
+    assert int.from_bytes(v[o["prefix_slot"]:o["prefix_slot"] + 4], "little") == 0x666
+    assert int.from_bytes(v[o["priority"]:o["priority"] + 4], "little") == 0x77777777
+    assert v[o["snat_addr"]:o["snat_addr"] + 4] == bytes([192, 0, 2, 9])
+    assert int.from_bytes(v[o["hdr_len"]:o["hdr_len"] + 2], "little") == 60
+    assert v[o["pad"]:o["pad"] + 2] == b"\0\0"
+    assert v[o["hdr"]:] == hdr + bytes(layout.FP_L4_HDR_MAX - 60)
+    k = layout.l4_key("10.200.1.2", bytes([10, 96, 0, 10]), 40000, 8080, layout.IPPROTO_TCP)
+    ko = layout.OFFSETS["fp_l4_key"]
+    assert len(k) == sizes["fp_l4_key"]
+    assert k[ko["saddr"]:ko["saddr"] + 4] == bytes([10, 200, 1, 2])
+    assert k[ko["daddr"]:ko["daddr"] + 4] == bytes([10, 96, 0, 10])
+    assert k[ko["sport"]:ko["sport"] + 2] == (40000).to_bytes(2, "big")   # as on the wire
+    assert k[ko["dport"]:ko["dport"] + 2] == (8080).to_bytes(2, "big")
+    assert k[ko["proto"]] == 6 and k[ko["pad"]:] == b"\0\0\0"
+    p = layout.pod_value("10.200.1.2", 7)
+    po = layout.OFFSETS["fp_pod"]
+    assert len(p) == sizes["fp_pod"]
+    assert p[po["addr"]:po["addr"] + 4] == bytes([10, 200, 1, 2])
+    assert int.from_bytes(p[po["face_slot"]:po["face_slot"] + 4], "little") == 7
+    assert offs["fp_flow_stats.tcp_flags"] == 24
 
 
 def test_constants_match_header(probe):
@@ -107,13 +151,26 @@ def test_constants_match_header(probe):
     assert c["FP_NO_PREFIX"] == layout.NO_PREFIX
     assert c["FP_FACE_DOWN"] == layout.FACE_DOWN
     assert c["FP_V__COUNT"] == len(layout.VERDICTS)
+    assert c["FP_PODS_MAX"] == layout.FP_PODS_MAX
+    assert c["FP_L4_HDR_MAX"] == layout.FP_L4_HDR_MAX
+    assert c["FP_ACT_FORWARD"] == layout.ACT_FORWARD
+    assert c["FP_ACT_DECAP"] == layout.ACT_DECAP
+    assert c["FP_TYPE_IPV4"] == layout.TYPE_IPV4 == int(wire.PacketType.IPV4)
+    assert c["FP_HDR_LEN"] == layout.HDR_LEN
 
 
 def test_verdict_names_follow_the_enum():
     text = HEADER.read_text()
     body = text[text.index("enum fp_verdict {"):text.index("FP_V__COUNT")]
-    enum = [m.lower() for m in re.findall(r"^\s*FP_V_([A-Z_]+)", body, re.M)]
+    enum = [m.lower() for m in re.findall(r"^\s*FP_V_([A-Z0-9_]+)", body, re.M)]
     assert tuple(enum) == layout.VERDICTS
+    # the indices the runtime already reads keep their places
+    assert layout.VERDICTS[:15] == (
+        "redirected", "not_dmsc", "short", "not_fast", "bad_length", "key_too_long",
+        "unknown_face", "miss", "stale", "same_face", "out_down", "hop_limit", "too_big",
+        "rewrite_error", "redirect_error")
+    assert set(layout.PASSED_UP) | set(layout.HANDLED) | set(layout.DROPPED) == \
+        set(layout.VERDICTS)
 
 
 def test_libbpf_ctypes_match_headers(probe):
@@ -129,6 +186,8 @@ def test_libbpf_ctypes_match_headers(probe):
     assert offs["__sk_buff.priority"] == libbpf.SKB_OFF_PRIORITY
     assert offs["__sk_buff.ingress_ifindex"] == libbpf.SKB_OFF_INGRESS_IFINDEX
     assert offs["__sk_buff.ifindex"] == libbpf.SKB_OFF_IFINDEX
+    assert offs["__sk_buff.gso_segs"] == libbpf.SKB_OFF_GSO_SEGS
+    assert offs["__sk_buff.gso_size"] == libbpf.SKB_OFF_GSO_SIZE
     assert sizes["bpf_prog_info"] == libbpf.PROG_INFO_SIZE
     for f, off in libbpf.PROG_INFO_OFF.items():
         assert offs[f"bpf_prog_info.{f}"] == off, f
@@ -181,8 +240,8 @@ def test_flow_value_roundtrip_and_checks():
 
 
 def test_percpu_decoders():
-    fs = [layout.FLOW_STATS.pack(1, 10, 500), layout.FLOW_STATS.pack(2, 20, 900)]
-    assert layout.decode_flow_stats(fs) == layout.FlowStats(3, 30, 900)
+    fs = [layout.FLOW_STATS.pack(1, 10, 500, 0x02), layout.FLOW_STATS.pack(2, 20, 900, 0x11)]
+    assert layout.decode_flow_stats(fs) == layout.FlowStats(3, 30, 900, 0x13)
     ff = [layout.FACE_STATS.pack(1, 2, 3, 4), layout.FACE_STATS.pack(10, 20, 30, 40)]
     assert layout.decode_face_stats(ff) == layout.FaceStats(11, 22, 33, 44)
     assert layout.decode_prefix_stats([layout.PREFIX_STATS.pack(1, 7)] * 3) == \
@@ -191,3 +250,52 @@ def test_percpu_decoders():
     d = layout.verdict_dict([1, 2])
     assert d["redirected"] == 1 and d["not_dmsc"] == 2 and d["miss"] == 0
     assert list(d) == list(layout.VERDICTS)
+
+
+def test_flow_value_actions():
+    assert layout.decode_flow(layout.flow_value(1, 2, 3, bytes(6), bytes(6), 1500, 4)) == \
+        layout.Flow(1, 2, 3, bytes(6), bytes(6), 1500, 4, layout.NO_PREFIX, 0,
+                    layout.ACT_FORWARD, bytes(4))
+    f = layout.decode_flow(layout.flow_value(1, 2, 3, bytes(6), bytes(6), 1500, 4,
+                                             action=layout.ACT_DECAP, nat_addr=b"\x0a\0\0\x07"))
+    assert (f.action, f.nat_addr) == (layout.ACT_DECAP, bytes([10, 0, 0, 7]))
+    f = layout.decode_flow(layout.flow_value(1, 2, 3, bytes(6), bytes(6), 1500, 4,
+                                             action=layout.ACT_DECAP))
+    assert f.nat_addr == bytes(4)                       # DECAP without DNAT
+    base = (1, 0, 0, bytes(6), bytes(6), 1500, 0)
+    for bad in (dict(action=2), dict(nat_addr="10.0.0.1"),            # FORWARD with a NAT
+                dict(action=layout.ACT_DECAP, nat_addr="10.0.0"),
+                dict(action=layout.ACT_DECAP, nat_addr=b"\0" * 5)):
+        with pytest.raises(ValueError):
+            layout.flow_value(*base, **bad)
+
+
+def test_l4_key_value_pod_roundtrip_and_checks():
+    k = layout.l4_key("10.200.1.2", "10.96.0.10", 40000, 8080, 6)
+    assert layout.decode_l4_key(k) == layout.L4Key("10.200.1.2", "10.96.0.10", 40000, 8080, 6)
+    assert layout.l4_key(bytes([10, 200, 1, 2]), bytes([10, 96, 0, 10]), 40000, 8080, 6) == k
+    for bad in (("10.0.0.1", "10.0.0.2", 1, 2, 1),        # ICMP: not carried
+                ("10.0.0.1", "10.0.0.2", 70000, 2, 6), ("10.0.0.1", "x", 1, 2, 17)):
+        with pytest.raises(ValueError):
+            layout.l4_key(*bad)
+    hdr = packet(type_=6, dst="/svc/web", src="/pod/a")
+    v = layout.l4_value(5, 6, 7, "02:00:00:00:00:01", bytes(6), 1500, 1, layout.NO_PREFIX, 3,
+                        None, hdr)
+    e = layout.decode_l4(v)
+    assert e == layout.L4Flow(5, 6, 7, bytes.fromhex("020000000001"), bytes(6), 1500, 1,
+                              layout.NO_PREFIX, 3, bytes(4), hdr)
+    assert layout.decode_l4(layout.l4_value(5, 6, 7, bytes(6), bytes(6), 1500, 1, 0, 0,
+                                            "10.96.0.10", hdr)).snat_addr == bytes([10, 96, 0, 10])
+    args = (5, 6, 7, bytes(6), bytes(6), 1500, 1, layout.NO_PREFIX, 0, None)
+    assert len(layout.l4_value(*args, bytes(40))) == 176            # the shortest header
+    assert len(layout.l4_value(*args, bytes(128))) == 176           # the longest
+    for header in (bytes(39), bytes(129), b""):
+        with pytest.raises(ValueError):
+            layout.l4_value(*args, header)
+    with pytest.raises(ValueError):
+        layout.l4_value(5, layout.FP_FLOWS_MAX, 7, bytes(6), bytes(6), 1500, 1,
+                        layout.NO_PREFIX, 0, None, hdr)
+    assert layout.decode_pod(layout.pod_value(bytes([10, 200, 1, 2]), 9)) == ("10.200.1.2", 9)
+    for bad in (("0.0.0.0", 1), ("10.0.0.1", layout.FP_FACES_MAX), ("10.0.0.256", 1)):
+        with pytest.raises(ValueError):
+            layout.pod_value(*bad)

@@ -16,8 +16,10 @@ from typing import Dict, List
 
 import pytest
 
-from fastpath_helpers import (DST_MAC, Namespaces, Name, build, frame, ifindex, in_netns, kernel,
-                        layout, libbpf, mac, names, packet, patch, pins, require_kernel, wire)
+from fastpath_helpers import (DST_MAC, Namespaces, Name, addr, build, checksums_ok, dmsc_header,
+                              eth_ipv4, frame, ifindex, in_netns, ipv4_packet, kernel, layout,
+                              libbpf, mac, names, packet, patch, pins, require_kernel, sh,
+                              tcp_packet, udp_packet, wire, with_total_length)
 
 pytestmark = pytest.mark.netns
 
@@ -41,8 +43,10 @@ class Env:
         self.ns = self.nets.add("t")
         self.nets.veth(self.ns, "in0", self.ns, "in0p")
         self.nets.veth(self.ns, "out0", self.ns, "out0p")
+        self.nets.veth(self.ns, "pod0", self.ns, "pod0p")   # pod0: an SG's pod-facing veth
         self.in_if = ifindex(self.ns, "in0")
         self.out_if = ifindex(self.ns, "out0")
+        self.pod_if = ifindex(self.ns, "pod0")
         self.stranger_if = ifindex(self.ns, "in0p")  # not a face
         self.pin_dir = os.path.join(pins.PIN_ROOT, f"fpt{os.getpid()}-prog")
         self.fp = kernel.FastPath(self.pin_dir)      # default map sizes: the real object
@@ -61,6 +65,11 @@ class Env:
     def run(self, data: bytes, ifidx: int = 0) -> libbpf.TestRun:
         with in_netns(self.ns):
             return self.fp.test_run(data, ifidx or self.in_if)
+
+    def run_pod(self, data: bytes, ifidx: int = 0, **ctx) -> libbpf.TestRun:
+        """fp_pod_ingress on a frame from the pod behind pod0."""
+        with in_netns(self.ns):
+            return self.fp.test_run_pod(data, ifidx or self.pod_if, **ctx)
 
     def value(self, **kw) -> bytes:
         args = dict(out_ifindex=self.out_if, flow_slot=FLOW_SLOT, gen=GEN, dst_mac=NEW_DST,
@@ -88,14 +97,17 @@ def fp(env):
     """A clean state for each test: no flows, two faces, generation GEN, zero counters."""
     f = env.fp
     f.clear_flows()
+    f.clear_l4()
     for ifidx in list(f.faces()):
         f.remove_face(ifidx)
+    for ifidx in list(f.pods()):
+        f.remove_pod(ifidx)
     f.set_face(env.in_if, IN_SLOT)
     f.set_face(env.out_if, OUT_SLOT)
     f.set_generation(GEN)
     f.reset_verdicts()
     f.reset_face_stats(range(layout.FP_FACES_MAX))
-    f.reset_flow_stats(range(16))
+    f.reset_flow_stats(range(32))
     f.reset_prefix_stats(range(16))
     return f
 
@@ -109,6 +121,8 @@ def test_object_and_maps(env, fp):
     info = fp.prog_info()
     assert info.name == layout.PROG_NAME and info.type == 3  # BPF_PROG_TYPE_SCHED_CLS
     assert info.xlated_prog_len > 0 and info.verified_insns > 0
+    pod = fp.pod_prog_info()
+    assert pod.name == layout.POD_PROG_NAME and pod.type == 3 and pod.verified_insns > 0
     for name, (ks, vs, n, _percpu) in layout.MAPS.items():
         mi = libbpf.map_info(fp.fds[name])
         assert (mi.key_size, mi.value_size, mi.max_entries) == (ks, vs, n), name
@@ -249,7 +263,7 @@ def _cases(env) -> List[tuple]:
         ("truncated_total", frame(good[:total - 5], pad_to=0), 0, key_ok, "bad_length"),
         ("bad_version", frame(with_hdr(version=2)), 0, key_ok, "not_fast"),
         ("bad_version_0", frame(with_hdr(version=0)), 0, key_ok, "not_fast"),
-        ("bad_type_6", frame(with_hdr(type=6)), 0, key_ok, "not_fast"),
+        ("bad_type_7", frame(with_hdr(type=7)), 0, key_ok, "not_fast"),
         ("bad_type_0", frame(with_hdr(type=0)), 0, key_ok, "not_fast"),
         ("bad_type_0x99", frame(with_hdr(type=0x99)), 0, key_ok, "not_fast"),
         ("control_hello_0x10", frame(with_hdr(type=0x10)), 0, key_ok, "not_fast"),
@@ -294,7 +308,7 @@ def _cases(env) -> List[tuple]:
 
 
 CASE_IDS = ["miss", "not_0x88b5", "vlan_ethertype", "ethernet_only", "truncated_header",
-            "truncated_total", "bad_version", "bad_version_0", "bad_type_6", "bad_type_0",
+            "truncated_total", "bad_version", "bad_version_0", "bad_type_7", "bad_type_0",
             "bad_type_0x99", "control_hello_0x10", "local_only_register_0x20", "telemetry_flag",
             "reserved_flag", "bad_length_header_below_names", "bad_length_header_over_total",
             "bad_length_total_below_40", "bad_fragment_count_0", "bad_fragment_index",
@@ -349,6 +363,438 @@ def test_generation_bump_then_reinstall(env, fp):
     assert fp.delete(layout.flow_key(pkt)) is True
     assert fp.delete(layout.flow_key(pkt)) is False
     assert env.run(frame(pkt)).retval == libbpf.TC_ACT_OK
+
+
+# ------------------------------------------------------------------ IPv4 carried by name
+POD_SLOT, L4_SLOT = 4, 8
+POD_ADDR = "10.200.1.2"       # the pod behind pod0
+PEER_ADDR = "10.200.2.2"      # a pod behind another SG
+VIP = "10.96.0.10"
+CPORT, SPORT = 40000, 8080
+POD_MAC = bytes.fromhex("0a0000000c0c")
+SG_MAC = bytes.fromhex("0a0000000d0d")
+HDR = dmsc_header("/svc/web", "/pod/a", hop_limit=32, flow_id=5)
+
+
+def header_of(length: int) -> bytes:
+    """A type-6 DMSC header of exactly `length` bytes (names made to measure)."""
+    extra = length - 44                      # name bytes past "/d" and "/s"
+    if extra <= 62:
+        dst = "/d" + "x" * extra
+    else:                                    # a component holds 63 bytes at most
+        dst = "/" + "d" * 63 + "/" + "x" * (extra - 63)
+    hdr = dmsc_header(dst, "/s")
+    assert len(hdr) == length, len(hdr)
+    return hdr
+
+
+@pytest.fixture
+def pod_fp(env, fp):
+    """fp plus the pod behind pod0: in fp_pods (POD_ADDR) and fp_faces (POD_SLOT)."""
+    fp.set_pod(env.pod_if, POD_ADDR, POD_SLOT)
+    fp.set_face(env.pod_if, POD_SLOT)
+    return fp
+
+
+def l4v(env, **kw) -> bytes:
+    args = dict(out_ifindex=env.out_if, flow_slot=L4_SLOT, gen=GEN, dst_mac=NEW_DST,
+                src_mac=NEW_SRC, mtu=1500, out_face_slot=OUT_SLOT, prefix_slot=PREFIX_SLOT,
+                priority=PRIORITY, snat_addr=None, header=HDR)
+    args.update(kw)
+    return layout.l4_value(**args)
+
+
+def l4_key_of(ip: bytes) -> bytes:
+    """The fp_l4_key of an IPv4 TCP/UDP packet (what the program builds)."""
+    ihl = (ip[0] & 0xF) * 4
+    return layout.l4_key(ip[12:16], ip[16:20], int.from_bytes(ip[ihl:ihl + 2], "big"),
+                         int.from_bytes(ip[ihl + 2:ihl + 4], "big"), ip[9])
+
+
+def install_l4_for(env, ip: bytes, **kw) -> None:
+    env.fp.install_l4(l4_key_of(ip), l4v(env, **kw))
+
+
+def tcp_of_len(src, dst, sport, dport, length: int, flags: int = 0x18, **ip) -> bytes:
+    """A TCP/IPv4 packet of exactly `length` bytes."""
+    pkt = tcp_packet(src, dst, sport, dport, flags, bytes(i % 251 for i in range(length - 40)),
+                     **ip)
+    assert len(pkt) == length
+    return pkt
+
+
+def masked(ip: bytes, *fields) -> bytes:
+    """`ip` with the named fields zeroed: 'src', 'dst', 'ipsum', 'l4sum'."""
+    b = bytearray(ip)
+    ihl = (b[0] & 0xF) * 4
+    spans = {"src": (12, 16), "dst": (16, 20), "ipsum": (10, 12),
+             "l4sum": (ihl + 16, ihl + 18) if b[9] == 6 else (ihl + 6, ihl + 8)}
+    for f in fields:
+        lo, hi = spans[f]
+        b[lo:hi] = bytes(hi - lo)
+    return bytes(b)
+
+
+def assert_untouched(env, fp, r, data: bytes, before: Dict[str, int], verdict: str) -> None:
+    assert r.retval == libbpf.TC_ACT_OK
+    assert r.data == data                                         # never modified
+    assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_PRIORITY) == 0  # nor its priority
+    assert verdict_delta(before, fp.read_verdicts()) == {verdict: 1}
+    assert fp.read_face_stats() == {}
+    assert fp.read_prefix_stats() == {}
+    assert fp.read_flow_stats([FLOW_SLOT, L4_SLOT]) == {FLOW_SLOT: layout.FlowStats(),
+                                                        L4_SLOT: layout.FlowStats()}
+
+
+# -- encap (fp_pod_ingress) ---------------------------------------------------
+@pytest.mark.parametrize("hdr_len,ip_len,pad_to", [
+    (len(HDR), 45, 60),       # 59-byte frame padded to 60: the padding is dropped
+    (len(HDR), 45, 0),        # unpadded
+    (len(HDR), 1000, 1100),   # 86 bytes of trailing junk
+    (40 + 4, 40, 0),          # the shortest header two names allow
+    (128, 1372, 0),           # the longest header, a full pod-MTU packet
+])
+def test_encap_hit(env, pod_fp, hdr_len, ip_len, pad_to):
+    hdr = header_of(hdr_len)
+    ip = tcp_of_len(POD_ADDR, VIP, CPORT, SPORT, ip_len, flags=0x02, frag=0x4000)  # DF: fine
+    install_l4_for(env, ip, header=hdr)
+    data = eth_ipv4(ip, pad_to=pad_to)
+    t0 = time.monotonic_ns()
+    r = env.run_pod(data)
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    total = hdr_len + ip_len
+    # new Ethernet + the template with total_length patched + the IPv4 packet, byte for byte
+    assert r.data == NEW_DST + NEW_SRC + b"\x88\xb5" + with_total_length(hdr, total) + ip
+    assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_PRIORITY) == PRIORITY
+    d = wire.decode(r.data[14:])                     # a well-formed type-6 DMSC packet
+    assert d.type == wire.PacketType.IPV4 and d.payload == ip and d.hop_limit == 32
+    fs = pod_fp.read_flow_stats([L4_SLOT])[L4_SLOT]
+    assert (fs.packets, fs.bytes, fs.tcp_flags) == (1, total, 0x02) and fs.last_ns >= t0
+    assert pod_fp.read_face_stats() == {POD_SLOT: layout.FaceStats(1, ip_len, 0, 0),
+                                        OUT_SLOT: layout.FaceStats(0, 0, 1, total)}
+    assert pod_fp.read_prefix_stats() == {PREFIX_SLOT: layout.PrefixStats(1, total)}
+    v = pod_fp.read_verdicts()
+    assert v["encapsulated"] == 1 and sum(v.values()) == 1
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp", "udp_no_checksum", "tcp_ip_options"])
+def test_encap_snat_keeps_checksums(env, pod_fp, kind):
+    """The instance's reply: source POD_ADDR -> VIP; both checksums still hold."""
+    body = bytes(range(256)) * 2 + b"odd"
+    if kind.startswith("tcp"):
+        opts = dict(options=bytes([1, 1, 1, 0])) if kind == "tcp_ip_options" else {}
+        ip = tcp_packet(POD_ADDR, PEER_ADDR, SPORT, CPORT, 0x12, body, **opts)
+    else:
+        ip = udp_packet(POD_ADDR, PEER_ADDR, SPORT, CPORT, body,
+                        no_checksum=kind == "udp_no_checksum")
+    assert checksums_ok(ip)
+    hdr = dmsc_header("/pod/a", "/svc/web")
+    install_l4_for(env, ip, snat_addr=VIP, header=hdr)
+    r = env.run_pod(eth_ipv4(ip))
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    assert r.data[:14 + len(hdr)] == NEW_DST + NEW_SRC + b"\x88\xb5" + \
+        with_total_length(hdr, len(hdr) + len(ip))
+    out = r.data[14 + len(hdr):]
+    assert len(out) == len(ip) and out[12:16] == addr(VIP) and out[16:20] == addr(PEER_ADDR)
+    assert checksums_ok(out)
+    assert masked(out, "src", "ipsum", "l4sum") == masked(ip, "src", "ipsum", "l4sum")
+    if kind == "udp_no_checksum":
+        assert out[20 + 6:20 + 8] == b"\0\0"             # a UDP checksum of 0 stays 0
+    fs = pod_fp.read_flow_stats([L4_SLOT])[L4_SLOT]
+    assert fs.tcp_flags == (0x12 if kind.startswith("tcp") else 0)
+
+
+def test_encap_spoofed_source_is_dropped(env, pod_fp):
+    ip = tcp_packet("10.200.1.99", VIP, CPORT, SPORT, 0x02)
+    install_l4_for(env, ip)                           # even with an entry for its tuple
+    before = pod_fp.read_verdicts()
+    r = env.run_pod(eth_ipv4(ip))
+    assert r.retval == libbpf.TC_ACT_SHOT
+    assert verdict_delta(before, pod_fp.read_verdicts()) == {"spoofed": 1}
+    assert pod_fp.read_face_stats() == {}
+    assert pod_fp.read_flow_stats([L4_SLOT])[L4_SLOT] == layout.FlowStats()
+
+
+def _pod_cases(env) -> List[tuple]:
+    """(id, frame, ingress ifindex or 0, setup(fp) or None, ctx, expected verdict)."""
+    good = tcp_packet(POD_ADDR, VIP, CPORT, SPORT, 0x18, b"p" * 30)
+    ok = lambda f: install_l4_for(env, good)  # noqa: E731 (only the check refuses)
+
+    def mangle(ip: bytes, off: int, val: bytes) -> bytes:
+        return patch(ip, off, val)
+
+    icmp = ipv4_packet(POD_ADDR, VIP, 1, bytes([8, 0, 0xf7, 0xff, 0, 0, 0, 0]))
+    frag_mf = tcp_packet(POD_ADDR, VIP, CPORT, SPORT, 0x18, b"f" * 16, frag=0x2000)
+    frag_off = tcp_packet(POD_ADDR, VIP, CPORT, SPORT, 0x18, b"f" * 16, frag=0x0003)
+    short_tcp = ipv4_packet(POD_ADDR, VIP, 6, good[20:39])          # 19 bytes of TCP header
+    short_udp = ipv4_packet(POD_ADDR, VIP, 17, good[20:27])         # 7 bytes of UDP header
+    bad_hdr_len = lambda n: lambda f: f.install_l4(  # noqa: E731 (packed by hand: l4_value refuses it)
+        l4_key_of(good), layout.L4_VALUE.pack(env.out_if, L4_SLOT, GEN, NEW_DST, NEW_SRC, 1500,
+                                             OUT_SLOT, PREFIX_SLOT, 0, bytes(4), n, 0,
+                                             HDR.ljust(layout.FP_L4_HDR_MAX, b"\0")))
+    return [
+        ("miss", eth_ipv4(good), 0, None, {}, "miss"),
+        ("other_port_miss", eth_ipv4(tcp_packet(POD_ADDR, VIP, CPORT, SPORT + 1)), 0, ok, {},
+         "miss"),
+        ("stale_generation", eth_ipv4(good), 0,
+         lambda f: (ok(f), f.set_generation(GEN + 1)), {}, "stale"),
+        ("older_generation_entry", eth_ipv4(good), 0,
+         lambda f: install_l4_for(env, good, gen=GEN - 1), {}, "stale"),
+        ("ip_fragment_mf", eth_ipv4(frag_mf), 0, lambda f: install_l4_for(env, frag_mf), {},
+         "ip_fragment"),
+        ("ip_fragment_offset", eth_ipv4(frag_off), 0, lambda f: install_l4_for(env, frag_off),
+         {}, "ip_fragment"),
+        ("icmp", eth_ipv4(icmp), 0, ok, {}, "not_l4"),
+        ("tcp_header_truncated", eth_ipv4(short_tcp), 0, ok, {}, "not_l4"),
+        ("udp_header_truncated", eth_ipv4(short_udp), 0, ok, {}, "not_l4"),
+        ("too_big", eth_ipv4(good), 0,
+         lambda f: install_l4_for(env, good, mtu=len(HDR) + len(good) - 1), {}, "too_big"),
+        ("entry_hdr_len_39", eth_ipv4(good), 0, bad_hdr_len(39), {}, "too_big"),
+        ("entry_hdr_len_129", eth_ipv4(good), 0, bad_hdr_len(129), {}, "too_big"),
+        ("unknown_pod_face", eth_ipv4(good), env.in_if, ok, {}, "unknown_face"),
+        ("ipv6_ethertype", eth_ipv4(good, ethertype=b"\x86\xdd"), 0, ok, {}, "not_ipv4"),
+        ("arp_ethertype", eth_ipv4(bytes(28), ethertype=b"\x08\x06"), 0, ok, {}, "not_ipv4"),
+        ("vlan_ethertype", eth_ipv4(good, ethertype=b"\x81\x00"), 0, ok, {}, "not_ipv4"),
+        ("dmsc_from_a_pod", frame(packet()), 0, ok, {}, "not_ipv4"),
+        ("ip_version_6", eth_ipv4(mangle(good, 0, b"\x65")), 0, ok, {}, "bad_inner"),
+        ("ihl_4", eth_ipv4(mangle(good, 0, b"\x44")), 0, ok, {}, "bad_inner"),
+        ("total_length_past_frame", eth_ipv4(mangle(good, 2, (len(good) + 1).to_bytes(2, "big"))),
+         0, ok, {}, "bad_inner"),
+        ("total_length_below_ihl", eth_ipv4(mangle(good, 2, (19).to_bytes(2, "big"))), 0, ok, {},
+         "bad_inner"),
+        ("spoofed_and_malformed", eth_ipv4(mangle(mangle(good, 12, addr("10.9.9.9")), 0, b"\x44")),
+         0, ok, {}, "bad_inner"),                     # malformed first: passed up, not dropped
+        ("gso_super_packet", eth_ipv4(good), 0, ok, dict(gso_segs=2, gso_size=1000), "gso"),
+        ("out_face_down", eth_ipv4(good), 0,
+         lambda f: (ok(f), f.set_face_down(env.out_if, OUT_SLOT, True)), {}, "out_down"),
+        ("out_face_removed", eth_ipv4(good), 0, lambda f: (ok(f), f.remove_face(env.out_if)),
+         {}, "out_down"),
+    ]
+
+
+POD_CASE_IDS = ["miss", "other_port_miss", "stale_generation", "older_generation_entry",
+                "ip_fragment_mf", "ip_fragment_offset", "icmp", "tcp_header_truncated",
+                "udp_header_truncated", "too_big", "entry_hdr_len_39", "entry_hdr_len_129",
+                "unknown_pod_face", "ipv6_ethertype", "arp_ethertype", "vlan_ethertype",
+                "dmsc_from_a_pod", "ip_version_6", "ihl_4", "total_length_past_frame",
+                "total_length_below_ihl",
+                "spoofed_and_malformed", "gso_super_packet", "out_face_down", "out_face_removed"]
+
+
+@pytest.mark.parametrize("case_id", POD_CASE_IDS)
+def test_encap_passed_up_unchanged(env, pod_fp, case_id):
+    cases = {c[0]: c for c in _pod_cases(env)}
+    assert set(cases) == set(POD_CASE_IDS)
+    _, data, ifidx, setup, ctx, verdict = cases[case_id]
+    if setup is not None:
+        setup(pod_fp)
+    before = pod_fp.read_verdicts()
+    r = env.run_pod(data, ifidx, **ctx)
+    assert_untouched(env, pod_fp, r, data, before, verdict)
+
+
+def test_encap_mtu_boundary_and_one_segment_gso(env, pod_fp):
+    ip = tcp_packet(POD_ADDR, VIP, CPORT, SPORT, 0x10, b"m" * 100)
+    install_l4_for(env, ip, mtu=len(HDR) + len(ip))          # exactly the MTU: carried
+    assert env.run_pod(eth_ipv4(ip)).retval == libbpf.TC_ACT_REDIRECT
+    r = env.run_pod(eth_ipv4(ip), gso_segs=1, gso_size=1000)  # one segment: carried whole
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    assert pod_fp.read_verdicts()["encapsulated"] == 2
+
+
+# -- decap (fp_ingress, DECAP entries) ----------------------------------------
+def carried(ip: bytes, dst: str = "/svc/web", src: str = "/pod/a", **kw) -> bytes:
+    """A type-6 DMSC packet carrying `ip`."""
+    return packet(dst=dst, src=src, type_=wire.PacketType.IPV4, payload=ip, **kw)
+
+
+def install_decap(env, pkt: bytes, **kw) -> None:
+    args = dict(out_ifindex=env.pod_if, flow_slot=FLOW_SLOT, gen=GEN, dst_mac=POD_MAC,
+                src_mac=SG_MAC, mtu=1372, out_face_slot=POD_SLOT, prefix_slot=PREFIX_SLOT,
+                priority=PRIORITY, action=layout.ACT_DECAP, nat_addr=None)
+    args.update(kw)
+    env.fp.install(layout.flow_key(pkt), layout.flow_value(**args))
+
+
+@pytest.mark.parametrize("inner,pad", [
+    ("tcp_40", 0), ("tcp_40", 30), ("udp_29", 0), ("ip_options_no_l4_24", 0),
+    ("tcp_2047", 0), ("tcp_2048", 0), ("tcp_2049", 7), ("tcp_3000", 0),
+])
+def test_decap_hit(env, pod_fp, inner, pad):
+    """Output: Ethernet (entry MACs, 0x0800) + the inner packet exactly, nothing after it."""
+    n = int(inner.rsplit("_", 1)[1])
+    if inner.startswith("tcp"):
+        ip = tcp_of_len(PEER_ADDR, POD_ADDR, CPORT, SPORT, n)
+    elif inner.startswith("udp"):
+        ip = udp_packet(PEER_ADDR, POD_ADDR, CPORT, SPORT, b"u" * (n - 28))
+    else:
+        ip = ipv4_packet(PEER_ADDR, POD_ADDR, 253, b"", options=bytes([1, 1, 1, 0]))
+    assert len(ip) == n
+    pkt = carried(ip)
+    install_decap(env, pkt, mtu=4000)
+    data = frame(pkt, pad_to=14 + len(pkt) + pad)
+    t0 = time.monotonic_ns()
+    r = env.run(data)
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    assert r.data == POD_MAC + SG_MAC + b"\x08\x00" + ip
+    assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_PRIORITY) == PRIORITY
+    fs = pod_fp.read_flow_stats([FLOW_SLOT])[FLOW_SLOT]
+    assert (fs.packets, fs.bytes) == (1, n) and fs.last_ns >= t0
+    assert fs.tcp_flags == (0x18 if inner.startswith("tcp") else 0)
+    assert pod_fp.read_face_stats() == {IN_SLOT: layout.FaceStats(1, len(data) - 14, 0, 0),
+                                        POD_SLOT: layout.FaceStats(0, 0, 1, n)}
+    assert pod_fp.read_prefix_stats() == {PREFIX_SLOT: layout.PrefixStats(1, n)}
+    v = pod_fp.read_verdicts()
+    assert v["decapsulated"] == 1 and sum(v.values()) == 1
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp", "udp_no_checksum", "tcp_ip_options",
+                                  "tcp_later_fragment"])
+def test_decap_dnat_keeps_checksums(env, pod_fp, kind):
+    """The client's packet to the VIP: destination VIP -> the instance pod's address."""
+    body = bytes(range(256)) * 3 + b"odd"
+    if kind == "tcp_later_fragment":           # no L4 header here: only the IPv4 checksum moves
+        ip = ipv4_packet(PEER_ADDR, VIP, 6, body, frag=0x0010)
+    elif kind.startswith("tcp"):
+        opts = dict(options=bytes([1, 1, 1, 0])) if kind == "tcp_ip_options" else {}
+        ip = tcp_packet(PEER_ADDR, VIP, CPORT, SPORT, 0x02, body, **opts)
+    else:
+        ip = udp_packet(PEER_ADDR, VIP, CPORT, SPORT, body,
+                        no_checksum=kind == "udp_no_checksum")
+    pkt = carried(ip)
+    install_decap(env, pkt, nat_addr=POD_ADDR)
+    r = env.run(frame(pkt))
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    assert r.data[:14] == POD_MAC + SG_MAC + b"\x08\x00"
+    out = r.data[14:]
+    assert len(out) == len(ip) and out[16:20] == addr(POD_ADDR) and out[12:16] == ip[12:16]
+    if kind == "tcp_later_fragment":
+        assert out[20:] == ip[20:]                     # payload bytes untouched
+        assert masked(out, "dst", "ipsum") == masked(ip, "dst", "ipsum")
+        from fastpath_helpers import inet_csum
+        assert inet_csum(out[:20]) == 0
+    else:
+        assert checksums_ok(out)
+        assert masked(out, "dst", "ipsum", "l4sum") == masked(ip, "dst", "ipsum", "l4sum")
+    if kind == "udp_no_checksum":
+        assert out[20 + 6:20 + 8] == b"\0\0"
+
+
+def test_decap_ors_tcp_flags(env, pod_fp):
+    sizes = []
+    pkts = []
+    for flags in (0x02, 0x18, 0x01):                   # SYN, then ACK|PSH, then FIN
+        ip = tcp_packet(PEER_ADDR, VIP, CPORT, SPORT, flags, b"d" * 10)
+        pkts.append(carried(ip))
+        sizes.append(len(ip))
+    install_decap(env, pkts[0], nat_addr=POD_ADDR)     # one flow: the same name block
+    assert len({layout.flow_key(p) for p in pkts}) == 1
+    for p in pkts:
+        assert env.run(frame(p)).retval == libbpf.TC_ACT_REDIRECT
+    fs = pod_fp.read_flow_stats([FLOW_SLOT])[FLOW_SLOT]
+    assert (fs.packets, fs.bytes, fs.tcp_flags) == (3, sum(sizes), 0x1B)
+
+
+def _decap_cases(env) -> List[tuple]:
+    """(id, frame, setup(fp) or None, expected verdict); the frame's name block is installed."""
+    good = tcp_packet(PEER_ADDR, VIP, CPORT, SPORT, 0x18, b"q" * 40)
+
+    def case(cid, ip, verdict, dmsc=None, **entry):
+        pkt = dmsc if dmsc is not None else carried(ip)
+        return (cid, frame(pkt), lambda f: install_decap(env, pkt, **entry), verdict)
+
+    return [
+        case("inner_length_plus_1", patch(good, 2, (len(good) + 1).to_bytes(2, "big")),
+             "bad_inner"),
+        case("inner_length_minus_1", patch(good, 2, (len(good) - 1).to_bytes(2, "big")),
+             "bad_inner"),
+        case("inner_ipv6", patch(good, 0, b"\x60"), "bad_inner"),
+        case("inner_not_ip", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "bad_inner"),
+        case("inner_shorter_than_20", good[:19], "bad_inner"),
+        case("inner_empty", b"", "bad_inner"),
+        case("inner_ihl_4", patch(good, 0, b"\x44"), "bad_inner"),
+        case("inner_ihl_past_packet", ipv4_packet(PEER_ADDR, VIP, 253, b"",
+                                                  options=bytes(4), tot_len=20), "bad_inner"),
+        case("inner_tcp_header_truncated", ipv4_packet(PEER_ADDR, VIP, 6, good[20:36]),
+             "bad_inner"),
+        case("inner_udp_header_truncated", ipv4_packet(PEER_ADDR, VIP, 17, good[20:27]),
+             "bad_inner"),
+        case("decap_entry_type_1", None, "bad_inner",
+             dmsc=packet(dst="/svc/web", src="/pod/a", payload=good)),
+        case("decap_too_big", good, "too_big", mtu=len(good) - 1),
+        case("decap_stale", good, "stale", gen=GEN - 1),
+        ("decap_out_face_removed", frame(carried(good)),
+         lambda f: (install_decap(env, carried(good)), f.remove_face(env.pod_if)), "out_down"),
+        ("decap_out_face_down", frame(carried(good)),
+         lambda f: (install_decap(env, carried(good)),
+                    f.set_face_down(env.pod_if, POD_SLOT, True)), "out_down"),
+        ("decap_unknown_action", frame(carried(good)),
+         lambda f: f.install(layout.flow_key(carried(good)), layout.FLOW.pack(
+             env.pod_if, FLOW_SLOT, GEN, POD_MAC, SG_MAC, 1500, POD_SLOT, PREFIX_SLOT, 0, 2,
+             bytes(4))), "miss"),
+    ]
+
+
+DECAP_CASE_IDS = ["inner_length_plus_1", "inner_length_minus_1", "inner_ipv6", "inner_not_ip",
+                  "inner_shorter_than_20", "inner_empty", "inner_ihl_4", "inner_ihl_past_packet",
+                  "inner_tcp_header_truncated", "inner_udp_header_truncated",
+                  "decap_entry_type_1", "decap_too_big", "decap_stale",
+                  "decap_out_face_removed", "decap_out_face_down", "decap_unknown_action"]
+
+
+@pytest.mark.parametrize("case_id", DECAP_CASE_IDS)
+def test_decap_passed_up_unchanged(env, pod_fp, case_id):
+    cases = {c[0]: c for c in _decap_cases(env)}
+    assert set(cases) == set(DECAP_CASE_IDS)
+    _, data, setup, verdict = cases[case_id]
+    setup(pod_fp)
+    before = pod_fp.read_verdicts()
+    r = env.run(data)
+    assert_untouched(env, pod_fp, r, data, before, verdict)
+
+
+def test_decap_mtu_boundary_and_hop_limit_ignored(env, pod_fp):
+    ip = tcp_packet(PEER_ADDR, POD_ADDR, CPORT, SPORT, 0x10, b"b" * 60)
+    pkt = carried(ip, hop_limit=1)                  # the packet ends here: no hop limit check
+    install_decap(env, pkt, mtu=len(ip))
+    r = env.run(frame(pkt))
+    assert r.retval == libbpf.TC_ACT_REDIRECT and r.data[14:] == ip
+
+
+def test_type6_forward_entry_is_forwarded(env, fp):
+    """A router between SGs: a type-6 packet on a FORWARD entry is forwarded like types 1..5."""
+    ip = tcp_packet(PEER_ADDR, VIP, CPORT, SPORT, 0x18, b"r" * 20)
+    pkt = carried(ip, hop_limit=9)
+    env.install(pkt)
+    r = env.run(frame(pkt))
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    assert r.data == NEW_DST + NEW_SRC + b"\x88\xb5" + patch(pkt, 3, bytes([8]))
+    v = fp.read_verdicts()
+    assert v["redirected"] == 1 and sum(v.values()) == 1
+    assert fp.read_flow_stats([FLOW_SLOT])[FLOW_SLOT].tcp_flags == 0   # FORWARD: not counted
+
+
+def test_l4_and_pod_api(env, pod_fp):
+    ip = tcp_packet(POD_ADDR, VIP, CPORT, SPORT)
+    key = l4_key_of(ip)
+    assert key == layout.l4_key(POD_ADDR, VIP, CPORT, SPORT, layout.IPPROTO_TCP)
+    install_l4_for(env, ip, snat_addr="10.96.0.1")
+    assert pod_fp.l4_keys() == [key]
+    e = pod_fp.lookup_l4(key)
+    assert e.header == HDR and e.snat_addr == addr("10.96.0.1") and e.out_ifindex == env.out_if
+    assert pod_fp.pods() == {env.pod_if: (POD_ADDR, POD_SLOT)}
+    with pytest.raises(ValueError):
+        pod_fp.install_l4(key[:-1], l4v(env))
+    with pytest.raises(ValueError):
+        pod_fp.install_l4(key, l4v(env)[:-1])
+    assert pod_fp.delete_l4(key) is True and pod_fp.delete_l4(key) is False
+    assert pod_fp.remove_pod(env.pod_if) is True and pod_fp.remove_pod(env.pod_if) is False
+    other = kernel.FastPathMaps.open_pinned(env.pin_dir)   # the new maps are pinned too
+    try:
+        other.set_pod(env.pod_if, bytes([10, 0, 0, 1]), 3)
+        assert pod_fp.pods() == {env.pod_if: ("10.0.0.1", 3)}
+    finally:
+        other.close_maps()
 
 
 # ------------------------------------------------------------------ the Python API
@@ -408,6 +854,15 @@ def test_attach_detach_tc(env, fp):
         assert libbpf.tc_query(env.in_if) == fp.prog_id
     shown = os.popen(f"tc -n {ns} filter show dev in0 ingress").read()
     assert "fp_ingress" in shown and "direct-action" in shown
+    with in_netns(ns):
+        fp.attach_pods([env.pod_if])
+        assert libbpf.tc_query(env.pod_if) == fp.pod_prog_id
+    shown = os.popen(f"tc -n {ns} filter show dev pod0 ingress").read()
+    assert "fp_pod_ingress" in shown and "direct-action" in shown
+    with in_netns(ns):
+        assert fp.detach(env.pod_if) is True
+        assert libbpf.tc_query(env.pod_if) is None
+    assert "clsact" not in os.popen(f"tc -n {ns} qdisc show dev pod0").read()
     # a clsact qdisc that was there before stays after detach
     os.system(f"tc -n {ns} qdisc add dev out0 clsact")
     with in_netns(ns):
@@ -511,5 +966,173 @@ def test_end_to_end_triangle(env):
     finally:
         if fp is not None:
             with in_netns(r):
+                fp.close()
+        nets.cleanup()
+
+
+def _serve_once(ls: socket.socket, result: dict, reply: bytes) -> None:
+    """Accept one connection, read to EOF, answer `reply`, close (the pod's server)."""
+    try:
+        conn, peer = ls.accept()
+        with conn:
+            conn.settimeout(30)
+            chunks = []
+            while True:
+                b = conn.recv(65536)
+                if not b:
+                    break
+                chunks.append(b)
+            result["got"] = b"".join(chunks)
+            result["peer"] = peer
+            conn.sendall(reply)
+    except Exception as exc:  # reported by the test thread
+        result["error"] = exc
+
+
+def _connection_frames(frames: List[bytes], ports) -> List[bytes]:
+    """The frames of the TCP connection between `ports`, bare IPv4 or carried by name."""
+    out = []
+    for f in frames:
+        ip = None
+        if f[12:14] == b"\x08\x00":
+            ip = f[14:]
+        elif f[12:14] == b"\x88\xb5":
+            try:
+                p = wire.decode(f[14:])
+            except Exception:
+                continue
+            if p.type == wire.PacketType.IPV4:
+                ip = p.payload
+        if ip is None or len(ip) < 24 or ip[9] != 6:
+            continue
+        ihl = (ip[0] & 0xF) * 4
+        if {int.from_bytes(ip[ihl:ihl + 2], "big"), int.from_bytes(ip[ihl + 2:ihl + 4], "big")} \
+                == set(ports):
+            out.append(f)
+    return out
+
+
+def test_end_to_end_pods_through_two_sgs(env):
+    """podA -- sgA -- sgB -- podB with both programs and hand-installed entries for
+    both directions of one TCP connection: podA connects to the VIP, podB's server
+    accepts on its own address; 1 MB each way arrives intact, and no frame of the
+    connection reaches the SGs' packet sockets (the Python side)."""
+    require_kernel()
+    nets = Namespaces("l")
+    fps: Dict[str, kernel.FastPath] = {}
+    socks: List[socket.socket] = []
+    POD_A, POD_B, GW, NET_MTU, POD_MTU = "10.200.1.2", "10.200.2.2", "169.254.1.1", 1500, 1372
+    try:
+        pa, sa, sb, pb = nets.add("pa"), nets.add("sa"), nets.add("sb"), nets.add("pb")
+        nets.veth(pa, "eth0", sa, "sa_pod")
+        nets.veth(sa, "sa_net", sb, "sb_net")
+        nets.veth(pb, "eth0", sb, "sb_pod")
+        for pod, addr_, sg, sg_if in ((pa, POD_A, sa, "sa_pod"), (pb, POD_B, sb, "sb_pod")):
+            sh("ip", "-n", pod, "link", "set", "eth0", "mtu", str(POD_MTU))
+            sh("ip", "-n", sg, "link", "set", sg_if, "mtu", str(POD_MTU))
+            sh("ip", "-n", pod, "addr", "add", f"{addr_}/32", "dev", "eth0")
+            sh("ip", "-n", pod, "route", "add", GW, "dev", "eth0", "scope", "link")
+            sh("ip", "-n", pod, "route", "add", "default", "via", GW, "dev", "eth0")
+            sh("ip", "-n", pod, "neigh", "replace", GW, "lladdr", mac(sg, sg_if).hex(":"),
+               "dev", "eth0", "nud", "permanent")
+            sh("ip", "netns", "exec", pod, "ethtool", "-K", "eth0", "tso", "off", "gso", "off",
+               "tx", "off")
+        for sg, ifs in ((sa, ("sa_pod", "sa_net")), (sb, ("sb_pod", "sb_net"))):
+            for i in ifs:
+                sh("ip", "netns", "exec", sg, "ethtool", "-K", i, "gro", "off")
+        idx = {n: ifindex(ns, n) for ns, n in ((sa, "sa_pod"), (sa, "sa_net"), (sb, "sb_pod"),
+                                               (sb, "sb_net"))}
+        for sg, tag, pod_if, net_if in ((sa, "a", "sa_pod", "sa_net"),
+                                        (sb, "b", "sb_pod", "sb_net")):
+            fp = fps[tag] = kernel.FastPath(
+                os.path.join(pins.PIN_ROOT, f"fpt{os.getpid()}-l4{tag}"), flows_max=64)
+            with in_netns(sg):
+                fp.attach([idx[net_if]])
+                fp.attach_pods([idx[pod_if]])
+            fp.set_face(idx[pod_if], 0)
+            fp.set_face(idx[net_if], 1)
+            fp.set_pod(idx[pod_if], POD_A if tag == "a" else POD_B, 0)
+            fp.set_generation(1)
+        # names: the service (requests) and the client pod (replies)
+        to_svc = dmsc_header("/svc/web", "/pod/a", flow_id=1)
+        to_client = dmsc_header("/pod/a", "/svc/web", flow_id=1)
+        # sgA: podA's packets to the VIP go out by name; replies by name come in
+        fps["a"].install_l4(layout.l4_key(POD_A, VIP, CPORT, SPORT, 6), layout.l4_value(
+            idx["sa_net"], 1, 1, mac(sb, "sb_net"), mac(sa, "sa_net"), NET_MTU, 1,
+            layout.NO_PREFIX, 0, None, to_svc))
+        fps["a"].install(layout.flow_key(to_client), layout.flow_value(
+            idx["sa_pod"], 2, 1, mac(pa, "eth0"), mac(sa, "sa_pod"), POD_MTU, 0,
+            action=layout.ACT_DECAP))
+        # sgB: requests by name come in and are DNATed to podB; podB's replies are SNATed
+        fps["b"].install(layout.flow_key(to_svc), layout.flow_value(
+            idx["sb_pod"], 2, 1, mac(pb, "eth0"), mac(sb, "sb_pod"), POD_MTU, 0,
+            action=layout.ACT_DECAP, nat_addr=POD_B))
+        fps["b"].install_l4(layout.l4_key(POD_B, POD_A, SPORT, CPORT, 6), layout.l4_value(
+            idx["sb_net"], 1, 1, mac(sa, "sa_net"), mac(sb, "sb_net"), NET_MTU, 1,
+            layout.NO_PREFIX, 0, VIP, to_client))
+        # what the Python side would read: packet sockets after tc ingress
+        caps = [_sock(sa, "sa_pod", 0x0800), _sock(sa, "sa_net", wire.ETHERTYPE),
+                _sock(sb, "sb_pod", 0x0800), _sock(sb, "sb_net", wire.ETHERTYPE)]
+        socks += caps
+        with in_netns(pb):
+            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        socks.append(ls)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((POD_B, SPORT))
+        ls.listen(1)
+        ls.settimeout(30)
+        with in_netns(pa):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        socks.append(c)
+        c.bind((POD_A, CPORT))
+        c.settimeout(30)
+        request, reply = os.urandom(1 << 20), os.urandom(1 << 20)
+        import threading
+        result: dict = {}
+        t = threading.Thread(target=_serve_once, args=(ls, result, reply), daemon=True)
+        t.start()
+        try:
+            c.connect((VIP, SPORT))
+        except OSError as exc:          # say what the programs did with the SYN
+            raise AssertionError(f"connect: {exc}; verdicts sgA {fps['a'].read_verdicts()}, "
+                                 f"sgB {fps['b'].read_verdicts()}") from exc
+        assert c.getpeername() == (VIP, SPORT)         # the client only ever sees the VIP
+        c.sendall(request)
+        c.shutdown(socket.SHUT_WR)
+        got = []
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            got.append(b)
+        t.join(30)
+        assert "error" not in result, result.get("error")
+        assert result["peer"] == (POD_A, CPORT)        # the server sees the client's address
+        assert result["got"] == request
+        assert b"".join(got) == reply
+
+        seen = []
+        for s in caps:
+            seen += _drain(s, 100000, 0.2)
+        assert _connection_frames(seen, (CPORT, SPORT)) == []
+        va, vb = fps["a"].read_verdicts(), fps["b"].read_verdicts()
+        for v in (va, vb):
+            assert v["encapsulated"] > 0 and v["decapsulated"] > 0
+            bad = {k: n for k, n in v.items() if n and k not in ("encapsulated", "decapsulated")}
+            assert bad == {}, bad
+        # every packet of the connection went through the kernel entries, both ways
+        a_out, a_in = fps["a"].read_flow_stats([1])[1], fps["a"].read_flow_stats([2])[2]
+        b_in, b_out = fps["b"].read_flow_stats([2])[2], fps["b"].read_flow_stats([1])[1]
+        assert a_out.packets == va["encapsulated"] == b_in.packets == vb["decapsulated"]
+        assert b_out.packets == vb["encapsulated"] == a_in.packets == va["decapsulated"]
+        assert a_out.bytes - a_out.packets * len(to_svc) == b_in.bytes > len(request)
+        assert b_out.bytes - b_out.packets * len(to_client) == a_in.bytes > len(reply)
+        for st in (a_out, b_in, b_out, a_in):           # SYN, ACK, FIN seen each way
+            assert st.tcp_flags & 0x13 == 0x13, hex(st.tcp_flags)
+    finally:
+        for s in socks:
+            s.close()
+        for tag, fp in fps.items():
+            with in_netns(nets.made[1] if tag == "a" else nets.made[2]):
                 fp.close()
         nets.cleanup()

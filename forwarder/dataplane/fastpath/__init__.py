@@ -1,5 +1,8 @@
-"""The in-kernel half of the data plane: a tc (clsact ingress) eBPF program that
-repeats the pipeline's flow-table decisions, and the code that loads and feeds it.
+"""The in-kernel half of the data plane: tc (clsact ingress) eBPF programs that
+repeat the pipeline's flow-table decisions (fp_ingress, network faces: forward
+by name, or decapsulate an IPv4 packet carried by name) and carry a pod's IPv4
+packets by name (fp_pod_ingress, pod-facing veths), and the code that loads
+and feeds them.
 
 The pipeline decides, the kernel repeats: `forwarder.dataplane.pipeline` says
 which decisions may be repeated (its Offload action); the runtime
@@ -9,7 +12,7 @@ kernel. Modules: `layout` (the maps' layouts: pure data, twin of fastpath.h),
 `libbpf` (ctypes over Debian's libbpf.so.1: objects, pins, maps, tc,
 BPF_PROG_TEST_RUN), `pins` (the bpffs pin root), `kernel` (FastPath,
 FastPathMaps, available), `build` (compiles fastpath.bpf.c when it is stale).
-What the program checks is specified in docs/protocol.md section 10.
+What the programs check is specified in docs/protocol.md section 10.1.
 
 Names are imported lazily, so `python -m forwarder.dataplane.fastpath.build`
 and `.pins` run without importing the rest.

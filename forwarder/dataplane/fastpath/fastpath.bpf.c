@@ -1,14 +1,26 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * DMSC kernel fast path (tc clsact ingress, direct action).
+ * DMSC kernel fast path (tc clsact ingress, direct action): two programs.
  *
- * Repeats in the kernel the flow-table hit of the Python forwarder
- * (Forwarder.fast_forward): user space decides everything and fills the maps;
- * this program only repeats decisions. A frame is rewritten (hop limit - 1,
- * Ethernet addresses, skb->priority, padding trimmed) and redirected to the
- * entry's out ifindex only when every check below holds; anything else is
- * passed up unchanged (TC_ACT_OK) to the forwarder's AF_PACKET socket.
- * The program never drops a frame.
+ * fp_ingress (network faces) repeats in the kernel the flow-table hit of the
+ * Python forwarder (Forwarder.fast_forward): user space decides everything and
+ * fills the maps; this program only repeats decisions. A FORWARD entry's frame
+ * is rewritten (hop limit - 1, Ethernet addresses, skb->priority, padding
+ * trimmed) and redirected to the entry's out ifindex; a DECAP entry's frame
+ * (type 6, an IPv4 packet carried by name) loses its Ethernet + DMSC headers,
+ * its inner destination may be rewritten (DNAT), and the IPv4 packet is
+ * redirected, in a new Ethernet header, to a pod-facing veth.
+ *
+ * fp_pod_ingress (pod-facing veths) carries a pod's IPv4 packet by name: the
+ * 5-tuple's fp_l4 entry gives the DMSC header to put in front (the packet
+ * moves back to make room; its source may be rewritten: SNAT) and the out face.
+ *
+ * Anything a check refuses is passed up unchanged (TC_ACT_OK) to the Python
+ * side, with the reason counted in fp_verdicts. Every check is made before the
+ * first write; a helper failing after it drops the frame (TC_ACT_SHOT, counted)
+ * rather than passing up a half rewritten one (the FORWARD rewrite keeps its
+ * older rule: its writes cannot fail half way). The one deliberate drop:
+ * fp_pod_ingress refuses a pod's packet with a source address not its own.
  *
  * Build: clang -O2 -g -target bpf -I/usr/include/x86_64-linux-gnu \
  *            -c fastpath.bpf.c -o fastpath.bpf.o
@@ -40,6 +52,23 @@ struct {
 	__type(value, struct fp_flow);
 } fp_flows SEC(".maps");
 
+/* ifindex of a pod-facing veth -> the pod (its address, its face slot). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_PODS_MAX);
+	__type(key, __u32);
+	__type(value, struct fp_pod);
+} fp_pods SEC(".maps");
+
+/* Inner 5-tuple from a pod -> how to carry it by name. Not preallocated. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_FLOWS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fp_l4_key);
+	__type(value, struct fp_l4);
+} fp_l4 SEC(".maps");
+
 /* The current table generation; user space bumps it on any table change. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -69,6 +98,14 @@ struct {
 	__type(value, struct fp_prefix_stats);
 } fp_prefix_stats SEC(".maps");
 
+/* Per-CPU memory: the flow key, the encap/decap copy buffer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_scratch);
+} fp_scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FP_VERDICTS_MAX);
@@ -84,13 +121,64 @@ static __always_inline void count(__u32 verdict)
 		*c += 1;
 }
 
+/* Per-CPU records: plain increments. An out-of-range slot counts nothing. */
+static __always_inline void count_flow(__u32 slot, __u32 bytes, __u64 tcp_flags)
+{
+	struct fp_flow_stats *fs = bpf_map_lookup_elem(&fp_flow_stats, &slot);
+
+	if (fs) {
+		fs->packets += 1;
+		fs->bytes += bytes;
+		fs->last_ns = bpf_ktime_get_ns();
+		fs->tcp_flags |= tcp_flags;
+	}
+}
+
+static __always_inline void count_faces(__u32 in_slot, __u32 rx_bytes, __u32 out_slot,
+					__u32 tx_bytes)
+{
+	struct fp_face_stats *rx = bpf_map_lookup_elem(&fp_face_stats, &in_slot);
+
+	if (rx) {
+		rx->rx_packets += 1;
+		rx->rx_bytes += rx_bytes;
+	}
+	struct fp_face_stats *tx = bpf_map_lookup_elem(&fp_face_stats, &out_slot);
+
+	if (tx) {
+		tx->tx_packets += 1;
+		tx->tx_bytes += tx_bytes;
+	}
+}
+
+static __always_inline void count_prefix(__u32 prefix_slot, __u32 bytes)
+{
+	if (prefix_slot == FP_NO_PREFIX)
+		return;
+	struct fp_prefix_stats *ps = bpf_map_lookup_elem(&fp_prefix_stats, &prefix_slot);
+
+	if (ps) {
+		ps->packets += 1;
+		ps->bytes += bytes;
+	}
+}
+
+/* The out face must be one of ours and not down. */
+static __always_inline int out_face_up(__u32 out_ifindex)
+{
+	struct fp_face *out = bpf_map_lookup_elem(&fp_faces, &out_ifindex);
+
+	return out && !(out->flags & FP_FACE_DOWN);
+}
+
 /* Every pass-up goes through one exit: count the reason, return TC_ACT_OK. */
 #define PASS(v) do { verdict = (v); goto up; } while (0)
+/* A failure after the first write: count it, drop the frame (never pass it up). */
+#define DROP(v) do { verdict = (v); goto shot; } while (0)
 
 SEC("tc")
 int fp_ingress(struct __sk_buff *skb)
 {
-	struct fp_key key __attribute__((aligned(8)));
 	struct fp_wire_head h;
 	__u32 len = skb->len;
 	__u32 ifindex = skb->ifindex;
@@ -114,8 +202,8 @@ int fp_ingress(struct __sk_buff *skb)
 	if (h.proto != bpf_htons(FP_ETHERTYPE))
 		PASS(FP_V_NOT_DMSC);
 
-	/* 2. The fixed header: a packet the flow table may take. */
-	if (h.version != FP_VERSION || (__u8)(h.type - 1) > 4 || h.flags != 0)
+	/* 2. The fixed header: a packet the flow table may take (types 1..6). */
+	if (h.version != FP_VERSION || (__u8)(h.type - 1) > FP_TYPE_IPV4 - 1 || h.flags != 0)
 		PASS(FP_V_NOT_FAST);
 
 	__u32 total = bpf_ntohs(h.total_length);
@@ -143,15 +231,21 @@ int fp_ingress(struct __sk_buff *skb)
 	__u32 in_slot = in->face_slot;
 
 	/* 4. Exact match on the whole name block [20, header_length). */
-	__builtin_memset(&key, 0, sizeof(key));
-	key.len = klen;
+	struct fp_scratch *scr = bpf_map_lookup_elem(&fp_scratch, &zero);
+
+	if (!scr)
+		PASS(FP_V_REWRITE_ERROR);            /* cannot happen (an array); nothing written */
+	struct fp_key *key = &scr->key;
+
+	__builtin_memset(key, 0, sizeof(*key));
+	key->len = klen;
 	/* klen >= 20 here (hlen >= 40); the bounds are restated for the verifier. */
 	if (klen < 1 || klen > FP_KEY_MAX)
 		PASS(FP_V_KEY_TOO_LONG);
-	if (bpf_skb_load_bytes(skb, FP_ETH_HLEN + FP_KEY_OFF, key.bytes, klen) < 0)
+	if (bpf_skb_load_bytes(skb, FP_ETH_HLEN + FP_KEY_OFF, key->bytes, klen) < 0)
 		PASS(FP_V_BAD_LENGTH);
 
-	struct fp_flow *fl = bpf_map_lookup_elem(&fp_flows, &key);
+	struct fp_flow *fl = bpf_map_lookup_elem(&fp_flows, key);
 
 	if (!fl)
 		PASS(FP_V_MISS);
@@ -160,26 +254,33 @@ int fp_ingress(struct __sk_buff *skb)
 	__u32 out_ifindex = fl->out_ifindex;
 	__u32 flow_slot = fl->flow_slot;
 	__u64 gen = fl->gen;
-	__u8 macs[12];
+	struct {
+		__u8 macs[12];
+		__be16 proto;                /* DECAP only */
+	} eth;
 
-	__builtin_memcpy(macs, fl->dst_mac, 12);
+	__builtin_memcpy(eth.macs, fl->dst_mac, 12);
 	__u32 mtu = fl->mtu;
 	__u32 out_slot = fl->out_face_slot;
 	__u32 prefix_slot = fl->prefix_slot;
 	__u32 priority = fl->priority;
+	__u32 action = fl->action;
+	__be32 nat_addr = fl->nat_addr;
 
 	/* 5. Not stale. */
 	__u64 *cur = bpf_map_lookup_elem(&fp_gen, &zero);
 
 	if (!cur || *cur != gen)
 		PASS(FP_V_STALE);
+	if (action == FP_ACT_DECAP)
+		goto decap;
+	if (action != FP_ACT_FORWARD)
+		PASS(FP_V_MISS);     /* an action this program does not know: no usable entry */
 
 	/* 6. Out face, hop limit, MTU. */
 	if (out_ifindex == ifindex)
 		PASS(FP_V_SAME_FACE);
-	struct fp_face *out = bpf_map_lookup_elem(&fp_faces, &out_ifindex);
-
-	if (!out || (out->flags & FP_FACE_DOWN))
+	if (!out_face_up(out_ifindex))
 		PASS(FP_V_OUT_DOWN);
 	if (h.hop_limit <= 1)
 		PASS(FP_V_HOP_LIMIT);
@@ -200,7 +301,7 @@ int fp_ingress(struct __sk_buff *skb)
 
 	if (bpf_skb_store_bytes(skb, FP_ETH_HLEN + 3, &hop, 1, BPF_F_RECOMPUTE_CSUM) < 0)
 		PASS(FP_V_REWRITE_ERROR);
-	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+	if (bpf_skb_store_bytes(skb, 0, eth.macs, sizeof(eth.macs), 0) < 0)
 		PASS(FP_V_REWRITE_ERROR);
 	skb->priority = priority;
 
@@ -209,37 +310,308 @@ int fp_ingress(struct __sk_buff *skb)
 	if (rc != TC_ACT_REDIRECT)
 		PASS(FP_V_REDIRECT_ERROR);
 
-	/* Count (per-CPU records: plain increments). */
-	struct fp_flow_stats *fs = bpf_map_lookup_elem(&fp_flow_stats, &flow_slot);
+	count_flow(flow_slot, total, 0);
+	count_faces(in_slot, len - FP_ETH_HLEN, out_slot, total);
+	count_prefix(prefix_slot, total);
+	count(FP_V_REDIRECTED);
+	return TC_ACT_REDIRECT;
 
-	if (fs) {
-		fs->packets += 1;
-		fs->bytes += total;
-		fs->last_ns = bpf_ktime_get_ns();
-	}
-	struct fp_face_stats *rx = bpf_map_lookup_elem(&fp_face_stats, &in_slot);
+decap:
+	/* 6d. Type 6 carrying exactly one IPv4 packet: [14 + hlen, 14 + total). */
+	if (h.type != FP_TYPE_IPV4)
+		PASS(FP_V_BAD_INNER);
+	__u32 ip_len = total - hlen;
+	struct fp_ipv4 ip;
 
-	if (rx) {
-		rx->rx_packets += 1;
-		rx->rx_bytes += len - FP_ETH_HLEN;
-	}
-	struct fp_face_stats *tx = bpf_map_lookup_elem(&fp_face_stats, &out_slot);
+	if (ip_len < FP_IP_HLEN ||
+	    bpf_skb_load_bytes(skb, FP_ETH_HLEN + hlen, &ip, sizeof(ip)) < 0)
+		PASS(FP_V_BAD_INNER);
+	__u32 ihl = (__u32)(ip.ver_ihl & 0xf) * 4;
 
-	if (tx) {
-		tx->tx_packets += 1;
-		tx->tx_bytes += total;
-	}
-	if (prefix_slot != FP_NO_PREFIX) {
-		struct fp_prefix_stats *ps = bpf_map_lookup_elem(&fp_prefix_stats, &prefix_slot);
+	if ((ip.ver_ihl >> 4) != 4 || ihl < FP_IP_HLEN || bpf_ntohs(ip.tot_len) != ip_len ||
+	    ihl > ip_len)
+		PASS(FP_V_BAD_INNER);
+	/* The L4 header of a TCP/UDP packet (or first fragment) must be inside it:
+	 * its checksum follows a DNAT, its TCP flags are counted. */
+	__u32 l4_check = 0;                  /* offset of the L4 checksum in the IPv4 packet */
+	__u64 csum_flags = BPF_F_PSEUDO_HDR | sizeof(nat_addr);
+	__u64 tcp_flags = 0;
 
-		if (ps) {
-			ps->packets += 1;
-			ps->bytes += total;
+	if (!(ip.frag_off & bpf_htons(FP_IP_OFFSET))) {
+		if (ip.protocol == FP_IPPROTO_TCP) {
+			__u8 fl8;
+
+			if (ihl + FP_TCP_HLEN > ip_len ||
+			    bpf_skb_load_bytes(skb, FP_ETH_HLEN + hlen + ihl + FP_TCP_OFF_FLAGS,
+					       &fl8, 1) < 0)
+				PASS(FP_V_BAD_INNER);
+			tcp_flags = fl8;
+			l4_check = ihl + FP_TCP_OFF_CHECK;
+		} else if (ip.protocol == FP_IPPROTO_UDP) {
+			if (ihl + FP_UDP_HLEN > ip_len)
+				PASS(FP_V_BAD_INNER);
+			l4_check = ihl + FP_UDP_OFF_CHECK;
+			csum_flags |= BPF_F_MARK_MANGLED_0;   /* a UDP checksum of 0 stays 0 */
 		}
 	}
-	count(FP_V_REDIRECTED);
+	if (!out_face_up(out_ifindex))
+		PASS(FP_V_OUT_DOWN);
+	if (ip_len > mtu)
+		PASS(FP_V_TOO_BIG);
+
+	/* Decap: move the IPv4 packet to offset 14 (front to back: each chunk is
+	 * read before anything at or after its source is written), whole chunks
+	 * first, then the rest; then cut the tail. The moved bytes are L3
+	 * payload: keep a CHECKSUM_COMPLETE csum right. */
+	__u32 src = FP_ETH_HLEN + hlen;
+	__u32 whole = ip_len / FP_COPY_CHUNK;
+	__u32 done = 0;
+
+	for (__u32 i = 0; i < FP_COPY_CHUNKS; i++) {
+		if (i >= whole)
+			break;
+		done = i * FP_COPY_CHUNK;
+		if (bpf_skb_load_bytes(skb, src + done, scr->chunk, FP_COPY_CHUNK) < 0 ||
+		    bpf_skb_store_bytes(skb, FP_ETH_HLEN + done, scr->chunk, FP_COPY_CHUNK,
+					BPF_F_RECOMPUTE_CSUM) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+	}
+	__u32 rest = ip_len & (FP_COPY_CHUNK - 1);
+
+	done = ip_len - rest;
+	if (rest) {
+		if (bpf_skb_load_bytes(skb, src + done, scr->chunk, rest) < 0 ||
+		    bpf_skb_store_bytes(skb, FP_ETH_HLEN + done, scr->chunk, rest,
+					BPF_F_RECOMPUTE_CSUM) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+	}
+	if (bpf_skb_change_tail(skb, FP_ETH_HLEN + ip_len, 0) < 0)
+		DROP(FP_V_REWRITE_ERROR);
+
+	/* DNAT: the address, then the IPv4 and L4 (pseudo-header) checksums. */
+	if (nat_addr) {
+		__be32 old = ip.daddr;
+
+		if (bpf_skb_store_bytes(skb, FP_ETH_HLEN + FP_IP_OFF_DADDR, &nat_addr,
+					sizeof(nat_addr), 0) < 0 ||
+		    bpf_l3_csum_replace(skb, FP_ETH_HLEN + FP_IP_OFF_CHECK, old, nat_addr,
+					sizeof(nat_addr)) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+		if (l4_check &&
+		    bpf_l4_csum_replace(skb, FP_ETH_HLEN + l4_check, old, nat_addr, csum_flags) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+	}
+
+	/* The new Ethernet header. */
+	eth.proto = bpf_htons(FP_ETH_P_IP);
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
+		DROP(FP_V_REWRITE_ERROR);
+	skb->priority = priority;
+
+	if (bpf_redirect(out_ifindex, 0) != TC_ACT_REDIRECT)
+		DROP(FP_V_REDIRECT_ERROR);
+
+	count_flow(flow_slot, ip_len, tcp_flags);
+	count_faces(in_slot, len - FP_ETH_HLEN, out_slot, ip_len);
+	count_prefix(prefix_slot, ip_len);
+	count(FP_V_DECAPSULATED);
 	return TC_ACT_REDIRECT;
 up:
 	count(verdict);
 	return TC_ACT_OK;
+shot:
+	count(verdict);
+	return TC_ACT_SHOT;
+}
+
+SEC("tc")
+int fp_pod_ingress(struct __sk_buff *skb)
+{
+	/* The frame to put in front: [pad 2][Ethernet 14][DMSC header], so that
+	 * the header copy from the map value is 8-byte aligned on both sides. */
+	struct {
+		__u8 pad[2];
+		__u8 dst_mac[6];
+		__u8 src_mac[6];
+		__be16 proto;
+		__u8 hdr[FP_L4_HDR_MAX];
+	} out __attribute__((aligned(8)));
+	struct fp_ip_head h;
+	struct fp_l4_key key;
+	__u32 len = skb->len;
+	__u32 ifindex = skb->ifindex;
+	__u32 zero = 0;
+	__u32 verdict;
+
+	/* 1. An untagged IPv4 frame. */
+	if (skb->vlan_present || len < FP_ETH_HLEN)
+		PASS(FP_V_NOT_IPV4);
+	if (bpf_skb_load_bytes(skb, 12, &h.proto, sizeof(h.proto)) < 0 ||
+	    h.proto != bpf_htons(FP_ETH_P_IP))
+		PASS(FP_V_NOT_IPV4);
+
+	/* 2. From one of our pods. */
+	struct fp_pod *pod = bpf_map_lookup_elem(&fp_pods, &ifindex);
+
+	if (!pod)
+		PASS(FP_V_UNKNOWN_FACE);
+	__be32 pod_addr = pod->addr;
+	__u32 pod_slot = pod->face_slot;
+
+	/* 3. A whole IPv4 packet. */
+	if (len < FP_ETH_HLEN + FP_IP_HLEN ||
+	    bpf_skb_load_bytes(skb, 12, &h, sizeof(h)) < 0)
+		PASS(FP_V_BAD_INNER);
+	__u32 ihl = (__u32)(h.ip.ver_ihl & 0xf) * 4;
+	__u32 ip_len = bpf_ntohs(h.ip.tot_len);
+
+	if ((h.ip.ver_ihl >> 4) != 4 || ihl < FP_IP_HLEN || ip_len < ihl ||
+	    ip_len > len - FP_ETH_HLEN)
+		PASS(FP_V_BAD_INNER);
+
+	/* 4. Its own source address, or nothing. */
+	if (h.ip.saddr != pod_addr)
+		DROP(FP_V_SPOOFED);
+
+	/* 5. Not a fragment; TCP or UDP with its header inside the packet. */
+	if (h.ip.frag_off & bpf_htons(FP_IP_MF_OFFSET))
+		PASS(FP_V_IP_FRAGMENT);
+	__u8 l4[FP_TCP_HLEN];
+	__u32 l4_check;
+	__u64 csum_flags = BPF_F_PSEUDO_HDR | sizeof(pod_addr);
+	__u64 tcp_flags = 0;
+
+	if (h.ip.protocol == FP_IPPROTO_TCP) {
+		if (ihl + FP_TCP_HLEN > ip_len ||
+		    bpf_skb_load_bytes(skb, FP_ETH_HLEN + ihl, l4, FP_TCP_HLEN) < 0)
+			PASS(FP_V_NOT_L4);
+		tcp_flags = l4[FP_TCP_OFF_FLAGS];
+		l4_check = ihl + FP_TCP_OFF_CHECK;
+	} else if (h.ip.protocol == FP_IPPROTO_UDP) {
+		if (ihl + FP_UDP_HLEN > ip_len ||
+		    bpf_skb_load_bytes(skb, FP_ETH_HLEN + ihl, l4, FP_UDP_HLEN) < 0)
+			PASS(FP_V_NOT_L4);
+		l4_check = ihl + FP_UDP_OFF_CHECK;
+		csum_flags |= BPF_F_MARK_MANGLED_0;   /* a UDP checksum of 0 stays 0 */
+	} else {
+		PASS(FP_V_NOT_L4);
+	}
+
+	/* 6. One packet, not a GSO super-packet. */
+	if (skb->gso_segs > 1)
+		PASS(FP_V_GSO);
+
+	/* 7. The 5-tuple's entry. */
+	__builtin_memset(&key, 0, sizeof(key));
+	key.saddr = h.ip.saddr;
+	key.daddr = h.ip.daddr;
+	__builtin_memcpy(&key.sport, l4, 4);     /* sport, dport */
+	key.proto = h.ip.protocol;
+
+	struct fp_l4 *e = bpf_map_lookup_elem(&fp_l4, &key);
+
+	if (!e)
+		PASS(FP_V_MISS);
+
+	/* Copy the decision once: user space may replace the entry meanwhile. */
+	__u32 out_ifindex = e->out_ifindex;
+	__u32 flow_slot = e->flow_slot;
+	__u64 gen = e->gen;
+	__u32 mtu = e->mtu;
+	__u32 out_slot = e->out_face_slot;
+	__u32 prefix_slot = e->prefix_slot;
+	__u32 priority = e->priority;
+	__be32 snat_addr = e->snat_addr;
+	__u32 hdr_len = e->hdr_len;
+
+	__builtin_memcpy(out.dst_mac, e->dst_mac, 12);
+	__builtin_memcpy(out.hdr, e->hdr, FP_L4_HDR_MAX);
+	out.pad[0] = out.pad[1] = 0;
+	out.proto = bpf_htons(FP_ETHERTYPE);
+
+	/* 8. Not stale, a usable out face, a header that fits the MTU. */
+	__u64 *cur = bpf_map_lookup_elem(&fp_gen, &zero);
+
+	if (!cur || *cur != gen)
+		PASS(FP_V_STALE);
+	if (!out_face_up(out_ifindex))
+		PASS(FP_V_OUT_DOWN);
+	if (hdr_len < FP_HDR_LEN || hdr_len > FP_L4_HDR_MAX || hdr_len + ip_len > mtu)
+		PASS(FP_V_TOO_BIG);
+	__u32 total = hdr_len + ip_len;
+
+	struct fp_scratch *scr = bpf_map_lookup_elem(&fp_scratch, &zero);
+
+	if (!scr)
+		PASS(FP_V_REWRITE_ERROR);            /* cannot happen (an array); nothing written */
+
+	/* Rewrite. The frame becomes exactly 14 + hdr_len + ip_len bytes (trailing
+	 * padding dropped), and the IPv4 packet moves back by hdr_len, from its end
+	 * (every chunk is read before a later write can overlap it).
+	 * Why not bpf_skb_change_head: it would leave skb->transport_header on the
+	 * inner L4 header, a veth carries that offset to the next SG, and there
+	 * bpf_skb_change_tail refuses to cut a decapsulated frame below it
+	 * (__bpf_skb_min_len): small packets could not be decapsulated. Moved
+	 * this way, the transport offset stays 14 + IHL, inside any decap result.
+	 * Bytes from offset 14 on are L3 payload for a CHECKSUM_COMPLETE csum. */
+	if (bpf_skb_change_tail(skb, FP_ETH_HLEN + total, 0) < 0)
+		DROP(FP_V_REWRITE_ERROR);
+	__u32 rest = ip_len & (FP_COPY_CHUNK - 1);
+	__u32 whole = ip_len / FP_COPY_CHUNK;
+	__u32 from = FP_ETH_HLEN + ip_len - rest;
+
+	if (rest) {
+		if (bpf_skb_load_bytes(skb, from, scr->chunk, rest) < 0 ||
+		    bpf_skb_store_bytes(skb, from + hdr_len, scr->chunk, rest,
+					BPF_F_RECOMPUTE_CSUM) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+	}
+	for (__u32 i = 0; i < FP_COPY_CHUNKS; i++) {
+		if (i >= whole)
+			break;
+		from = FP_ETH_HLEN + (whole - 1 - i) * FP_COPY_CHUNK;
+		if (bpf_skb_load_bytes(skb, from, scr->chunk, FP_COPY_CHUNK) < 0 ||
+		    bpf_skb_store_bytes(skb, from + hdr_len, scr->chunk, FP_COPY_CHUNK,
+					BPF_F_RECOMPUTE_CSUM) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+	}
+
+	/* SNAT: the address, then the IPv4 and L4 (pseudo-header) checksums. */
+	__u32 ip_off = FP_ETH_HLEN + hdr_len;
+
+	if (snat_addr) {
+		if (bpf_skb_store_bytes(skb, ip_off + FP_IP_OFF_SADDR, &snat_addr,
+					sizeof(snat_addr), 0) < 0 ||
+		    bpf_l3_csum_replace(skb, ip_off + FP_IP_OFF_CHECK, pod_addr, snat_addr,
+					sizeof(snat_addr)) < 0 ||
+		    bpf_l4_csum_replace(skb, ip_off + l4_check, pod_addr, snat_addr,
+					csum_flags) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+	}
+
+	/* Ethernet (before the network header: the redirect accounts for it),
+	 * then the DMSC header with its total_length. */
+	out.hdr[4] = total >> 8;                 /* total_length, big endian */
+	out.hdr[5] = total & 0xff;
+	if (hdr_len < FP_HDR_LEN || hdr_len > FP_L4_HDR_MAX)
+		DROP(FP_V_REWRITE_ERROR);            /* restated for the verifier */
+	if (bpf_skb_store_bytes(skb, 0, out.dst_mac, FP_ETH_HLEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, FP_ETH_HLEN, out.hdr, hdr_len, BPF_F_RECOMPUTE_CSUM) < 0)
+		DROP(FP_V_REWRITE_ERROR);
+	skb->priority = priority;
+
+	if (bpf_redirect(out_ifindex, 0) != TC_ACT_REDIRECT)
+		DROP(FP_V_REDIRECT_ERROR);
+
+	count_flow(flow_slot, total, tcp_flags);
+	count_faces(pod_slot, ip_len, out_slot, total);
+	count_prefix(prefix_slot, total);
+	count(FP_V_ENCAPSULATED);
+	return TC_ACT_REDIRECT;
+up:
+	count(verdict);
+	return TC_ACT_OK;
+shot:
+	count(verdict);
+	return TC_ACT_SHOT;
 }

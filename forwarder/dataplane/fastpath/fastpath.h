@@ -17,7 +17,9 @@
 #define FP_FLOWS_MAX      65536      /* fp_flows entries and fp_flow_stats slots */
 #define FP_FACES_MAX      256        /* fp_faces entries and fp_face_stats slots */
 #define FP_PREFIXES_MAX   4096       /* fp_prefix_stats slots */
-#define FP_VERDICTS_MAX   16         /* fp_verdicts slots */
+#define FP_VERDICTS_MAX   32         /* fp_verdicts slots */
+#define FP_PODS_MAX       256        /* fp_pods entries (pod-facing veths) */
+#define FP_L4_HDR_MAX     128        /* longest DMSC header an fp_l4 entry puts in front */
 #define FP_NO_PREFIX      0xFFFFFFFFu/* fp_flow.prefix_slot: no prefix counters */
 
 #define FP_ETHERTYPE      0x88B5
@@ -26,6 +28,21 @@
 #define FP_KEY_OFF        20         /* the flow key starts at dst_hash */
 #define FP_MIN_FRAME      60         /* what the Python forwarder pads to */
 #define FP_VERSION        1
+#define FP_TYPE_IPV4      6          /* DMSC type 0x06: the payload is one IPv4 packet */
+
+/* IPv4 carried by name (types 6): the inner packet. */
+#define FP_ETH_P_IP       0x0800
+#define FP_IP_HLEN        20         /* IPv4 header without options */
+#define FP_IPPROTO_TCP    6
+#define FP_IPPROTO_UDP    17
+#define FP_TCP_HLEN       20         /* what fp_pod_ingress requires of a TCP header */
+#define FP_UDP_HLEN       8
+#define FP_COPY_CHUNK     2048       /* encap/decap: bytes moved per load/store pair (2^n) */
+#define FP_COPY_CHUNKS    32         /* encap/decap: whole chunks at most (32 x 2048 > 65535) */
+
+/* fp_flow.action */
+#define FP_ACT_FORWARD    0          /* rewrite the DMSC frame and redirect it */
+#define FP_ACT_DECAP      1          /* type 6: strip Ethernet + DMSC, deliver the IPv4 packet */
 
 /* fp_face.flags */
 #define FP_FACE_DOWN      0x1        /* not usable as an output face (carrier down) */
@@ -47,6 +64,14 @@ enum fp_verdict {
 	FP_V_TOO_BIG,            /* total_length > entry mtu */
 	FP_V_REWRITE_ERROR,      /* bpf_skb_change_tail / bpf_skb_store_bytes failed */
 	FP_V_REDIRECT_ERROR,     /* bpf_redirect did not return TC_ACT_REDIRECT */
+	FP_V_ENCAPSULATED,       /* fp_pod_ingress: IPv4 packet put in a DMSC header, redirected */
+	FP_V_DECAPSULATED,       /* fp_ingress, DECAP entry: IPv4 packet delivered, redirected */
+	FP_V_NOT_IPV4,           /* fp_pod_ingress: EtherType is not 0x0800, or a VLAN tag */
+	FP_V_SPOOFED,            /* fp_pod_ingress: source address is not the pod's (dropped) */
+	FP_V_IP_FRAGMENT,        /* fp_pod_ingress: MF flag or fragment offset set */
+	FP_V_NOT_L4,             /* fp_pod_ingress: not TCP/UDP, or its header past the packet */
+	FP_V_GSO,                /* fp_pod_ingress: skb->gso_segs > 1 */
+	FP_V_BAD_INNER,          /* not IPv4 v4/IHL >= 5, or lengths inconsistent; DECAP of a non-6 type */
 	FP_V__COUNT
 };
 
@@ -74,13 +99,49 @@ struct fp_flow {
 	__u16 out_face_slot;         /* 30: index into fp_face_stats (tx) */
 	__u32 prefix_slot;           /* 32: index into fp_prefix_stats, FP_NO_PREFIX for none */
 	__u32 priority;              /* 36: written to skb->priority */
-};                                   /* 40 bytes, no implicit padding */
+	__u32 action;                /* 40: FP_ACT_FORWARD, FP_ACT_DECAP */
+	__be32 nat_addr;             /* 44: DECAP: new inner destination address, 0: keep */
+};                                   /* 48 bytes, no implicit padding */
 
 struct fp_flow_stats {
 	__u64 packets;
-	__u64 bytes;                 /* sum of total_length */
+	__u64 bytes;                 /* sum of total_length (DECAP: of the inner IPv4 length) */
 	__u64 last_ns;               /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last hit */
-};                                   /* 24 bytes */
+	__u64 tcp_flags;             /* OR of the inner TCP flags byte (DECAP, encap); 0 otherwise */
+};                                   /* 32 bytes */
+
+/* fp_pods value, keyed by the ifindex (__u32) of a pod-facing veth. */
+struct fp_pod {
+	__be32 addr;                 /* the one source address the pod may use */
+	__u32 face_slot;             /* index into fp_face_stats (rx) */
+};                                   /* 8 bytes */
+
+/* fp_l4 key: the inner 5-tuple as the packet arrives from the pod (before SNAT). */
+struct fp_l4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8  proto;                 /* 6 (TCP) or 17 (UDP) */
+	__u8  pad[3];                /* 0 */
+};                                   /* 16 bytes */
+
+/* fp_l4 value: how fp_pod_ingress carries the flow's packets by name. */
+struct fp_l4 {
+	__u32 out_ifindex;           /*  0 */
+	__u32 flow_slot;             /*  4: index into fp_flow_stats */
+	__u64 gen;                   /*  8: must equal fp_gen[0] */
+	__u8  dst_mac[6];            /* 16 */
+	__u8  src_mac[6];            /* 22 */
+	__u16 mtu;                   /* 28: hdr_len + IPv4 total length must be <= mtu */
+	__u16 out_face_slot;         /* 30: index into fp_face_stats (tx) */
+	__u32 prefix_slot;           /* 32: index into fp_prefix_stats, FP_NO_PREFIX for none */
+	__u32 priority;              /* 36: written to skb->priority */
+	__be32 snat_addr;            /* 40: new inner source address, 0: keep */
+	__u16 hdr_len;               /* 44: bytes of hdr used, 40..FP_L4_HDR_MAX */
+	__u16 pad;                   /* 46: 0 */
+	__u8  hdr[FP_L4_HDR_MAX];    /* 48: the DMSC header, final but for total_length */
+};                                   /* 176 bytes */
 
 struct fp_face_stats {
 	__u64 rx_packets;
@@ -116,10 +177,53 @@ struct fp_wire_head {
 	__u8   dst_bounds[8];
 } __attribute__((packed));           /* 42 bytes */
 
+/* fp_scratch value: per-CPU memory too big for the 512-byte stack: fp_ingress's
+ * flow key, and the bytes the encap and decap move the IPv4 packet through.
+ * Not pinned: no user-space reader. */
+struct fp_scratch {
+	struct fp_key key;
+	__u32 pad;
+	__u8 chunk[FP_COPY_CHUNK];
+};
+
+/* An IPv4 header without options, as on the wire. */
+struct fp_ipv4 {
+	__u8   ver_ihl;              /* version << 4 | IHL (32-bit words) */
+	__u8   tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;             /* flags (0x4000 DF, 0x2000 MF) | offset (0x1fff) */
+	__u8   ttl;
+	__u8   protocol;
+	__be16 check;
+	__be32 saddr;
+	__be32 daddr;
+} __attribute__((packed));           /* 20 bytes */
+
+#define FP_IP_OFF_CHECK   10         /* offsets inside struct fp_ipv4 */
+#define FP_IP_OFF_SADDR   12
+#define FP_IP_OFF_DADDR   16
+#define FP_IP_MF_OFFSET   0x3fff     /* frag_off: MF flag or a fragment offset */
+#define FP_IP_OFFSET      0x1fff     /* frag_off: fragment offset */
+#define FP_TCP_OFF_FLAGS  13
+#define FP_TCP_OFF_CHECK  16
+#define FP_UDP_OFF_CHECK  6
+
+/* What fp_pod_ingress reads first (from offset 12: EtherType + IPv4 header). */
+struct fp_ip_head {
+	__be16 proto;                /* EtherType */
+	struct fp_ipv4 ip;
+} __attribute__((packed));           /* 22 bytes */
+
+_Static_assert(sizeof(struct fp_ipv4) == FP_IP_HLEN, "fp_ipv4 size");
+_Static_assert(sizeof(struct fp_ip_head) == 2 + FP_IP_HLEN, "fp_ip_head size");
 _Static_assert(sizeof(struct fp_key) == 260, "fp_key size");
 _Static_assert(sizeof(struct fp_face) == 8, "fp_face size");
-_Static_assert(sizeof(struct fp_flow) == 40, "fp_flow size");
-_Static_assert(sizeof(struct fp_flow_stats) == 24, "fp_flow_stats size");
+_Static_assert(sizeof(struct fp_flow) == 48, "fp_flow size");
+_Static_assert(sizeof(struct fp_flow_stats) == 32, "fp_flow_stats size");
+_Static_assert(sizeof(struct fp_pod) == 8, "fp_pod size");
+_Static_assert(sizeof(struct fp_l4_key) == 16, "fp_l4_key size");
+_Static_assert(sizeof(struct fp_l4) == 48 + FP_L4_HDR_MAX, "fp_l4 size");
 _Static_assert(sizeof(struct fp_face_stats) == 32, "fp_face_stats size");
 _Static_assert(sizeof(struct fp_prefix_stats) == 16, "fp_prefix_stats size");
 _Static_assert(sizeof(struct fp_wire_head) == 2 + FP_HDR_LEN, "fp_wire_head size");

@@ -1,10 +1,13 @@
 """The kernel fast path of one forwarder process: load, pin, attach, fill, read.
 
     fp = FastPath("/run/dmsc/bpf/<node>")          # load once; maps pinned there
-    fp.attach([ifindex, ...])                        # clsact ingress, this netns
-    fp.set_face(ifindex, face_slot)
+    fp.attach([ifindex, ...])                        # fp_ingress: network faces
+    fp.attach_pods([ifindex, ...])                   # fp_pod_ingress: pod-facing veths
+    fp.set_face(ifindex, face_slot)                  # every face, pod-facing ones too
+    fp.set_pod(pod_ifindex, "10.200.1.2", face_slot)
     fp.set_generation(gen)
-    fp.install(layout.key_from_block(key), layout.flow_value(...))
+    fp.install(layout.key_from_block(key), layout.flow_value(...))   # FORWARD / DECAP
+    fp.install_l4(layout.l4_key(...), layout.l4_value(...))          # encap
     ... fp.read_flow_stats([slot]), fp.read_face_stats(), fp.read_verdicts()
     fp.close()                                       # detach, unpin, remove the pin dir
 
@@ -33,7 +36,7 @@ CAP_NET_ADMIN = 12
 
 
 class FastPathMaps:
-    """The seven maps, by fd, with typed accessors (layout.py formats)."""
+    """The maps (layout.MAP_NAMES), by fd, with typed accessors (layout.py formats)."""
 
     def __init__(self, fds: Dict[str, int], owns_fds: bool = False) -> None:
         missing = [n for n in layout.MAP_NAMES if n not in fds]
@@ -108,7 +111,7 @@ class FastPathMaps:
         return bytes(key)
 
     def install(self, key: bytes, value: bytes) -> None:
-        """Insert or replace one flow (fp_key bytes -> fp_flow bytes)."""
+        """Insert or replace one flow (fp_key bytes -> fp_flow bytes: FORWARD or DECAP)."""
         if len(value) != layout.FLOW.size:
             raise ValueError(f"flow value of {len(value)} bytes; an fp_flow is {layout.FLOW.size}")
         slot = layout.decode_flow(value).flow_slot
@@ -133,8 +136,64 @@ class FastPathMaps:
             n += self.delete(k)
         return n
 
+    # -- pods (pod-facing veths) -------------------------------------------
+    def set_pod(self, ifindex: int, addr: layout.AddrLike, face_slot: int) -> None:
+        """Make `ifindex` a pod-facing veth whose pod may only send from `addr`
+        (dotted string or 4 bytes); its encapsulated packets count as rx on
+        `face_slot`. Register it with set_face too when DECAP entries deliver to it."""
+        libbpf.map_update(self.fds["fp_pods"], layout.U32.pack(ifindex),
+                          layout.pod_value(addr, face_slot), what="fp_pods")
+
+    def remove_pod(self, ifindex: int) -> bool:
+        return libbpf.map_delete(self.fds["fp_pods"], layout.U32.pack(ifindex), what="fp_pods")
+
+    def pods(self) -> Dict[int, Tuple[str, int]]:
+        """{ifindex: (address, face_slot)}"""
+        fd, out = self.fds["fp_pods"], {}
+        for k in libbpf.map_keys(fd, layout.U32.size, "fp_pods"):
+            v = libbpf.map_lookup(fd, k, layout.POD.size, "fp_pods")
+            if v is not None:
+                out[layout.U32.unpack(k)[0]] = layout.decode_pod(v)
+        return out
+
+    # -- L4 flows (encap) ----------------------------------------------------
+    @staticmethod
+    def _l4_key(key: bytes) -> bytes:
+        if len(key) != layout.L4_KEY.size:
+            raise ValueError(f"L4 key of {len(key)} bytes; an fp_l4_key is "
+                             f"{layout.L4_KEY.size} (layout.l4_key makes one)")
+        return bytes(key)
+
+    def install_l4(self, key: bytes, value: bytes) -> None:
+        """Insert or replace one encap entry (fp_l4_key bytes -> fp_l4 bytes)."""
+        if len(value) != layout.L4_VALUE.size:
+            raise ValueError(f"L4 value of {len(value)} bytes; an fp_l4 is "
+                             f"{layout.L4_VALUE.size} (layout.l4_value makes one)")
+        slot = layout.decode_l4(value).flow_slot
+        if slot >= self.flows_max:
+            raise ValueError(f"flow_slot {slot} >= flows_max {self.flows_max}")
+        libbpf.map_update(self.fds["fp_l4"], self._l4_key(key), value, what="fp_l4")
+
+    def delete_l4(self, key: bytes) -> bool:
+        """Remove one encap entry; False if it was not installed."""
+        return libbpf.map_delete(self.fds["fp_l4"], self._l4_key(key), what="fp_l4")
+
+    def lookup_l4(self, key: bytes) -> Optional[layout.L4Flow]:
+        v = libbpf.map_lookup(self.fds["fp_l4"], self._l4_key(key), layout.L4_VALUE.size,
+                              "fp_l4")
+        return None if v is None else layout.decode_l4(v)
+
+    def l4_keys(self) -> List[bytes]:
+        return list(libbpf.map_keys(self.fds["fp_l4"], layout.L4_KEY.size, "fp_l4"))
+
+    def clear_l4(self) -> int:
+        n = 0
+        for k in self.l4_keys():
+            n += self.delete_l4(k)
+        return n
+
     def set_generation(self, gen: int) -> None:
-        """Every entry whose gen differs from this is stale (passed up)."""
+        """Every entry (fp_flows and fp_l4) whose gen differs from this is stale (passed up)."""
         libbpf.map_update(self.fds["fp_gen"], layout.U32.pack(0), layout.U64.pack(gen),
                           what="fp_gen")
 
@@ -212,11 +271,12 @@ class FastPath(FastPathMaps):
         """`pin_dir`: a directory in a bpffs, normally PIN_ROOT/<node> (the pin root is
         mounted if missing). Maps pinned there by an earlier process are unlinked
         first unless `reuse_pins` (then libbpf reuses them if compatible).
-        `flows_max` shrinks fp_flows/fp_flow_stats: the kernel allocates a per-CPU
+        `flows_max` shrinks fp_flows/fp_flow_stats/fp_l4: the kernel allocates a per-CPU
         array element by element, so the default 65536 slots cost 65536 x 24 B x
         CPUs of memory and ~60 ms of load time on a quiet machine, but seconds
         (2.5-4 s seen) when hundreds of processes contend for the allocator.
-        `log_level` 1/4 keeps the verifier log/stats in `verifier_log`."""
+        `log_level` 1/4 keeps the verifier log/stats in `verifier_logs` (by program
+        name; `verifier_log` is fp_ingress's)."""
         self.pin_dir = str(pin_dir)
         self.flows_max = flows_max or layout.FP_FLOWS_MAX
         self.handle, self.priority = handle, priority
@@ -241,12 +301,14 @@ class FastPath(FastPathMaps):
             if flows_max is not None:
                 if not 1 <= flows_max <= layout.FP_FLOWS_MAX:
                     raise ValueError(f"flows_max {flows_max} outside 1..{layout.FP_FLOWS_MAX}")
-                obj.set_max_entries("fp_flows", flows_max)
-                obj.set_max_entries("fp_flow_stats", flows_max)
-            obj.load(log_level=log_level, programs=(layout.PROG_NAME,))
-            self.verifier_log = obj.program_logs.get(layout.PROG_NAME, "")
+                for name in layout.FLOW_SIZED_MAPS:
+                    obj.set_max_entries(name, flows_max)
+            obj.load(log_level=log_level, programs=layout.PROG_NAMES)
+            self.verifier_logs = {n: obj.program_logs.get(n, "") for n in layout.PROG_NAMES}
+            self.verifier_log = self.verifier_logs[layout.PROG_NAME]
             self._pins = [os.path.join(self.pin_dir, n) for n in layout.MAP_NAMES]
             self.prog_fd = obj.prog_fd(layout.PROG_NAME)
+            self.pod_prog_fd = obj.prog_fd(layout.POD_PROG_NAME)
             super().__init__({n: obj.map_fd(n) for n in layout.MAP_NAMES}, owns_fds=False)
             self._obj = obj
         except BaseException:
@@ -254,8 +316,8 @@ class FastPath(FastPathMaps):
                 obj.close()
             self._cleanup_pins()
             raise
-        info = libbpf.prog_info(self.prog_fd)
-        self.prog_id = info.id
+        self.prog_id = libbpf.prog_info(self.prog_fd).id
+        self.pod_prog_id = libbpf.prog_info(self.pod_prog_fd).id
 
     # -- pins ----------------------------------------------------------------
     def _prepare_pin_dir(self, reuse: bool) -> None:
@@ -286,11 +348,21 @@ class FastPath(FastPathMaps):
 
     # -- tc ------------------------------------------------------------------
     def attach(self, ifindexes: Iterable[int]) -> None:
-        """Attach at clsact ingress of each ifindex (this thread's netns)."""
+        """Attach fp_ingress at clsact ingress of each ifindex (network faces;
+        this thread's netns)."""
+        self._attach(ifindexes, self.prog_fd)
+
+    def attach_pods(self, ifindexes: Iterable[int]) -> None:
+        """Attach fp_pod_ingress at clsact ingress of each pod-facing veth (this
+        thread's netns). Same handle/priority as attach(): an ifindex holds one
+        of the two programs, the later call's."""
+        self._attach(ifindexes, self.pod_prog_fd)
+
+    def _attach(self, ifindexes: Iterable[int], prog_fd: int) -> None:
         for ifindex in ifindexes:
             created = libbpf.tc_hook_create(ifindex)
             try:
-                libbpf.tc_attach(ifindex, self.prog_fd, self.handle, self.priority, replace=True)
+                libbpf.tc_attach(ifindex, prog_fd, self.handle, self.priority, replace=True)
             except BpfError:
                 if created:
                     libbpf.tc_hook_destroy(ifindex)
@@ -326,9 +398,21 @@ class FastPath(FastPathMaps):
     def prog_info(self) -> libbpf.ProgInfo:
         return libbpf.prog_info(self.prog_fd)
 
-    def test_run(self, frame: bytes, ifindex: int = 0, repeat: int = 1) -> libbpf.TestRun:
-        """BPF_PROG_TEST_RUN with ctx ifindex (looked up in this thread's netns)."""
-        return libbpf.test_run(self.prog_fd, frame, libbpf.skb_ctx(ifindex=ifindex), repeat)
+    def pod_prog_info(self) -> libbpf.ProgInfo:
+        return libbpf.prog_info(self.pod_prog_fd)
+
+    def test_run(self, frame: bytes, ifindex: int = 0, repeat: int = 1,
+                 **ctx) -> libbpf.TestRun:
+        """fp_ingress under BPF_PROG_TEST_RUN with ctx ifindex (looked up in this
+        thread's netns); other ctx fields as libbpf.skb_ctx takes them."""
+        return libbpf.test_run(self.prog_fd, frame, libbpf.skb_ctx(ifindex=ifindex, **ctx),
+                               repeat)
+
+    def test_run_pod(self, frame: bytes, ifindex: int = 0, repeat: int = 1,
+                     **ctx) -> libbpf.TestRun:
+        """fp_pod_ingress under BPF_PROG_TEST_RUN (as test_run)."""
+        return libbpf.test_run(self.pod_prog_fd, frame,
+                               libbpf.skb_ctx(ifindex=ifindex, **ctx), repeat)
 
     def close(self) -> None:
         """Detach everywhere, close the object, unpin our maps, remove our pin dir."""

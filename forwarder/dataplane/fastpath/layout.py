@@ -8,15 +8,18 @@ key bytes are copied to and from the wire unchanged.
 """
 from __future__ import annotations
 
+import ipaddress
 import struct
-from typing import Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Iterable, NamedTuple, Optional, Sequence, Tuple, Union
 
 # ---------------------------------------------------------------- constants (fastpath.h)
 FP_KEY_MAX = 256
 FP_FLOWS_MAX = 65536
 FP_FACES_MAX = 256
 FP_PREFIXES_MAX = 4096
-FP_VERDICTS_MAX = 16
+FP_VERDICTS_MAX = 32
+FP_PODS_MAX = 256
+FP_L4_HDR_MAX = 128        # longest DMSC header an fp_l4 entry carries
 NO_PREFIX = 0xFFFFFFFF
 FACE_DOWN = 0x1            # fp_face.flags: not usable as an output face
 
@@ -25,10 +28,21 @@ ETH_HLEN = 14
 HDR_LEN = 40
 KEY_OFF = 20               # the flow key starts at dst_hash
 MIN_FRAME = 60
+TYPE_IPV4 = 6              # DMSC type 0x06: the payload is one IPv4 packet
 
-PROG_NAME = "fp_ingress"   # SEC("tc") program
+# fp_flow.action
+ACT_FORWARD = 0            # rewrite the DMSC frame, redirect it
+ACT_DECAP = 1              # type 6: strip Ethernet + DMSC, (DNAT,) deliver the IPv4 packet
+ACTIONS = (ACT_FORWARD, ACT_DECAP)
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+PROG_NAME = "fp_ingress"          # SEC("tc") program for network faces
+POD_PROG_NAME = "fp_pod_ingress"  # SEC("tc") program for pod-facing veths
+PROG_NAMES = (PROG_NAME, POD_PROG_NAME)
 MAP_NAMES = ("fp_faces", "fp_flows", "fp_gen", "fp_flow_stats", "fp_face_stats",
-             "fp_prefix_stats", "fp_verdicts")
+             "fp_prefix_stats", "fp_verdicts", "fp_pods", "fp_l4")
 
 # fp_verdicts slots, in index order (enum fp_verdict).
 VERDICTS = (
@@ -47,9 +61,22 @@ VERDICTS = (
     "too_big",         # total_length > entry mtu
     "rewrite_error",   # bpf_skb_change_tail / bpf_skb_store_bytes failed
     "redirect_error",  # bpf_redirect did not return TC_ACT_REDIRECT
+    "encapsulated",    # fp_pod_ingress: IPv4 packet put in a DMSC header and redirected
+    "decapsulated",    # fp_ingress, DECAP entry: the inner IPv4 packet redirected to a pod
+    "not_ipv4",        # fp_pod_ingress: EtherType not 0x0800, or a VLAN tag present
+    "spoofed",         # fp_pod_ingress: source address is not the pod's: DROPPED
+    "ip_fragment",     # fp_pod_ingress: MF flag or fragment offset set
+    "not_l4",          # fp_pod_ingress: not TCP/UDP, or its header (20/8 bytes) past the packet
+    "gso",             # fp_pod_ingress: skb->gso_segs > 1
+    "bad_inner",       # not IPv4 (version, IHL >= 5), lengths inconsistent; DECAP of a type != 6
 )
 VERDICT = {name: i for i, name in enumerate(VERDICTS)}
-PASSED_UP = VERDICTS[1:]
+# Frames the programs hand on (redirect) and frames they drop; the rest is passed up
+# unchanged. rewrite_error/redirect_error: passed up by the FORWARD rewrite,
+# dropped (TC_ACT_SHOT) after an encap/decap's first write.
+HANDLED = ("redirected", "encapsulated", "decapsulated")
+DROPPED = ("spoofed",)
+PASSED_UP = tuple(v for v in VERDICTS if v not in HANDLED and v not in DROPPED)
 assert len(VERDICTS) <= FP_VERDICTS_MAX
 
 # ---------------------------------------------------------------- structs
@@ -57,26 +84,37 @@ U32 = struct.Struct("=I")                       # array/hash keys: slot, ifindex
 U64 = struct.Struct("=Q")                       # fp_gen value, fp_verdicts value
 KEY = struct.Struct(f"=HH{FP_KEY_MAX}s")        # struct fp_key
 FACE = struct.Struct("=II")                     # struct fp_face
-FLOW = struct.Struct("=IIQ6s6sHHII")            # struct fp_flow
-FLOW_STATS = struct.Struct("=QQQ")              # struct fp_flow_stats
+FLOW = struct.Struct("=IIQ6s6sHHIII4s")        # struct fp_flow
+FLOW_STATS = struct.Struct("=QQQQ")             # struct fp_flow_stats
 FACE_STATS = struct.Struct("=QQQQ")             # struct fp_face_stats
 PREFIX_STATS = struct.Struct("=QQ")             # struct fp_prefix_stats
+POD = struct.Struct("=4sI")                     # struct fp_pod
+L4_KEY = struct.Struct("!4s4sHHB3x")            # struct fp_l4_key (all network order)
+L4_VALUE = struct.Struct(f"=IIQ6s6sHHII4sHH{FP_L4_HDR_MAX}s")  # struct fp_l4
 
 # What test_layout checks against the compiled header.
-SIZES = {"fp_key": 260, "fp_face": 8, "fp_flow": 40, "fp_flow_stats": 24,
-         "fp_face_stats": 32, "fp_prefix_stats": 16}
+SIZES = {"fp_key": 260, "fp_face": 8, "fp_flow": 48, "fp_flow_stats": 32,
+         "fp_face_stats": 32, "fp_prefix_stats": 16, "fp_pod": 8, "fp_l4_key": 16,
+         "fp_l4": 176}
 OFFSETS = {
     "fp_key": {"len": 0, "pad": 2, "bytes": 4},
     "fp_face": {"face_slot": 0, "flags": 4},
     "fp_flow": {"out_ifindex": 0, "flow_slot": 4, "gen": 8, "dst_mac": 16, "src_mac": 22,
-                "mtu": 28, "out_face_slot": 30, "prefix_slot": 32, "priority": 36},
-    "fp_flow_stats": {"packets": 0, "bytes": 8, "last_ns": 16},
+                "mtu": 28, "out_face_slot": 30, "prefix_slot": 32, "priority": 36,
+                "action": 40, "nat_addr": 44},
+    "fp_flow_stats": {"packets": 0, "bytes": 8, "last_ns": 16, "tcp_flags": 24},
     "fp_face_stats": {"rx_packets": 0, "rx_bytes": 8, "tx_packets": 16, "tx_bytes": 24},
     "fp_prefix_stats": {"packets": 0, "bytes": 8},
+    "fp_pod": {"addr": 0, "face_slot": 4},
+    "fp_l4_key": {"saddr": 0, "daddr": 4, "sport": 8, "dport": 10, "proto": 12, "pad": 13},
+    "fp_l4": {"out_ifindex": 0, "flow_slot": 4, "gen": 8, "dst_mac": 16, "src_mac": 22,
+              "mtu": 28, "out_face_slot": 30, "prefix_slot": 32, "priority": 36,
+              "snat_addr": 40, "hdr_len": 44, "pad": 46, "hdr": 48},
 }
 for _name, _st in (("fp_key", KEY), ("fp_face", FACE), ("fp_flow", FLOW),
                    ("fp_flow_stats", FLOW_STATS), ("fp_face_stats", FACE_STATS),
-                   ("fp_prefix_stats", PREFIX_STATS)):
+                   ("fp_prefix_stats", PREFIX_STATS), ("fp_pod", POD),
+                   ("fp_l4_key", L4_KEY), ("fp_l4", L4_VALUE)):
     assert _st.size == SIZES[_name], _name
 
 # map name -> (key size, value size, max_entries, per-CPU)
@@ -88,7 +126,11 @@ MAPS = {
     "fp_face_stats": (U32.size, FACE_STATS.size, FP_FACES_MAX, True),
     "fp_prefix_stats": (U32.size, PREFIX_STATS.size, FP_PREFIXES_MAX, True),
     "fp_verdicts": (U32.size, U64.size, FP_VERDICTS_MAX, True),
+    "fp_pods": (U32.size, POD.size, FP_PODS_MAX, False),
+    "fp_l4": (L4_KEY.size, L4_VALUE.size, FP_FLOWS_MAX, False),
 }
+# the maps whose size follows FastPath(flows_max=...)
+FLOW_SIZED_MAPS = ("fp_flows", "fp_flow_stats", "fp_l4")
 
 
 # ---------------------------------------------------------------- keys and values
@@ -136,6 +178,40 @@ def mac_bytes(mac: MacLike) -> bytes:
     return raw
 
 
+AddrLike = Union[bytes, bytearray, str]
+NO_ADDR = bytes(4)
+
+
+def ipv4_bytes(addr: Optional[AddrLike]) -> bytes:
+    """4 bytes (network order) from bytes or '10.0.0.1'; None gives 0.0.0.0."""
+    if addr is None:
+        return NO_ADDR
+    if isinstance(addr, str):
+        try:
+            return ipaddress.IPv4Address(addr).packed
+        except ValueError:
+            raise ValueError(f"not a dotted IPv4 address: {addr!r}") from None
+    raw = bytes(addr)
+    if len(raw) != 4:
+        raise ValueError(f"IPv4 address of {len(raw)} bytes")
+    return raw
+
+
+def ipv4_str(raw: bytes) -> str:
+    return ".".join(str(b) for b in raw)
+
+
+def _check_slots(flow_slot: int, out_face_slot: int, prefix_slot: int, mtu: int) -> None:
+    if not 0 <= flow_slot < FP_FLOWS_MAX:
+        raise ValueError(f"flow_slot {flow_slot} outside 0..{FP_FLOWS_MAX - 1}")
+    if not 0 <= out_face_slot < FP_FACES_MAX:
+        raise ValueError(f"out_face_slot {out_face_slot} outside 0..{FP_FACES_MAX - 1}")
+    if prefix_slot != NO_PREFIX and not 0 <= prefix_slot < FP_PREFIXES_MAX:
+        raise ValueError(f"prefix_slot {prefix_slot} outside 0..{FP_PREFIXES_MAX - 1}")
+    if not 0 <= mtu <= 0xFFFF:
+        raise ValueError(f"mtu {mtu}")
+
+
 class Flow(NamedTuple):
     """Decoded struct fp_flow."""
     out_ifindex: int
@@ -147,27 +223,117 @@ class Flow(NamedTuple):
     out_face_slot: int
     prefix_slot: int = NO_PREFIX
     priority: int = 0
+    action: int = ACT_FORWARD
+    nat_addr: bytes = NO_ADDR   # 4 bytes, network order; 0.0.0.0: no DNAT
 
 
 def flow_value(out_ifindex: int, flow_slot: int, gen: int, dst_mac: MacLike, src_mac: MacLike,
                mtu: int, out_face_slot: int, prefix_slot: int = NO_PREFIX,
-               priority: int = 0) -> bytes:
+               priority: int = 0, action: int = ACT_FORWARD,
+               nat_addr: Optional[AddrLike] = None) -> bytes:
     """Pack a struct fp_flow. Slots must be below the map sizes (the program
-    skips counting on an out-of-range slot; it still forwards)."""
-    if not 0 <= flow_slot < FP_FLOWS_MAX:
-        raise ValueError(f"flow_slot {flow_slot} outside 0..{FP_FLOWS_MAX - 1}")
-    if not 0 <= out_face_slot < FP_FACES_MAX:
-        raise ValueError(f"out_face_slot {out_face_slot} outside 0..{FP_FACES_MAX - 1}")
-    if prefix_slot != NO_PREFIX and not 0 <= prefix_slot < FP_PREFIXES_MAX:
-        raise ValueError(f"prefix_slot {prefix_slot} outside 0..{FP_PREFIXES_MAX - 1}")
-    if not 0 <= mtu <= 0xFFFF:
-        raise ValueError(f"mtu {mtu}")
+    skips counting on an out-of-range slot; it still forwards).
+
+    ACT_FORWARD: rewrite and redirect the DMSC frame (types 1..6); `mtu` bounds
+    its total_length. ACT_DECAP: a type-6 frame's IPv4 packet is delivered in
+    an Ethernet header (dst_mac, src_mac, 0x0800) to out_ifindex (a pod-facing
+    veth, registered with set_face); `mtu` bounds the IPv4 packet; `nat_addr`
+    (dotted string or 4 bytes), when given, replaces its destination address.
+    A FORWARD entry ignores nat_addr: give none."""
+    _check_slots(flow_slot, out_face_slot, prefix_slot, mtu)
+    if action not in ACTIONS:
+        raise ValueError(f"action {action}: not ACT_FORWARD or ACT_DECAP")
+    nat = ipv4_bytes(nat_addr)
+    if action == ACT_FORWARD and nat != NO_ADDR:
+        raise ValueError("nat_addr is for ACT_DECAP entries")
     return FLOW.pack(out_ifindex, flow_slot, gen, mac_bytes(dst_mac), mac_bytes(src_mac),
-                     mtu, out_face_slot, prefix_slot, priority & 0xFFFFFFFF)
+                     mtu, out_face_slot, prefix_slot, priority & 0xFFFFFFFF, action, nat)
 
 
 def decode_flow(value: bytes) -> Flow:
     return Flow(*FLOW.unpack(value))
+
+
+# ---------------------------------------------------------------- pods and L4 flows
+def pod_value(addr: AddrLike, face_slot: int) -> bytes:
+    """Pack a struct fp_pod: the pod's one allowed source address, its face slot."""
+    if not 0 <= face_slot < FP_FACES_MAX:
+        raise ValueError(f"face_slot {face_slot} outside 0..{FP_FACES_MAX - 1}")
+    raw = ipv4_bytes(addr)
+    if raw == NO_ADDR:
+        raise ValueError("a pod's address cannot be 0.0.0.0")
+    return POD.pack(raw, face_slot)
+
+
+def decode_pod(value: bytes) -> Tuple[str, int]:
+    """(address as a dotted string, face_slot)"""
+    raw, slot = POD.unpack(value)
+    return ipv4_str(raw), slot
+
+
+class L4Key(NamedTuple):
+    """Decoded struct fp_l4_key."""
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    proto: int
+
+
+def l4_key(saddr: AddrLike, daddr: AddrLike, sport: int, dport: int, proto: int) -> bytes:
+    """Pack a struct fp_l4_key: the inner 5-tuple exactly as the pod sends it
+    (before SNAT). proto is IPPROTO_TCP (6) or IPPROTO_UDP (17)."""
+    if proto not in (IPPROTO_TCP, IPPROTO_UDP):
+        raise ValueError(f"proto {proto}: only TCP (6) and UDP (17) are carried")
+    for p in (sport, dport):
+        if not 0 <= p <= 0xFFFF:
+            raise ValueError(f"port {p}")
+    return L4_KEY.pack(ipv4_bytes(saddr), ipv4_bytes(daddr), sport, dport, proto)
+
+
+def decode_l4_key(key: bytes) -> L4Key:
+    s, d, sp, dp, proto = L4_KEY.unpack(key)
+    return L4Key(ipv4_str(s), ipv4_str(d), sp, dp, proto)
+
+
+class L4Flow(NamedTuple):
+    """Decoded struct fp_l4 (header: the hdr_len bytes in use)."""
+    out_ifindex: int
+    flow_slot: int
+    gen: int
+    dst_mac: bytes
+    src_mac: bytes
+    mtu: int
+    out_face_slot: int
+    prefix_slot: int
+    priority: int
+    snat_addr: bytes            # 4 bytes, network order; 0.0.0.0: no SNAT
+    header: bytes
+
+
+def l4_value(out_ifindex: int, flow_slot: int, gen: int, dst_mac: MacLike, src_mac: MacLike,
+             mtu: int, out_face_slot: int, prefix_slot: int, priority: int,
+             snat_addr: Optional[AddrLike], header: bytes) -> bytes:
+    """Pack a struct fp_l4. `header`: the DMSC header (40..FP_L4_HDR_MAX bytes)
+    to put in front of the pod's IPv4 packet, every field final except
+    total_length (bytes 4..5), which the program writes per packet. `mtu`
+    bounds len(header) + the IPv4 total length. `snat_addr` (dotted string or
+    4 bytes; None or 0.0.0.0: none) replaces the inner source address."""
+    _check_slots(flow_slot, out_face_slot, prefix_slot, mtu)
+    header = bytes(header)
+    if not HDR_LEN <= len(header) <= FP_L4_HDR_MAX:
+        raise ValueError(f"DMSC header of {len(header)} bytes: outside "
+                         f"{HDR_LEN}..{FP_L4_HDR_MAX}")
+    return L4_VALUE.pack(out_ifindex, flow_slot, gen, mac_bytes(dst_mac), mac_bytes(src_mac), mtu,
+                   out_face_slot, prefix_slot, priority & 0xFFFFFFFF, ipv4_bytes(snat_addr),
+                   len(header), 0, header)
+
+
+def decode_l4(value: bytes) -> L4Flow:
+    (out_ifindex, flow_slot, gen, dst, src, mtu, out_slot, prefix_slot, priority, snat, hlen,
+     _pad, hdr) = L4_VALUE.unpack(value)
+    return L4Flow(out_ifindex, flow_slot, gen, dst, src, mtu, out_slot, prefix_slot, priority,
+              snat, hdr[:hlen])
 
 
 def face_value(face_slot: int, flags: int = 0) -> bytes:
@@ -181,6 +347,7 @@ class FlowStats(NamedTuple):
     packets: int = 0
     bytes: int = 0
     last_ns: int = 0     # CLOCK_MONOTONIC ns (time.monotonic_ns()), 0 if never hit
+    tcp_flags: int = 0   # OR of the inner TCP flags bytes (encap, decap); 0 for FORWARD
 
 
 class FaceStats(NamedTuple):
@@ -196,14 +363,15 @@ class PrefixStats(NamedTuple):
 
 
 def decode_flow_stats(per_cpu: Iterable[bytes]) -> FlowStats:
-    """Sum packets and bytes over CPUs; last_ns is the latest of them."""
-    p = b = t = 0
+    """Sum packets and bytes over CPUs; last_ns is the latest of them; tcp_flags ORed."""
+    p = b = t = f = 0
     for raw in per_cpu:
-        cp, cb, ct = FLOW_STATS.unpack_from(raw)
+        cp, cb, ct, cf = FLOW_STATS.unpack_from(raw)
         p += cp
         b += cb
         t = max(t, ct)
-    return FlowStats(p, b, t)
+        f |= cf
+    return FlowStats(p, b, t, f)
 
 
 def decode_face_stats(per_cpu: Iterable[bytes]) -> FaceStats:

@@ -101,6 +101,8 @@ SKB_OFF_MARK = 8
 SKB_OFF_PRIORITY = 32
 SKB_OFF_INGRESS_IFINDEX = 36
 SKB_OFF_IFINDEX = 40
+SKB_OFF_GSO_SEGS = 164
+SKB_OFF_GSO_SIZE = 176
 # struct bpf_prog_info / bpf_map_info offsets (linux/bpf.h)
 PROG_INFO_SIZE = 232
 PROG_INFO_OFF = {"type": 0, "id": 4, "jited_prog_len": 16, "xlated_prog_len": 20,
@@ -110,11 +112,14 @@ MAP_INFO_OFF = {"type": 0, "id": 4, "key_size": 8, "value_size": 12, "max_entrie
                 "map_flags": 20, "name": 24}
 
 
-def skb_ctx(ifindex: int = 0, ingress_ifindex: int = 0, priority: int = 0, mark: int = 0) -> bytes:
-    """A struct __sk_buff for test_run's ctx_in (other fields must stay 0)."""
+def skb_ctx(ifindex: int = 0, ingress_ifindex: int = 0, priority: int = 0, mark: int = 0,
+            gso_segs: int = 0, gso_size: int = 0) -> bytes:
+    """A struct __sk_buff for test_run's ctx_in (other fields must stay 0).
+    gso_segs/gso_size go to the test skb's shared info (a GSO packet's shape)."""
     buf = bytearray(SKB_CTX_SIZE)
     for off, val in ((SKB_OFF_MARK, mark), (SKB_OFF_PRIORITY, priority),
-                     (SKB_OFF_INGRESS_IFINDEX, ingress_ifindex), (SKB_OFF_IFINDEX, ifindex)):
+                     (SKB_OFF_INGRESS_IFINDEX, ingress_ifindex), (SKB_OFF_IFINDEX, ifindex),
+                     (SKB_OFF_GSO_SEGS, gso_segs), (SKB_OFF_GSO_SIZE, gso_size)):
         buf[off:off + 4] = int(val).to_bytes(4, "little")
     return bytes(buf)
 
