@@ -30,6 +30,7 @@ class StubDaemon:
         self.events = EventLog(None, node)
         self.router = None
         self.offload = None
+        self.pods = None
         self.dataplane = {"mode": "python", "reason": "a simulated forwarder has no kernel path"}
         self._lock = threading.Lock()
         for f in faces:

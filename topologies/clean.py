@@ -86,7 +86,8 @@ class _Cleaner:
     def __init__(self, dry_run: bool, log: Callable[[str], None]) -> None:
         self.dry_run = dry_run
         self.log = log
-        self.counts = {"process": 0, "netns": 0, "link": 0, "tc_filter": 0, "bpf_pins": 0}
+        self.counts = {"process": 0, "netns": 0, "link": 0, "tc_filter": 0, "bpf_pins": 0,
+                       "netns_etc": 0}
         self.errors = 0
 
     def _did(self, what: str, text: str) -> None:
@@ -189,6 +190,22 @@ class _Cleaner:
             except OSError as exc:
                 self.fail(f"{text}: {exc}")
 
+    def delete_netns_etc(self, entries: list[dict]) -> None:
+        """A pod's /etc/netns/<namespace> folder (only a recorded one under /etc/netns)."""
+        import shutil
+        for e in entries:
+            d = Path(e.get("path", "")) if e.get("kind") == "netns_etc" else None
+            if d is None or d.parent != Path("/etc/netns") or not d.is_dir():
+                continue
+            if self.dry_run:
+                self._did("netns_etc", f"folder {d}")
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            if d.exists():
+                self.fail(f"folder {d}: still there")
+            else:
+                self._did("netns_etc", f"folder {d}")
+
     def delete_namespaces(self, entries: list[dict]) -> None:
         for e in entries:
             if e.get("kind") != "netns" or not netns_exists(e["name"]):
@@ -210,6 +227,7 @@ class _Cleaner:
         self.delete_filters(entries)
         self.delete_links(entries)
         self.delete_namespaces(entries)
+        self.delete_netns_etc(entries)
         self.delete_pins(entries)
         if not self.dry_run and self.errors == before and not is_done(entries):
             Records(run_dir).done()

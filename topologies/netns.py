@@ -28,10 +28,13 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from .proc import CommandError, Proc, run as _run, stop_all
 from .records import Records
+
+if TYPE_CHECKING:
+    from .pods import PodSpec
 
 __all__ = ["CommandError", "MgmtNetwork", "NetnsNetwork", "NsLink", "NsNode", "require_netns"]
 
@@ -139,6 +142,8 @@ class NetnsNetwork:
         # the data plane of forwarders started on this network (topologies.fwd_net)
         # unless their configuration names one: auto, ebpf or python
         self.dataplane = "auto"
+        self._pods: dict[str, list] = {}     # SG node -> its PodSpecs
+        self._pod_netns: list[str] = []
 
     @property
     def records(self) -> Records:
@@ -225,6 +230,36 @@ class NetnsNetwork:
         """Bring every link between ``a`` and ``b`` back up, on both ends."""
         self._set_links(a, b, "up")
 
+    def add_pod(self, sg: str, name: str, services: Sequence[str] = (),
+                sg_number: Optional[int] = None, network_mtu: int = 1500) -> "PodSpec":
+        """A pod behind node `sg` (topologies.pods): its own namespace, a veth to `sg`,
+        an address from `sg`'s pod range, `sg` as its gateway and resolver. Start the
+        SG's forwarder with `pods=[spec.forwarder_config(...)]`; `pod_cmd` runs in it."""
+        from .pods import PodSpec, create, prepare_gateway
+        if not _NODE_RE.match(name):
+            raise ValueError(f"pod name {name!r} must match {_NODE_RE.pattern}")
+        node = self.node(sg)
+        index = len(self._pods.setdefault(sg, []))
+        number = sg_number if sg_number is not None else list(self._nodes).index(sg) + 1
+        spec = PodSpec(name, sg, index, number, list(services))
+        if index == 0:
+            prepare_gateway(node.netns)
+        create(spec, node.netns, f"{self.prefix}-{self.runid}-{name}", self._records, network_mtu)
+        self._pods[sg].append(spec)
+        self._pod_netns.append(spec.netns)
+        return spec
+
+    def pod_cmd(self, pod: "PodSpec", argv: list[str], check: bool = True,
+                timeout: float = 30) -> subprocess.CompletedProcess:
+        """Run argv in a pod (``ip netns exec``: its /etc/resolv.conf is its SG)."""
+        return _run(argv, netns=pod.netns, check=check, timeout=timeout)
+
+    def pod_popen(self, pod: "PodSpec", argv: list[str], log_name: str) -> subprocess.Popen:
+        """Start argv in a pod in the background, recorded and stopped with the network."""
+        return self.node(pod.sg).adopt(Proc(pod.netns, self.node(pod.sg).workdir,
+                                            f"{pod.name}-{log_name}", self._records,
+                                            argv=argv)).spawn()
+
     def add_mgmt_network(self, name: str = "mgmt", subnet: str = "10.255.0") -> "MgmtNetwork":
         """A management network: a Linux bridge inside its own namespace (node ``name``),
         never in the root namespace; `MgmtNetwork.attach` joins nodes to it with a veth
@@ -246,6 +281,13 @@ class NetnsNetwork:
         if self._stopped:
             return
         errors = stop_all(self._procs)
+        from .pods import remove_etc
+        for ns in self._pod_netns:
+            remove_etc(ns)
+            if os.path.exists(f"/run/netns/{ns}"):
+                res = _run(["ip", "netns", "del", ns], check=False)
+                if res.returncode != 0:
+                    errors.append(f"netns {ns}: {res.stderr.strip()}")
         for node in self._nodes.values():
             if not os.path.exists(f"/run/netns/{node.netns}"):
                 continue

@@ -15,6 +15,7 @@ Entry kinds::
     {"kind": "owner", "pid": 1200, "starttime": 567000, "argv0": "python3"}  # the lab/test process
     {"kind": "tc_filter", "dev": "r1-eth0", "netns": "dm-1a2b3c-r1"} # the fast path's tc program
     {"kind": "bpf_pins", "path": "/run/dmsc/bpf/0123456789abcdef"}   # a forwarder's pinned maps
+    {"kind": "netns_etc", "path": "/etc/netns/dm-1a2b3c-h1p0"}      # a pod's resolv.conf
     {"kind": "done"}                                                 # run cleaned up after itself
 
 While a run's owner is alive, ``clean`` without arguments leaves the run
@@ -235,6 +236,11 @@ class Records:
         """Record that a process of ours attaches the kernel fast path's tc filter to
         `dev` (clsact ingress); call before starting it."""
         self._append({"kind": "tc_filter", "dev": dev, "netns": netns})
+
+    def netns_etc(self, path: str) -> None:
+        """Record an /etc/netns/<namespace> folder we write (a pod's resolv.conf); call
+        before writing it. `clean` removes it."""
+        self._append({"kind": "netns_etc", "path": str(path)})
 
     def bpf_pins(self, path: str) -> None:
         """Record the bpffs folder where a process of ours pins its maps; call before

@@ -66,20 +66,35 @@ class Conn:
         return (self.out_src.wire, self.out_dst.wire)
 
     def saw(self, flags: int, from_pod: bool, nbytes: int, now: float) -> None:
-        """One more packet (TCP flags OR-ed in): closes the connection on RST or FIN both ways."""
-        self.last_seen = max(self.last_seen, now)
+        """One more packet through the gateway (TCP flags OR-ed in)."""
+        self._count(from_pod, 1, nbytes)
+        self._observe(flags, from_pod, now)
+
+    def kernel_saw(self, tcp_flags: int, from_pod: bool, packets: int, nbytes: int,
+                   last: float) -> None:
+        """What the kernel carried since the last look (its flags are cumulative)."""
+        self._count(from_pod, packets, nbytes)
+        self._observe(tcp_flags, from_pod, last)
+
+    def _count(self, from_pod: bool, packets: int, nbytes: int) -> None:
         if from_pod:
-            self.tcp_flags_from_pod |= flags
-            self.packets_from_pod += 1
+            self.packets_from_pod += packets
             self.bytes_from_pod += nbytes
         else:
-            self.tcp_flags_to_pod |= flags
-            self.packets_to_pod += 1
+            self.packets_to_pod += packets
             self.bytes_to_pod += nbytes
+
+    def _observe(self, flags: int, from_pod: bool, when: float) -> None:
+        """Closes the connection on RST, or FIN both ways."""
+        self.last_seen = max(self.last_seen, when)
+        if from_pod:
+            self.tcp_flags_from_pod |= flags
+        else:
+            self.tcp_flags_to_pod |= flags
         if self.proto == TCP and self.closed_at is None:
             both = self.tcp_flags_from_pod | self.tcp_flags_to_pod
             if both & TCP_RST or (self.tcp_flags_from_pod & TCP_FIN and self.tcp_flags_to_pod & TCP_FIN):
-                self.closed_at = now
+                self.closed_at = when
 
     def expired(self, now: float) -> bool:
         if self.closed_at is not None:

@@ -61,6 +61,7 @@ class Views:
                 "face_events": dict(self.d.face_events),
                 "events": self.d.events.summary(),
                 "dataplane": self.dataplane(),
+                "gateway": self.d.pods.status(now) if self.d.pods is not None else None,
                 "routing": self.routing_summary()}
 
     def dataplane(self) -> dict:
@@ -122,7 +123,9 @@ class Views:
             f = self.core.faces.get(e.face_id)
             d["face_name"] = f.name if f else None
             out.append(d)
-        return {"flows": out, "idle_timeout_s": self.core.flows.idle_timeout}
+        conns = [c.to_json(now) for c in self.d.pods.gateway.conns] if self.d.pods else []
+        return {"flows": out, "idle_timeout_s": self.core.flows.idle_timeout,
+                "connections": conns}
 
     def strategy(self) -> dict:
         return {"rules": [r.to_json() for r in self.core.strategy.rules()]}
@@ -132,12 +135,39 @@ class Views:
         names = {f.face_id: f.name for f in self.core.faces}
         d = self.core.counters.to_json(names)
         d["tx_errors"] = dict(self.d.tx_errors)
+        if self.d.pods is not None:
+            d["l4"] = self.l4_counters()
         return d
+
+    def l4_counters(self) -> dict:
+        """The pods' carried connections: opened, closed, expired, evicted, open now;
+        packets and bytes each way (the kernel's included); what the gateway refused."""
+        gw = self.d.pods.gateway
+        conns = list(gw.conns)
+        return {**gw.conns.stats, "open": len(conns),
+                "packets_from_pods": sum(c.packets_from_pod for c in conns),
+                "packets_to_pods": sum(c.packets_to_pod for c in conns),
+                "bytes_from_pods": sum(c.bytes_from_pod for c in conns),
+                "bytes_to_pods": sum(c.bytes_to_pod for c in conns),
+                "refused": dict(gw.drops), "sent_to_pods": dict(gw.sent_to_pods),
+                "dns": dict(self.d.pods.dns_answers)}
 
     def metrics(self) -> str:
         self.d.sync_kernel()
         names = {f.face_id: f.name for f in self.core.faces}
-        return self.core.counters.prometheus(self.core.name.text, names)
+        text = self.core.counters.prometheus(self.core.name.text, names)
+        if self.d.pods is not None:
+            node = self.core.name.text
+            l4 = self.l4_counters()
+            lines = [f'dmsc_l4_connections{{node="{node}",state="{k}"}} {l4[k]}'
+                     for k in ("opened", "closed", "expired", "evicted", "open")]
+            lines += [f'dmsc_l4_{k}{{node="{node}"}} {l4[k]}'
+                      for k in ("packets_from_pods", "packets_to_pods", "bytes_from_pods",
+                                "bytes_to_pods")]
+            lines += [f'dmsc_l4_refused{{node="{node}",reason="{r}"}} {n}'
+                      for r, n in sorted(l4["refused"].items())]
+            text = text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+        return text
 
     def add_route(self, body: dict) -> dict:
         prefix = _name(body.get("prefix"))

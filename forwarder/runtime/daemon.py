@@ -193,8 +193,10 @@ class Daemon:
         from .offload import choose
         faces = [(f.face_id, self.io[f.face_id].interface, f.up, f.kind)
                  for f in self.core.faces if f.kind == ETHER and f.face_id in self.io]
+        pods = [(p.face_id, self.io[p.face_id].interface, p.address)
+                for p in self.pods.gateway.pods.values()] if self.pods is not None else []
         self.offload, reason = choose(self.cfg.dataplane, self.core, pin_dir_for(self.cfg.workdir),
-                                      faces)
+                                      faces, pods)
         self.dataplane = {"mode": "ebpf" if self.offload else "python", "configured":
                           self.cfg.dataplane, "reason": reason}
         log.info("data plane %s", reason)
@@ -528,11 +530,13 @@ class Daemon:
 
     def _offload(self, a: Offload) -> None:
         out, inn = self.io.get(a.flow.face_id), self.io.get(a.in_face)
-        if isinstance(out, EtherFace) and isinstance(inn, EtherFace):
-            try:
-                self.offload.install(a, out, inn)
-            except OSError as exc:  # a full or vanished map: the Python path carries on
-                log.warning("kernel fast path: install failed: %s", exc)
+        if out is None or inn is None:
+            return
+        l4 = self.pods.l4_spec(a) if self.pods is not None and a.kind != "forward" else None
+        try:
+            self.offload.install(a, out, inn, l4)
+        except OSError as exc:  # a full or vanished map: the Python path carries on
+            log.warning("kernel fast path: install failed: %s", exc)
 
     def _want_flush(self, io: FaceIO) -> None:
         """Ask for a write event; UDP faces share a socket and simply drop instead."""

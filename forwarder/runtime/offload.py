@@ -26,12 +26,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ..dataplane.counters import PrefixCounters
 from ..dataplane.facetable import ETHER
 from ..dataplane.flows import FlowEntry
-from ..dataplane.pipeline import Forwarder, Offload
+from ..dataplane.pipeline import ENCAP, FORWARD, Forwarder, Offload
 
 log = logging.getLogger("dmsc.offload")
 
@@ -45,16 +45,35 @@ class DataplaneError(RuntimeError):
     """`dataplane: ebpf` was asked for and the kernel fast path cannot run; str() says why."""
 
 
+class L4Spec(NamedTuple):
+    """What an ENCAP or DECAP entry needs beyond the pipeline's decision: the pod side
+    (forwarder.runtime.pods works it out from the connection)."""
+    conn: object                       # forwarder.gateway.conntrack.Conn
+    pod_addr: str                      # ENCAP: the 5-tuple as the pod sends it
+    peer_addr: str
+    pod_port: int
+    peer_port: int
+    proto: int
+    snat: Optional[str] = None         # ENCAP of a serving pod: its source becomes this
+    dnat: Optional[str] = None         # DECAP to a serving pod: the destination becomes this
+    pod_mac: bytes = b""               # DECAP: the pod's and the gateway's addresses, its MTU
+    mtu: int = 0
+
+
 @dataclass
 class _KernelFlow:
     """One pipeline flow entry and the kernel entries that repeat it."""
     flow: FlowEntry
     slot: int
     pkey: bytes                       # the pipeline's flow key (names only)
-    keys: Dict[bytes, int] = field(default_factory=dict)  # kernel key (fp_key form) -> its gen
+    # (map, kernel key) -> (generation written, how to write it again at a generation)
+    keys: Dict[Tuple[str, bytes], Tuple[int, Callable[[int], None]]] = field(default_factory=dict)
     packets: int = 0                  # kernel counts merged into the flow so far
     bytes: int = 0
     last_ns: int = 0
+    tcp_flags: int = 0
+    conn: object = None               # a carried connection's Conn (ENCAP, DECAP)
+    from_pod: bool = False
 
 
 class KernelOffload:
@@ -75,7 +94,7 @@ class KernelOffload:
         self._ifindex: Dict[int, int] = {}                   # face id -> ifindex
         self.gen = -1
         self.stats = {"installed": 0, "reinstalled": 0, "deleted": 0, "no_slot": 0,
-                      "key_too_long": 0, "not_a_kernel_face": 0}
+                      "key_too_long": 0, "not_a_kernel_face": 0, "no_connection": 0}
         self.sync_generation()
 
     # ------------------------------------------------------------------ faces
@@ -86,19 +105,30 @@ class KernelOffload:
         self.fp.set_face(ifindex, face_id, 0 if up else self.layout.FACE_DOWN)
         self._ifindex[face_id] = ifindex
 
+    def add_pod(self, face_id: int, interface: str, address: str) -> None:
+        """Attach the pod program to a pod's veth; only `address` may be its source."""
+        ifindex = _ifindex(interface)
+        self.fp.attach_pods([ifindex])
+        self.fp.set_face(ifindex, face_id, 0)
+        self.fp.set_pod(ifindex, address, face_id)
+        self._ifindex[face_id] = ifindex
+
     def face_state(self, face_id: int, up: bool) -> None:
         ifindex = self._ifindex.get(face_id)
         if ifindex is not None:
             self.fp.set_face_down(ifindex, face_id, not up)
 
     # -------------------------------------------------------------- decisions
-    def install(self, off: Offload, out_io, in_io) -> bool:
+    def install(self, off: Offload, out_io, in_io, l4: Optional[L4Spec] = None) -> bool:
         """Repeat one pipeline decision in the kernel; False (and counted) when it
         cannot be: the packet then stays on the Python path, which is never wrong."""
         lay, fe = self.layout, off.flow
         out_ifindex = self._ifindex.get(fe.face_id)
         if out_ifindex is None or off.in_face not in self._ifindex:
             self.stats["not_a_kernel_face"] += 1
+            return False
+        if off.kind != FORWARD and l4 is None:
+            self.stats["no_connection"] += 1
             return False
         self.sync_generation()  # the kernel must hold the generation the value carries
         key = lay.key_from_block(off.key)
@@ -114,29 +144,44 @@ class KernelOffload:
             self.fp.reset_flow_stats([slot])
             dlen, slen = off.key[8], off.key[9]        # dst_len, src_len (offsets 28, 29)
             kf = self._flows[id(fe)] = _KernelFlow(fe, slot, off.key[:20 + dlen + slen])
-        self.stats["reinstalled" if key in kf.keys else "installed"] += 1
-        self._write(key, kf, out_ifindex, out_io, self.core.generation)
-        return True
+        prio = 7 if fe.priority >= HIGH_PRIORITY else 0
+        if off.kind == FORWARD:
+            def write(gen: int) -> None:
+                # as the Python path sends: the out face's addresses as they are now (the
+                # neighbour's may still be broadcast, as Python's own frames are)
+                self.fp.install(key, lay.flow_value(
+                    out_ifindex, kf.slot, gen, out_io.peer_mac, out_io.mac, fe.out.mtu,
+                    fe.face_id, self._prefix_slot(fe), prio))
+            mkey = ("flows", key)
+        elif off.kind == ENCAP:
+            kf.conn, kf.from_pod = l4.conn, True
+            mkey = ("l4", lay.l4_key(l4.pod_addr, l4.peer_addr, l4.pod_port, l4.peer_port,
+                                     l4.proto))
 
-    def _write(self, key: bytes, kf: _KernelFlow, out_ifindex: int, out_io, gen: int) -> None:
-        """The entry as the Python path would send: the out face's addresses as they are
-        now (the neighbour's may still be broadcast, as Python's own frames are)."""
-        fe = kf.flow
-        self.fp.install(key, self.layout.flow_value(
-            out_ifindex, kf.slot, gen, out_io.peer_mac, out_io.mac, fe.out.mtu, fe.face_id,
-            self._prefix_slot(fe), 7 if fe.priority >= HIGH_PRIORITY else 0))
-        kf.keys[key] = gen
+            def write(gen: int) -> None:
+                self.fp.install_l4(mkey[1], lay.l4_value(
+                    out_ifindex, kf.slot, gen, out_io.peer_mac, out_io.mac, fe.out.mtu,
+                    fe.face_id, self._prefix_slot(fe), prio, l4.snat, off.header))
+        else:  # DECAP: to the pod behind fe.face_id
+            kf.conn, kf.from_pod = l4.conn, False
+
+            def write(gen: int) -> None:
+                self.fp.install(key, lay.flow_value(
+                    out_ifindex, kf.slot, gen, l4.pod_mac, out_io.mac, l4.mtu, fe.face_id,
+                    self._prefix_slot(fe), prio, action=lay.ACT_DECAP, nat_addr=l4.dnat))
+            mkey = ("flows", key)
+        self.stats["reinstalled" if mkey in kf.keys else "installed"] += 1
+        write(self.core.generation)
+        kf.keys[mkey] = (self.core.generation, write)
+        return True
 
     def neighbour_learnt(self, face_id: int, out_io) -> None:
         """The out face's neighbour address changed: current entries through it take it."""
-        out_ifindex = self._ifindex.get(face_id)
-        if out_ifindex is None:
-            return
         for kf in self._flows.values():
             if kf.flow.face_id == face_id:
-                for key, gen in list(kf.keys.items()):
+                for mkey, (gen, write) in list(kf.keys.items()):
                     if gen == self.gen:  # a stale one is decided again first
-                        self._write(key, kf, out_ifindex, out_io, gen)
+                        write(gen)
 
     def python_hit(self, face_id: int, frame: bytes, out_io, in_io) -> None:
         """The Python fast path forwarded a frame of a flow the kernel does not hold
@@ -180,13 +225,17 @@ class KernelOffload:
                 if st is None:
                     continue
                 fe = kf.flow
-                if st.packets != kf.packets:
-                    fe.packets += st.packets - kf.packets
-                    fe.bytes += st.bytes - kf.bytes
+                dp, db = st.packets - kf.packets, st.bytes - kf.bytes
+                if dp:
+                    fe.packets += dp
+                    fe.bytes += db
                     kf.packets, kf.bytes = st.packets, st.bytes
                 if st.last_ns > kf.last_ns:
-                    fe.last_used = max(fe.last_used, now_wall - (now_ns - st.last_ns) / 1e9)
+                    last = now_wall - (now_ns - st.last_ns) / 1e9
+                    fe.last_used = max(fe.last_used, last)
                     kf.last_ns = st.last_ns
+                    if kf.conn is not None:   # a carried connection's idle time and state
+                        kf.conn.kernel_saw(st.tcp_flags, kf.from_pod, dp, db, last)
         by_slot = {slot: pc for slot, pc in self._prefix_slots.values()}
         for slot, st in self.fp.read_prefix_stats().items():
             pc = by_slot.get(slot)
@@ -212,8 +261,8 @@ class KernelOffload:
         gone = [k for k, kf in self._flows.items() if self.core.flows.get(kf.pkey) is not kf.flow]
         for k in gone:
             kf = self._flows.pop(k)
-            for key in kf.keys:
-                self.fp.delete(key)
+            for (m, key) in kf.keys:
+                (self.fp.delete_l4 if m == "l4" else self.fp.delete)(key)
                 self.stats["deleted"] += 1
             self._free.append(kf.slot)
         return len(gone)
@@ -243,11 +292,12 @@ def _socket_ifindex(interface: str) -> int:
     return socket.if_nametoindex(interface)
 
 
-def choose(mode: str, core: Forwarder, pin_dir: str,
-           faces: List[Tuple[int, str, bool, str]]) -> Tuple[Optional[KernelOffload], str]:
+def choose(mode: str, core: Forwarder, pin_dir: str, faces: List[Tuple[int, str, bool, str]],
+           pods: List[Tuple[int, str, str]] = ()) -> Tuple[Optional[KernelOffload], str]:
     """The data plane for this process: (the offload or None, why). `faces` are the
-    network faces as (face id, interface, up, kind). `ebpf` raises DataplaneError
-    when the kernel fast path cannot run; `auto` falls back to Python instead."""
+    network faces as (face id, interface, up, kind); `pods` the pod faces as (face id,
+    interface, the pod's address). `ebpf` raises DataplaneError when the kernel fast
+    path cannot run; `auto` falls back to Python instead."""
     if mode not in MODES:
         raise ValueError(f"dataplane {mode!r} is not one of {', '.join(MODES)}")
     if mode == "python":
@@ -261,6 +311,8 @@ def choose(mode: str, core: Forwarder, pin_dir: str,
             for face_id, interface, up, kind in faces:
                 if kind == ETHER:
                     off.add_face(face_id, interface, up)
+            for face_id, interface, address in pods:
+                off.add_pod(face_id, interface, address)
         except (OSError, ValueError) as exc:  # libbpf's BpfError is an OSError
             if off is not None:
                 off.close()

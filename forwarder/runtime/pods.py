@@ -20,12 +20,14 @@ from ..dataplane import wire
 from ..dataplane.facetable import ETHER
 from ..dataplane.hostmap import host_to_prefix
 from ..dataplane.names import Name
+from ..dataplane.pipeline import ENCAP, Offload
 from ..dataplane.wire import Packet, PacketType, RegisterBody, RegisterResult
 from ..gateway import dns
 from ..gateway.addresses import L4_OVERHEAD, POD_GATEWAY
 from ..gateway.conntrack import Conn
 from ..gateway.gateway import Dropped, Inject, Pod, PodGateway, ToPod
 from .faces import PodFace
+from .offload import L4Spec
 
 log = logging.getLogger("dmsc.pods")
 DNS_PORT = 53
@@ -193,12 +195,23 @@ class PodRuntime:
                 self.core.flows.discard(flow_key(dst, src))
         return dead
 
-    def conn_for_key(self, key: bytes, arriving: bool) -> Optional[Conn]:
-        """The connection of an Offload's key (header bytes [20, header_length))."""
-        dlen, slen = key[8], key[9]
-        dst, src = key[20:20 + dlen], key[20 + dlen:20 + dlen + slen]
-        return self.gateway.conns.by_names(dst, src) if arriving else \
-            self.gateway.conns.by_names(src, dst)
+    def l4_spec(self, off: Offload) -> Optional[L4Spec]:
+        """What the kernel needs to repeat an ENCAP (from a pod) or DECAP (to a pod)
+        decision: the connection's 5-tuple and address rewrites, the pod's addresses."""
+        dlen, slen = off.key[8], off.key[9]
+        dst, src = off.key[20:20 + dlen], off.key[20 + dlen:20 + dlen + slen]
+        if off.kind == ENCAP:
+            conn = self.gateway.conns.by_names(src, dst)
+            pod = self.gateway.pods.get(off.in_face)
+        else:
+            conn = self.gateway.conns.by_names(dst, src)
+            pod = self.gateway.pods.get(off.flow.face_id)
+        if conn is None or pod is None:
+            return None
+        server = conn.role == "server"
+        return L4Spec(conn, conn.pod_addr, conn.peer_addr, conn.pod_port, conn.peer_port,
+                      conn.proto, snat=conn.service_addr if server else None,
+                      dnat=pod.address if server else None, pod_mac=pod.mac, mtu=pod.mtu)
 
     def status(self, now: float) -> dict:
         out = self.gateway.status(now)
@@ -228,8 +241,8 @@ def service_prefixes(core) -> List[Name]:
     out = []
     for e in core.fib.entries():
         p = e.prefix
-        if len(p) == 0 or p[0] == b"_dmsc" or core.name.is_prefix_of(p):
-            continue
+        if len(p) == 0 or p[0] == b"_dmsc" or core.name.is_prefix_of(p) or p.is_prefix_of(core.name):
+            continue   # reserved, this node's own names, or an aggregate route to nodes
         if any(r.instance and Name.parse(r.instance).is_prefix_of(p) for r in e.nexthops):
             continue
         out.append(p)

@@ -554,6 +554,18 @@ int fp_pod_ingress(struct __sk_buff *skb)
 	 * (__bpf_skb_min_len): small packets could not be decapsulated. Moved
 	 * this way, the transport offset stays 14 + IHL, inside any decap result.
 	 * Bytes from offset 14 on are L3 payload for a CHECKSUM_COMPLETE csum. */
+	/* SNAT first, while the IPv4 header is at offset 14: the checksum helpers
+	 * need the checksum fields at even offsets, and a DMSC header may have an
+	 * odd length. The address, then the IPv4 and L4 (pseudo-header) checksums. */
+	if (snat_addr) {
+		if (bpf_skb_store_bytes(skb, FP_ETH_HLEN + FP_IP_OFF_SADDR, &snat_addr,
+					sizeof(snat_addr), 0) < 0 ||
+		    bpf_l3_csum_replace(skb, FP_ETH_HLEN + FP_IP_OFF_CHECK, pod_addr, snat_addr,
+					sizeof(snat_addr)) < 0 ||
+		    bpf_l4_csum_replace(skb, FP_ETH_HLEN + l4_check, pod_addr, snat_addr,
+					csum_flags) < 0)
+			DROP(FP_V_REWRITE_ERROR);
+	}
 	if (bpf_skb_change_tail(skb, FP_ETH_HLEN + total, 0) < 0)
 		DROP(FP_V_REWRITE_ERROR);
 	__u32 rest = ip_len & (FP_COPY_CHUNK - 1);
@@ -573,19 +585,6 @@ int fp_pod_ingress(struct __sk_buff *skb)
 		if (bpf_skb_load_bytes(skb, from, scr->chunk, FP_COPY_CHUNK) < 0 ||
 		    bpf_skb_store_bytes(skb, from + hdr_len, scr->chunk, FP_COPY_CHUNK,
 					BPF_F_RECOMPUTE_CSUM) < 0)
-			DROP(FP_V_REWRITE_ERROR);
-	}
-
-	/* SNAT: the address, then the IPv4 and L4 (pseudo-header) checksums. */
-	__u32 ip_off = FP_ETH_HLEN + hdr_len;
-
-	if (snat_addr) {
-		if (bpf_skb_store_bytes(skb, ip_off + FP_IP_OFF_SADDR, &snat_addr,
-					sizeof(snat_addr), 0) < 0 ||
-		    bpf_l3_csum_replace(skb, ip_off + FP_IP_OFF_CHECK, pod_addr, snat_addr,
-					sizeof(snat_addr)) < 0 ||
-		    bpf_l4_csum_replace(skb, ip_off + l4_check, pod_addr, snat_addr,
-					csum_flags) < 0)
 			DROP(FP_V_REWRITE_ERROR);
 	}
 
