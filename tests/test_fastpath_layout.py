@@ -48,6 +48,8 @@ int main(void) {
   printf("const FP_PODS_MAX %d\nconst FP_L4_HDR_MAX %d\nconst FP_ACT_FORWARD %d\n"
          "const FP_ACT_DECAP %d\nconst FP_TYPE_IPV4 %d\nconst FP_HDR_LEN %d\n",
          FP_PODS_MAX, FP_L4_HDR_MAX, FP_ACT_FORWARD, FP_ACT_DECAP, FP_TYPE_IPV4, FP_HDR_LEN);
+  printf("const FP_MARK_GATEWAY %u\nconst FP_VIP_NET %u\nconst FP_VIP_MASK %u\n",
+         FP_MARK_GATEWAY, FP_VIP_NET, FP_VIP_MASK);
   return 0;
 }
 """
@@ -156,6 +158,10 @@ def test_constants_match_header(probe):
     assert c["FP_ACT_FORWARD"] == layout.ACT_FORWARD
     assert c["FP_ACT_DECAP"] == layout.ACT_DECAP
     assert c["FP_TYPE_IPV4"] == layout.TYPE_IPV4 == int(wire.PacketType.IPV4)
+    assert c["FP_MARK_GATEWAY"] == layout.MARK_GATEWAY
+    from forwarder.gateway.addresses import VIP_NET
+    assert (c["FP_VIP_NET"], c["FP_VIP_MASK"]) == (layout.VIP_NET, layout.VIP_MASK) == (
+        int(VIP_NET.network_address), int(VIP_NET.netmask))
     assert c["FP_HDR_LEN"] == layout.HDR_LEN
 
 

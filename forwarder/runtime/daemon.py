@@ -199,6 +199,10 @@ class Daemon:
                                       faces, pods)
         self.dataplane = {"mode": "ebpf" if self.offload else "python", "configured":
                           self.cfg.dataplane, "reason": reason}
+        if self.offload is not None and self.pods is not None:
+            from ..dataplane.fastpath.layout import MARK_GATEWAY
+            for face_id in self.pods.gateway.pods:
+                self.io[face_id].only_marked(MARK_GATEWAY)
         log.info("data plane %s", reason)
         self.events.emit("dataplane", mode=self.dataplane["mode"], reason=reason)
 

@@ -419,6 +419,7 @@ class LocalFace(FaceIO):
 
 
 ETH_P_IP = 0x0800
+SO_ATTACH_FILTER = 26
 
 
 class PodFace(FaceIO):
@@ -438,6 +439,19 @@ class PodFace(FaceIO):
         s.setblocking(False)
         self.sock = s
         self.mac = s.getsockname()[4]
+
+    def only_marked(self, mark: int) -> None:
+        """Receive only frames the kernel fast path marked for the gateway (classic BPF
+        on skb->mark): traffic it passes up between pods' own addresses stays out."""
+        import ctypes
+        prog = (ctypes.c_uint64 * 4)(*(int.from_bytes(struct.pack("=HBBI", *i), "little") for i in (
+            (0x20, 0, 0, 0xFFFFF000 + 20),      # ld mark (SKF_AD_OFF + SKF_AD_MARK)
+            (0x15, 0, 1, mark),                 # jeq #mark, accept, drop
+            (0x06, 0, 0, 0x40000),              # accept: ret #262144
+            (0x06, 0, 0, 0))))                  # drop: ret #0
+        fprog = struct.pack("HL", 4, ctypes.addressof(prog))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        self._filter = prog   # the kernel copied it; kept only for the record
 
     def read_batch(self) -> List[bytes]:
         out = []

@@ -442,6 +442,7 @@ int fp_pod_ingress(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	__u32 zero = 0;
 	__u32 verdict;
+	__u32 quiet = 0;   /* passed up, but nothing the gateway needs (see FP_MARK_GATEWAY) */
 
 	/* 1. An untagged IPv4 frame. */
 	if (skb->vlan_present || len < FP_ETH_HLEN)
@@ -510,8 +511,15 @@ int fp_pod_ingress(struct __sk_buff *skb)
 
 	struct fp_l4 *e = bpf_map_lookup_elem(&fp_l4, &key);
 
-	if (!e)
+	if (!e) {
+		/* Not carried. The gateway wants what may start or concern a carried
+		 * connection: anything to a service address, UDP, a TCP SYN or RST.
+		 * The rest is traffic between pods' own addresses (direct routing). */
+		if (h.ip.protocol == FP_IPPROTO_TCP && !(tcp_flags & FP_TCP_SYN_RST) &&
+		    (bpf_ntohl(h.ip.daddr) & FP_VIP_MASK) != FP_VIP_NET)
+			quiet = 1;
 		PASS(FP_V_MISS);
+	}
 
 	/* Copy the decision once: user space may replace the entry meanwhile. */
 	__u32 out_ifindex = e->out_ifindex;
@@ -608,6 +616,8 @@ int fp_pod_ingress(struct __sk_buff *skb)
 	count(FP_V_ENCAPSULATED);
 	return TC_ACT_REDIRECT;
 up:
+	if (!quiet)
+		skb->mark = FP_MARK_GATEWAY;
 	count(verdict);
 	return TC_ACT_OK;
 shot:

@@ -41,6 +41,14 @@
 #define FP_COPY_CHUNKS    32         /* encap/decap: whole chunks at most (32 x 2048 > 65535) */
 
 /* fp_flow.action */
+/* fp_pod_ingress marks what it passes up for the gateway (skb->mark), so that the
+ * gateway's packet socket can leave alone what is not for it: traffic between pods'
+ * own addresses that is not a new connection (direct IP routing through the node). */
+#define FP_MARK_GATEWAY   0xD35C0001u
+#define FP_VIP_NET        0x0A600000u /* 10.96.0.0/12: service addresses (forwarder.gateway) */
+#define FP_VIP_MASK       0xFFF00000u
+#define FP_TCP_SYN_RST    0x06
+
 #define FP_ACT_FORWARD    0          /* rewrite the DMSC frame and redirect it */
 #define FP_ACT_DECAP      1          /* type 6: strip Ethernet + DMSC, deliver the IPv4 packet */
 

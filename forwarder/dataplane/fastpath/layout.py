@@ -38,6 +38,8 @@ ACTIONS = (ACT_FORWARD, ACT_DECAP)
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 
+MARK_GATEWAY = 0xD35C0001  # skb->mark of what fp_pod_ingress passes up for the gateway
+VIP_NET, VIP_MASK = 0x0A600000, 0xFFF00000   # 10.96.0.0/12 (forwarder.gateway.addresses)
 PROG_NAME = "fp_ingress"          # SEC("tc") program for network faces
 POD_PROG_NAME = "fp_pod_ingress"  # SEC("tc") program for pod-facing veths
 PROG_NAMES = (PROG_NAME, POD_PROG_NAME)
