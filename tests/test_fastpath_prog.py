@@ -477,9 +477,11 @@ def test_encap_hit(env, pod_fp, hdr_len, ip_len, pad_to):
     assert v["encapsulated"] == 1 and sum(v.values()) == 1
 
 
+@pytest.mark.parametrize("svc", ["/svc/web", "/svc/webx"])   # headers of even and odd length
 @pytest.mark.parametrize("kind", ["tcp", "udp", "udp_no_checksum", "tcp_ip_options"])
-def test_encap_snat_keeps_checksums(env, pod_fp, kind):
-    """The instance's reply: source POD_ADDR -> VIP; both checksums still hold."""
+def test_encap_snat_keeps_checksums(env, pod_fp, kind, svc):
+    """The instance's reply: source POD_ADDR -> VIP; both checksums still hold, whatever
+    the parity of the header put in front (the rewrite happens before the move)."""
     body = bytes(range(256)) * 2 + b"odd"
     if kind.startswith("tcp"):
         opts = dict(options=bytes([1, 1, 1, 0])) if kind == "tcp_ip_options" else {}
@@ -488,7 +490,8 @@ def test_encap_snat_keeps_checksums(env, pod_fp, kind):
         ip = udp_packet(POD_ADDR, PEER_ADDR, SPORT, CPORT, body,
                         no_checksum=kind == "udp_no_checksum")
     assert checksums_ok(ip)
-    hdr = dmsc_header("/pod/a", "/svc/web")
+    hdr = dmsc_header("/pod/a", svc)
+    assert len(hdr) % 2 == (svc == "/svc/webx")
     install_l4_for(env, ip, snat_addr=VIP, header=hdr)
     r = env.run_pod(eth_ipv4(ip))
     assert r.retval == libbpf.TC_ACT_REDIRECT
@@ -600,6 +603,28 @@ def test_encap_mtu_boundary_and_one_segment_gso(env, pod_fp):
     r = env.run_pod(eth_ipv4(ip), gso_segs=1, gso_size=1000)  # one segment: carried whole
     assert r.retval == libbpf.TC_ACT_REDIRECT
     assert pod_fp.read_verdicts()["encapsulated"] == 2
+
+
+def test_the_pod_program_marks_what_the_gateway_needs(env, pod_fp):
+    """Misses are passed up; the gateway's socket takes those marked for it: what may
+    start or concern a carried connection. A TCP segment between pods' own
+    addresses (direct routing) is not marked unless it leaves a served port."""
+    def mark(ip: bytes) -> int:
+        r = env.run_pod(eth_ipv4(ip))
+        assert r.retval == libbpf.TC_ACT_OK
+        return libbpf.skb_field(r.ctx, libbpf.SKB_OFF_MARK)
+
+    misses = pod_fp.read_verdicts()["miss"]
+    ack = tcp_packet(POD_ADDR, PEER_ADDR, SPORT, CPORT, 0x10, b"reply")
+    assert mark(ack) == 0
+    assert mark(tcp_packet(POD_ADDR, PEER_ADDR, SPORT, CPORT, 0x02)) == layout.MARK_GATEWAY
+    assert mark(tcp_packet(POD_ADDR, PEER_ADDR, SPORT, CPORT, 0x14)) == layout.MARK_GATEWAY
+    assert mark(tcp_packet(POD_ADDR, VIP, CPORT, SPORT, 0x10)) == layout.MARK_GATEWAY
+    assert mark(udp_packet(POD_ADDR, PEER_ADDR, SPORT, CPORT, b"u")) == layout.MARK_GATEWAY
+    pod_fp.install_l4(layout.served_key(POD_ADDR, SPORT, 6), layout.SERVED_VALUE)
+    assert mark(ack) == layout.MARK_GATEWAY
+    assert mark(tcp_packet(POD_ADDR, PEER_ADDR, SPORT + 1, CPORT, 0x10)) == 0  # another port
+    assert pod_fp.read_verdicts()["miss"] - misses == 7
 
 
 # -- decap (fp_ingress, DECAP entries) ----------------------------------------

@@ -201,3 +201,33 @@ def test_the_table_is_bounded():
         g.from_pod(5, frame(udp("10.200.1.2", vip, port, 53)), float(port))
     assert len(t) <= 10 and t.stats["evicted"] >= 20
     assert t.by_pod((inet.UDP, "10.200.1.2", 30, vip, 53)) is not None
+
+
+def test_an_established_connection_that_lost_its_service_is_reset_at_its_next_segment(gws):
+    """A NACK (no route / instance unreachable) for an established connection: the pod
+    gets the ICMP error, which Linux keeps as a soft error on an established socket;
+    its next segment is answered with a reset it accepts (seq = its own ack)."""
+    cli, srv, vip = gws
+    syn = cli.from_pod(5, frame(tcp("10.200.1.2", vip, 40020, 8080, "S", seq=10)), 1.0)
+    pkt = wire.decode(syn.packet)
+    synack = Packet(PacketType.IPV4, pkt.src, pkt.dst,
+                    tcp(vip, "10.200.1.2", 8080, 40020, "SA", seq=500, ack=11)).encode()
+    assert isinstance(cli.to_pod(5, synack, 1.1), ToPod)
+    nack = Packet(PacketType.NACK, pkt.src, N("/node/r1"),
+                  NackBody(int(NackReason.INSTANCE_UNREACHABLE), PacketType.IPV4, pkt.dst).encode()).encode()
+    out = cli.to_pod(5, nack, 2.0)
+    assert isinstance(out, ToPod) and IP(out.frame[14:])[ICMP].code == inet.HOST_UNREACHABLE
+    assert out.conn.broken == "instance_unreachable"
+    # the pod retransmits: a reset, from the service address, at the pod's own ack
+    seg = tcp("10.200.1.2", vip, 40020, 8080, "PA", seq=11, ack=501, payload=b"GET")
+    out = cli.from_pod(5, frame(seg), 2.3)
+    assert isinstance(out, ToPod)
+    rst = IP(out.frame[14:])
+    assert (rst.src, rst.dst, rst[TCP].flags, rst[TCP].seq) == (vip, "10.200.1.2", "R", 501)
+    assert cli.conns.by_pod((inet.TCP, "10.200.1.2", 40020, vip, 8080)).closed_at == 2.3
+    # a connection still opening is not reset: its SYN gets the ICMP error, which is fatal
+    syn2 = cli.from_pod(5, frame(tcp("10.200.1.2", vip, 40021, 8080, "S")), 3.0)
+    p2 = wire.decode(syn2.packet)
+    n2 = Packet(PacketType.NACK, p2.src, N("/node/r1"),
+                NackBody(int(NackReason.NO_ROUTE), PacketType.IPV4, p2.dst).encode()).encode()
+    assert cli.to_pod(5, n2, 3.1).conn.broken is None

@@ -352,3 +352,20 @@ def test_no_offload_when_this_node_pins_the_instance(fwd):
                  tlvs=[(wire.TlvType.INSTANCE, N("/node/i2").hash32.to_bytes(4, "big"))])
     (off,) = offloads(fwd.receive(fwd.up, pinned, 1.1))
     assert off.flow.face_id == fwd.e2
+
+
+def test_a_carried_connection_keeps_its_instance_when_the_weights_change(fwd):
+    """New weights steer new flows and the calls of existing ones; a carried TCP
+    connection (IPV4) stays on the instance chosen for it while it can be reached,
+    and is chosen again only when that instance goes."""
+    fwd.add_route(Route(N("/any"), fwd.e1, instance="/node/i1"), 0)
+    fwd.add_route(Route(N("/any"), fwd.e2, instance="/node/i2"), 0)
+    fwd.set_rule(Rule(N("/any"), weights={"/node/i1": 1, "/node/i2": 0}))
+    conn = req("/any/_l4/t80", src="/node/c/_pod/0/t4000", type=PacketType.IPV4)
+    calls = req("/any/x", src="/node/c/_app/1")
+    assert {no_offload(fwd.receive(fwd.up, p, 1.0))[0].face_id for p in (conn, calls)} == {fwd.e1}
+    fwd.set_rule(Rule(N("/any"), weights={"/node/i1": 0, "/node/i2": 1}))
+    assert no_offload(fwd.receive(fwd.up, conn, 2.0))[0].face_id == fwd.e1
+    assert no_offload(fwd.receive(fwd.up, calls, 2.0))[0].face_id == fwd.e2
+    fwd.remove_route(N("/any"), "static", fwd.e1, 2.5, "/node/i1")
+    assert no_offload(fwd.receive(fwd.up, conn, 3.0))[0].face_id == fwd.e2

@@ -254,11 +254,13 @@ class NetnsNetwork:
         """Run argv in a pod (``ip netns exec``: its /etc/resolv.conf is its SG)."""
         return _run(argv, netns=pod.netns, check=check, timeout=timeout)
 
-    def pod_popen(self, pod: "PodSpec", argv: list[str], log_name: str) -> subprocess.Popen:
-        """Start argv in a pod in the background, recorded and stopped with the network."""
-        return self.node(pod.sg).adopt(Proc(pod.netns, self.node(pod.sg).workdir,
-                                            f"{pod.name}-{log_name}", self._records,
-                                            argv=argv)).spawn()
+    def pod_popen(self, pod: "PodSpec", argv: list[str], log_name: str) -> Proc:
+        """Start argv in a pod in the background, recorded and stopped with the network;
+        its output goes to ``<SG's work folder>/<pod>-<log_name>.log`` (`Proc.log`)."""
+        proc = self.node(pod.sg).adopt(Proc(pod.netns, self.node(pod.sg).workdir,
+                                            f"{pod.name}-{log_name}", self._records, argv=argv))
+        proc.spawn()
+        return proc
 
     def add_mgmt_network(self, name: str = "mgmt", subnet: str = "10.255.0") -> "MgmtNetwork":
         """A management network: a Linux bridge inside its own namespace (node ``name``),

@@ -372,7 +372,14 @@ class Forwarder:
             # one the node would choose now. Merely "some route uses that face" is not
             # enough: after a failure, flows pinned to backup or detour routes would
             # keep a loop alive forever, each refreshing the others' entries.
-            if not self._still_chosen(fe.face_id, entry, in_face, rule, pin):
+            # A carried connection (IPV4) keeps the instance this node chose for it
+            # whatever the weights say now: its TCP state lives in that instance.
+            if h.type == PacketType.IPV4 and pin is None and fe.pin is not None:
+                pin = fe.pin
+                keep = self._still_reaches(fe.face_id, entry, in_face, pin)
+            else:
+                keep = self._still_chosen(fe.face_id, entry, in_face, rule, pin)
+            if not keep:
                 self.flows.discard(key)
                 fe = None
             else:  # same hop; the policy (rule, priority) may have changed
@@ -389,9 +396,12 @@ class Forwarder:
                 reason = (NackReason.INSTANCE_UNREACHABLE if entry.nexthops
                           else NackReason.NO_ROUTE)
                 return self._refuse(in_face, data, h, reason, now, prefix_text)
-            if pin is not None:  # an upstream node chose the instance: keep heading there
+            if pin is not None:  # the instance was chosen (upstream, or here for a
+                # connection): keep heading there while it can be reached
                 pinned = [r for r in cands if r.instance and self._instance_hash(r.instance) == pin]
                 cands = pinned or cands
+                if not pinned and carried_pin is None:
+                    pin = None   # ours, and gone: choose again below
             route = self._choose(rule, cands, key)
             out_face = route.face_id
             prio = rule.priority if rule is not None and rule.priority is not None else tlv_prio
@@ -481,6 +491,16 @@ class Forwarder:
             ok = [r for r in cands if self.strategy.weight(rule, r, self._face_name) > 0]
             if ok:
                 return any(r.face_id == face_id for r in ok)
+        best = cands[0].rank
+        return any(r.face_id == face_id and r.rank == best for r in cands)
+
+    def _still_reaches(self, face_id: int, entry: Optional[FibEntry], in_face: int,
+                       pin: int) -> bool:
+        """Whether `face_id` is still a best hop towards the pinned instance."""
+        cands = [r for r in self._candidates(entry, in_face)
+                 if r.instance and self._instance_hash(r.instance) == pin]
+        if not cands:
+            return False
         best = cands[0].rank
         return any(r.face_id == face_id and r.rank == best for r in cands)
 

@@ -54,6 +54,7 @@ class Conn:
     bytes_from_pod: int = 0
     bytes_to_pod: int = 0
     closed_at: Optional[float] = None
+    broken: Optional[str] = None   # the network said the service end is gone (a NACK)
     kernel: Dict[str, object] = field(default_factory=dict)  # what the runtime installed
 
     @property
@@ -106,7 +107,7 @@ class Conn:
                 "pod_face": self.pod_face, "pod": f"{self.pod_addr}:{self.pod_port}",
                 "peer": f"{self.peer_addr}:{self.peer_port}", "service": self.prefix.text,
                 "service_address": self.service_addr, "dst": self.out_dst.text,
-                "src": self.out_src.text, "state": "closed" if self.closed_at else "open",
+                "src": self.out_src.text, "state": "closed" if self.closed_at else "broken" if self.broken else "open",
                 "packets_from_pod": self.packets_from_pod, "packets_to_pod": self.packets_to_pod,
                 "bytes_from_pod": self.bytes_from_pod, "bytes_to_pod": self.bytes_to_pod,
                 "age_s": round(now - self.created, 3), "idle_s": round(now - self.last_seen, 3)}

@@ -73,6 +73,10 @@ _ICMP_FOR_NACK = {int(NackReason.NO_ROUTE): inet.HOST_UNREACHABLE,
                   int(NackReason.TOO_BIG): inet.FRAG_NEEDED}
 
 
+# NACKs that mean the connection's service end cannot be reached any more
+_GONE = (int(NackReason.NO_ROUTE), int(NackReason.INSTANCE_UNREACHABLE))
+
+
 class PodGateway:
     """The pods of one SG, its service addresses and its connections."""
 
@@ -86,6 +90,8 @@ class PodGateway:
         self.pods: Dict[int, Pod] = {}
         self.drops: Dict[str, int] = {}
         self.sent_to_pods = {"icmp": 0, "reset": 0}
+        # carried packets this gateway (user space) handled; the kernel carries the rest
+        self.python_packets = {"from_pods": 0, "to_pods": 0}
 
     def add_pod(self, pod: Pod) -> None:
         self.pods[pod.face_id] = pod
@@ -121,6 +127,8 @@ class PodGateway:
         if p.proto not in (inet.TCP, inet.UDP):
             return self._icmp(pod, ip, inet.PORT_UNREACHABLE, "not_tcp_or_udp")
         conn = self.conns.by_pod((p.proto, p.src, p.sport, p.dst, p.dport))
+        if conn is not None and conn.broken and p.proto == inet.TCP:
+            return self._reset_broken(pod, conn, ip, p, now)
         if conn is None:
             prefix = self.addresses.prefix_of(p.dst)
             if prefix is None:
@@ -137,11 +145,24 @@ class PodGateway:
                 conn.syn_seq = p.tcp_seq
             self.conns.add(conn)
         conn.saw(p.tcp_flags, True, p.total_length, now)
+        self.python_packets["from_pods"] += 1
         return Inject(pod.face_id, self._carry(conn, ip[:p.total_length]), conn)
+
+    def _reset_broken(self, pod: Pod, conn: Conn, ip: bytes, p: inet.Ipv4, now: float) -> Outcome:
+        """The next segment of a connection whose service end the network reported gone
+        gets the reset its peer can no longer send: the pod's connection fails at once,
+        as TCP does against a host that lost it, instead of retrying for minutes."""
+        if p.tcp_flags & inet.TCP_RST:
+            conn.saw(p.tcp_flags, True, p.total_length, now)
+            return self._drop("unknown_connection")
+        conn.saw(inet.TCP_RST, False, 0, now)
+        self.sent_to_pods["reset"] += 1
+        return ToPod(pod.face_id, self._frame(pod, inet.tcp_reset(ip[:p.total_length])), conn)
 
     def _reply_from_server(self, pod: Pod, conn: Conn, ip: bytes, p: inet.Ipv4,
                            now: float) -> Outcome:
         conn.saw(p.tcp_flags, True, p.total_length, now)
+        self.python_packets["from_pods"] += 1
         return Inject(pod.face_id, self._carry(conn, inet.rewrite(ip, src=conn.service_addr)), conn)
 
     def _carry(self, conn: Conn, ip: bytes) -> bytes:
@@ -172,6 +193,7 @@ class PodGateway:
         if conn.role == "server":
             ip = inet.rewrite(ip, dst=pod.address)
         conn.saw(p.tcp_flags, False, p.total_length, now)
+        self.python_packets["to_pods"] += 1
         return ToPod(pod.face_id, self._frame(pod, ip), conn)
 
     def _new_server_conn(self, pod: Pod, pkt: Packet, ip: bytes, p: inet.Ipv4,
@@ -194,6 +216,7 @@ class PodGateway:
                     svc.base, pkt.src, pkt.dst, now, now)
         self.conns.add(conn)
         conn.saw(p.tcp_flags, False, p.total_length, now)
+        self.python_packets["to_pods"] += 1
         return ToPod(pod.face_id, self._frame(pod, inet.rewrite(ip, dst=pod.address)), conn)
 
     def _nack(self, pod: Pod, pkt: Packet) -> Outcome:
@@ -208,6 +231,13 @@ class PodGateway:
         # the quoted packet: the pod's own header as it sent it (addresses, ports, the SYN)
         quoted = _quoted(conn)
         code = _ICMP_FOR_NACK.get(body.reason, inet.HOST_UNREACHABLE)
+        if conn.proto == inet.TCP and conn.role == "client" and body.reason in _GONE \
+                and conn.tcp_flags_to_pod & inet.TCP_ACK and conn.closed_at is None:
+            # An established connection lost its instance and no other took it (another
+            # instance would have reset it by name). Linux treats this ICMP error as soft
+            # for an established socket; the runtime takes the connection out of the
+            # kernel so the pod's next segment comes here and is answered with a reset.
+            conn.broken = NackReason(body.reason).name.lower()
         mtu = pod.mtu if code == inet.FRAG_NEEDED else 0
         self.sent_to_pods["icmp"] += 1
         return ToPod(pod.face_id, self._frame(pod, inet.icmp_unreachable(quoted, code,
@@ -229,7 +259,8 @@ class PodGateway:
                          for p in self.pods.values()},
                 "services": dict(self.addresses.items()), "connections": len(self.conns),
                 "conntrack": dict(self.conns.stats), "drops": dict(self.drops),
-                "sent_to_pods": dict(self.sent_to_pods)}
+                "sent_to_pods": dict(self.sent_to_pods),
+                "python_packets": dict(self.python_packets)}
 
 
 def _quoted(conn: Conn) -> bytes:

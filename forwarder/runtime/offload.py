@@ -92,6 +92,7 @@ class KernelOffload:
         self._prefix_seen: Dict[int, Tuple[int, int]] = {}   # slot -> (packets, bytes) merged
         self._face_seen: Dict[int, Tuple[int, int, int, int]] = {}  # face slot -> merged
         self._ifindex: Dict[int, int] = {}                   # face id -> ifindex
+        self.served: set = set()   # served ports (proto, pod address, port); see served_ports
         self.gen = -1
         self.stats = {"installed": 0, "reinstalled": 0, "deleted": 0, "no_slot": 0,
                       "key_too_long": 0, "not_a_kernel_face": 0, "no_connection": 0}
@@ -112,6 +113,17 @@ class KernelOffload:
         self.fp.set_face(ifindex, face_id, 0)
         self.fp.set_pod(ifindex, address, face_id)
         self._ifindex[face_id] = ifindex
+
+    def served_ports(self, want: set) -> None:
+        """Make the kernel's served ports {(proto, pod address, port)} exactly `want`:
+        the server ends of carried connections, whose packets the pod program passes
+        up to the gateway when their entry is missing (docs/protocol.md 10.1)."""
+        have = self.served
+        for proto, addr, port in want - have:
+            self.fp.install_l4(self.layout.served_key(addr, port, proto), self.layout.SERVED_VALUE)
+        for proto, addr, port in have - want:
+            self.fp.delete_l4(self.layout.served_key(addr, port, proto))
+        self.served = set(want)
 
     def face_state(self, face_id: int, up: bool) -> None:
         ifindex = self._ifindex.get(face_id)
@@ -273,6 +285,7 @@ class KernelOffload:
                 "kernel_entries": sum(len(kf.keys) for kf in self._flows.values()),
                 "flow_slots": self.flows_max, "pin_dir": self.pin_dir,
                 "attached": {fid: ifx for fid, ifx in sorted(self._ifindex.items())},
+                "served_ports": len(self.served),
                 "offload": dict(self.stats), "verdicts": self.fp.read_verdicts()}
 
     def close(self) -> None:

@@ -130,6 +130,12 @@ class PodRuntime:
         out = self.gateway.to_pod(face_id, data, now)
         t = type(out)
         if t is ToPod:
+            c = out.conn
+            if c is not None and c.broken:
+                self._forget_flows(c)   # its next segment comes up to be reset
+            elif c is not None and c.role == "server" and self.d.offload is not None \
+                    and (c.proto, c.pod_addr, c.pod_port) not in self.d.offload.served:
+                self._sync_served()
             self._send_frame(out.face_id, out.frame)
         elif t is Inject:   # a reset for a connection this pod does not hold, back by name
             self.d._act(self.core.receive(out.face_id, out.packet, now))
@@ -191,9 +197,21 @@ class PodRuntime:
         the kernel) with them."""
         dead = self.gateway.conns.expire(now)
         for c in dead:
-            for dst, src in ((c.out_dst, c.out_src), (c.out_src, c.out_dst)):
-                self.core.flows.discard(flow_key(dst, src))
+            self._forget_flows(c)
+        if dead:
+            self._sync_served()
         return dead
+
+    def _sync_served(self) -> None:
+        """The kernel's served ports follow the server ends of the open connections."""
+        if self.d.offload is not None:
+            self.d.offload.served_ports({(c.proto, c.pod_addr, c.pod_port)
+                                         for c in self.gateway.conns if c.role == "server"})
+
+    def _forget_flows(self, c: Conn) -> None:
+        """The pipeline's flows of a connection, both ways (their kernel entries follow)."""
+        for dst, src in ((c.out_dst, c.out_src), (c.out_src, c.out_dst)):
+            self.core.flows.discard(flow_key(dst, src))
 
     def l4_spec(self, off: Offload) -> Optional[L4Spec]:
         """What the kernel needs to repeat an ENCAP (from a pod) or DECAP (to a pod)

@@ -513,11 +513,16 @@ int fp_pod_ingress(struct __sk_buff *skb)
 
 	if (!e) {
 		/* Not carried. The gateway wants what may start or concern a carried
-		 * connection: anything to a service address, UDP, a TCP SYN or RST.
-		 * The rest is traffic between pods' own addresses (direct routing). */
+		 * connection: anything to a service address, UDP, a TCP SYN or RST,
+		 * anything from a served port (its entry is being replaced). The rest is
+		 * traffic between pods' own addresses (direct routing). */
 		if (h.ip.protocol == FP_IPPROTO_TCP && !(tcp_flags & FP_TCP_SYN_RST) &&
-		    (bpf_ntohl(h.ip.daddr) & FP_VIP_MASK) != FP_VIP_NET)
-			quiet = 1;
+		    (bpf_ntohl(h.ip.daddr) & FP_VIP_MASK) != FP_VIP_NET) {
+			key.daddr = 0;
+			key.dport = 0;
+			if (!bpf_map_lookup_elem(&fp_l4, &key))
+				quiet = 1;
+		}
 		PASS(FP_V_MISS);
 	}
 

@@ -124,7 +124,10 @@ struct fp_pod {
 	__u32 face_slot;             /* index into fp_face_stats (rx) */
 };                                   /* 8 bytes */
 
-/* fp_l4 key: the inner 5-tuple as the packet arrives from the pod (before SNAT). */
+/* fp_l4 key: the inner 5-tuple as the packet arrives from the pod (before SNAT).
+ * A key with daddr 0 and dport 0 is a served port: (pod address, port, proto) is the
+ * server end of carried connections, so fp_pod_ingress passes its misses up marked
+ * for the gateway (a reply whose entry user space replaced). Its value is unused. */
 struct fp_l4_key {
 	__be32 saddr;
 	__be32 daddr;

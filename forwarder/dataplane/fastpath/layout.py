@@ -293,6 +293,12 @@ def l4_key(saddr: AddrLike, daddr: AddrLike, sport: int, dport: int, proto: int)
     return L4_KEY.pack(ipv4_bytes(saddr), ipv4_bytes(daddr), sport, dport, proto)
 
 
+def served_key(addr: AddrLike, port: int, proto: int) -> bytes:
+    """The fp_l4 key of a served port: (pod address, port, proto) is the server end of
+    carried connections; fp_pod_ingress passes its misses up for the gateway."""
+    return l4_key(addr, "0.0.0.0", port, 0, proto)
+
+
 def decode_l4_key(key: bytes) -> L4Key:
     s, d, sp, dp, proto = L4_KEY.unpack(key)
     return L4Key(ipv4_str(s), ipv4_str(d), sp, dp, proto)
@@ -329,6 +335,9 @@ def l4_value(out_ifindex: int, flow_slot: int, gen: int, dst_mac: MacLike, src_m
     return L4_VALUE.pack(out_ifindex, flow_slot, gen, mac_bytes(dst_mac), mac_bytes(src_mac), mtu,
                    out_face_slot, prefix_slot, priority & 0xFFFFFFFF, ipv4_bytes(snat_addr),
                    len(header), 0, header)
+
+
+SERVED_VALUE = bytes(L4_VALUE.size)   # a served port's value: only its key matters
 
 
 def decode_l4(value: bytes) -> L4Flow:
