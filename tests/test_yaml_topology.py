@@ -165,6 +165,8 @@ def test_command_line_link_options_apply_where_the_file_says_nothing():
     assert [l.opts.bw for l in t.links] == [20, 5] and all(l.opts.loss == 1 for l in t.links)
 
 
+POD_BASE = "nodes:\n  r1: sr\n  h1: sg\nlinks: [[h1, r1]]\n"
+
 BAD = [
     ("nodes: {r1: sr\nlinks: []\n", 2, "not valid YAML"),
     ("- just\n- a list\n", 1, "expected a mapping"),
@@ -188,6 +190,14 @@ BAD = [
     ("nodes:\n  r1: sr\n  h1: sg\nlinks:\n  - [h1, r1]\n  - {a: h1, b: r1, colour: red}\n", 6,
      "unknown key 'colour'"),
     ("nodes: {r1: sr}\nlinks:\n  - [r1, r1]\n", 3, "cannot be linked to itself"),
+    (POD_BASE + "pods:\n  - {name: p1, node: r1}\n", 6, "Service Router"),
+    (POD_BASE + "pods:\n  - {name: p1, node: h1}\n  - name: p1\n    node: h1\n", 7,
+     "already a node or a pod"),
+    (POD_BASE + "pods:\n  - name: p1\n    node: h1\n    serves: [/node/x]\n", 8,
+     "not a service prefix"),
+    (POD_BASE + "pods:\n  - {name: p1, node: h1, colour: red}\n", 6, "unknown key 'colour'"),
+    (POD_BASE + "pods:\n  - {name: h1, node: h1}\n", 6, "already a node"),
+    (POD_BASE + "pods:\n  - {node: h1}\n", 6, "name is required"),
 ]
 
 
@@ -198,6 +208,16 @@ def test_bad_files_name_the_line_and_the_problem(text, line, problem):
     msg = str(info.value)
     assert msg.startswith(f"bad.yaml:{line}: "), msg
     assert problem in msg, msg
+
+
+def test_pods_in_yaml():
+    t = parse_topology(POD_BASE + "pods:\n  - {name: web1, node: h1, serves: [/web], run: python3 -m "
+                       "http.server 80}\n  - name: cli\n    node: h1\n", "pods.yaml")
+    web, cli = t.pods
+    assert (web.name, web.node, web.index, web.serves, web.run) == \
+        ("web1", "h1", 0, ["/web"], ["python3", "-m", "http.server", "80"])
+    assert (cli.index, cli.serves, cli.run) == (1, [], None)
+    assert t.pods_on("h1") == [web, cli] and "2 pods" in t.summary()
 
 
 def test_unreadable_file(tmp_path):

@@ -23,7 +23,7 @@ from ..dataplane.names import Name
 from ..dataplane.pipeline import ENCAP, Offload
 from ..dataplane.wire import Packet, PacketType, RegisterBody, RegisterResult
 from ..gateway import dns
-from ..gateway.addresses import L4_OVERHEAD, POD_GATEWAY
+from ..gateway.addresses import L4_COMPONENT, L4_OVERHEAD, POD_GATEWAY
 from ..gateway.conntrack import Conn
 from ..gateway.gateway import Dropped, Inject, Pod, PodGateway, ToPod
 from .faces import PodFace
@@ -256,12 +256,14 @@ def service_prefixes(core) -> List[Name]:
     (a node's name and what is under it: its applications, its pods) and the reserved
     /_dmsc. Routed prefixes passed SPA where this node checks it (routing refuses an
     unauthorized advertisement before it reaches the FIB), local ones at registration."""
-    out = []
+    out = {}
     for e in core.fib.entries():
         p = e.prefix
         if len(p) == 0 or p[0] == b"_dmsc" or core.name.is_prefix_of(p) or p.is_prefix_of(core.name):
             continue   # reserved, this node's own names, or an aggregate route to nodes
         if any(r.instance and Name.parse(r.instance).is_prefix_of(p) for r in e.nexthops):
             continue
-        out.append(p)
-    return out
+        if len(p) > 1 and p[-1] == L4_COMPONENT:
+            p = p.prefix(len(p) - 1)   # pods serving <prefix>/_l4 only (its HTTP adapter has <prefix>)
+        out[p.wire] = p
+    return list(out.values())

@@ -18,6 +18,34 @@ def deploy_shop(topo: Topology) -> Topology:
     return topo
 
 
+POD_HTTP_PORT = 80
+
+
+def shop_in_pods(topo: Topology, python: str) -> Topology:
+    """The shop's plain-HTTP services (cart, payment) run in pods behind their SGs, and
+    a client pod sits behind each SG hosting the frontend (or the first SG).
+
+    Each instance pod runs the same program as before (topologies.shop.services, an
+    HTTP server on port 80) and serves ``<prefix>/_l4``: any pod reaches it by name
+    with no proxy (``curl http://cart.shop.dmsc/items``), carried in the kernel.
+    Its SG still publishes ``<prefix>`` through its HTTP adapter (backend: the pod's
+    address), so the frontend's DMSC calls and the SG's HTTP proxy work as before.
+    """
+    n = 0
+    for svc in topo.services:
+        if svc.kind != "http":
+            continue
+        for node in svc.nodes:
+            n += 1
+            topo.add_pod(f"{svc.app[:4]}{n}", node, [f"{svc.prefix}/_l4"],
+                         [python, "-m", "topologies.shop.services", "--app", svc.app, "--node",
+                          node, "--http", f"0.0.0.0:{POD_HTTP_PORT}"])
+    fronts = [n for s in topo.services if s.app == "frontend" for n in s.nodes] or topo.sgs[:1]
+    for i, node in enumerate(dict.fromkeys(fronts)):
+        topo.add_pod(f"cli{i + 1}", node)
+    return topo
+
+
 def fat_tree(k: int = 4, shop: bool = True, opts: Optional[LinkOpts] = None) -> Topology:
     """k-ary fat tree (Al-Fares et al.): (k/2)^2 core, k pods of k/2 aggregation and
     k/2 edge SRs, k/2 SGs (the servers) per edge: 5k^2/4 SRs and k^3/4 SGs.

@@ -37,7 +37,7 @@ class DmscCLI(CLI):
         words = line.split()
         if len(words) <= 1 or (len(words) == 2 and not line.endswith(" ")):
             return [c for c in HELP if c.startswith(text)]
-        return [n for n in list(self.lab.topo.nodes) if n.startswith(text)]
+        return [n for n in list(self.lab.topo.nodes) + list(self.lab.pods) if n.startswith(text)]
 
     # Mininet's IP-oriented commands mean little here; say so instead of failing oddly.
     def do_pingall(self, line: str) -> None:

@@ -56,6 +56,11 @@ HELP: Dict[str, str] = {
               "  Policy through the Scheduling Center (needs the SCSC): it turns intents\n"
               "  into forwarding rules and pushes them to every forwarder.",
     "nodes": "dmsc nodes\n  Every node: role, layer, management address, forwarder pid and state.",
+    "pods": "dmsc pods\n  Every pod: its SG, address, what it serves, and its SG's view (service\n"
+            "  addresses, open connections).",
+    "pod": "dmsc pod <pod> <command ...>\n"
+           "  Run a command in a pod (its resolver is its SG), e.g.\n"
+           "  dmsc pod cli1 curl -s http://web.dmsc/",
     "status": "dmsc status <node>\n  <node>'s forwarder status: faces, table sizes, FIB digest, drops.",
     "converge": "dmsc converge [timeout]\n  Poll until routing has converged again; prints how long it took.",
 }
@@ -334,6 +339,42 @@ class DmscCommands:
                           f" in {res.get('push_ms', '?')} ms" if ok else
                       f"intent not applied everywhere: {res}", res)
 
+    def cmd_pods(self) -> Result:
+        rows, data = [], {}
+        gateways = {}
+        for name, spec in sorted(self.lab.pods.items()):
+            if spec.sg not in gateways:
+                try:
+                    gateways[spec.sg] = self._fwd(spec.sg).status().get("gateway") or {}
+                except (CtlError, LabError):
+                    gateways[spec.sg] = {}
+            gw = gateways[spec.sg]
+            data[name] = {"sg": spec.sg, "address": spec.address, "serves": spec.services,
+                          "netns": spec.netns}
+            rows.append([name, spec.sg, spec.address, ",".join(spec.services) or "-",
+                         gw.get("connections", "?")])
+        if not rows:
+            return Result(True, "no pods (the topology has none: YAML `pods:`, or --pods)", data)
+        return Result(True, _table(rows, ["pod", "SG", "address", "serves", "SG connections"]), data)
+
+    def cmd_pod(self, pod: str, *argv: str) -> Result:
+        spec = self.lab.pods.get(pod)
+        if spec is None:
+            raise LabError(f"no pod named {pod!r} (dmsc pods lists them)")
+        if not argv:
+            raise LabError(f"usage: {HELP['pod']}")
+        import subprocess
+        try:
+            res = subprocess.run(["ip", "netns", "exec", spec.netns, *argv], capture_output=True,
+                                 text=True, timeout=120, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            return Result(False, f"error: {exc}")
+        except subprocess.TimeoutExpired:
+            return Result(False, "error: the command ran for more than 120 s")
+        text = (res.stdout + res.stderr).rstrip()
+        return Result(res.returncode == 0, text, {"returncode": res.returncode,
+                                                  "stdout": res.stdout, "stderr": res.stderr})
+
     def cmd_fail(self, target: str) -> Result:
         return Result(True, self.lab.fail(target))
 
@@ -364,7 +405,7 @@ def _scsc_summary(view: dict, prefix: str) -> str:
 def usage() -> str:
     lines = ["DMSC commands (dmsc help <command> for details):"]
     for k in ("ping", "call", "route", "fib", "flows", "telemetry", "policy", "intent", "fail",
-              "restore", "nodes", "status", "converge"):
+              "restore", "nodes", "status", "converge", "pods", "pod"):
         lines.append("  " + HELP[k].splitlines()[0])
     return "\n".join(lines)
 

@@ -28,6 +28,12 @@ def build_parser(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) 
                    help="start the SCSC (python -m controller) on host scsc when it exists")
     g.add_argument("--no-spa", action="store_true", help="no SPA authority (nodes trust nothing)")
     g.add_argument("--no-shop", action="store_true", help="do not deploy the demo shop")
+    g.add_argument("--pods", action="store_true",
+                   help="the shop's HTTP services (cart, payment) run in pods behind their SGs, "
+                        "reached by name with no proxy from any pod (and through the SGs' HTTP "
+                        "adapters as before); a client pod (cli1, ...) behind each frontend SG. "
+                        "`dmsc pods` lists them, `dmsc pod cli1 curl -s "
+                        "http://cart.shop.dmsc/items?user=ann` calls the cart from one")
     g.add_argument("--proxies", choices=["entry", "services", "all", "none"], default="entry",
                    help="which SGs run the HTTP proxy on 127.0.0.1:8080: entry (default) = SGs "
                         "hosting /shop/frontend and the last SG; services = every SG hosting a "
@@ -64,6 +70,9 @@ def main(doc: str, add_args: Callable[[argparse.ArgumentParser], None],
         opts = LinkOpts(bw=args.bw, delay=args.delay, loss=args.loss)
     try:
         topo = make_topo(args, opts)
+        if getattr(args, "pods", False):
+            from .builders import shop_in_pods
+            shop_in_pods(topo, sys.executable)
         topo.validate()
     except TopologyError as exc:
         sys.exit(f"error: {exc}")

@@ -118,14 +118,32 @@ class ServiceSpec:
     nodes: List[str]
 
 
+@dataclass
+class PodDef:
+    """A pod behind a Service Gateway (topologies/pods.py): its own namespace, the SG
+    as its default gateway and resolver. `serves`: prefixes the SG registers for it
+    (the pod's TCP/UDP servers are then reached by name, docs/protocol.md 13);
+    `run`: a command started in it once the lab is up (none: an empty pod, e.g. a
+    client to run commands in with ``dmsc pod NAME CMD``)."""
+    name: str
+    node: str
+    index: int                       # its number on its SG (the _pod/<index> names)
+    serves: List[str] = field(default_factory=list)
+    run: Optional[List[str]] = None
+
+
+MAX_PODS_PER_NODE = 250             # 10.200.<SG>.2 .. .252 (topologies/pods.py)
+
+
 class Topology:
-    """A DMSC network: SR and SG nodes joined by point-to-point links."""
+    """A DMSC network: SR and SG nodes joined by point-to-point links, services, pods."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.nodes: Dict[str, NodeSpec] = {}
         self.links: List[LinkSpec] = []
         self.services: List[ServiceSpec] = []
+        self.pods: List[PodDef] = []
         self._ports: Dict[str, int] = {}
 
     # ------------------------------------------------------------- building
@@ -163,14 +181,7 @@ class Topology:
         return link
 
     def add_service(self, prefix: str, app: str, kind: str, nodes: Sequence[str]) -> ServiceSpec:
-        from forwarder.dataplane.names import InvalidName, Name
-        try:
-            p = Name.parse(prefix)
-        except InvalidName as exc:
-            raise TopologyError(f"service {prefix!r}: {exc}") from None
-        if len(p) == 0 or p.text.startswith("/_dmsc") or p.text.startswith("/node"):
-            raise TopologyError(f"service {prefix!r}: not a service prefix (/, /_dmsc and /node "
-                                "are reserved)")
+        text = _service_prefix(prefix, f"service {prefix!r}")
         if kind not in SERVICE_KINDS:
             raise TopologyError(f"service {prefix}: kind must be one of {SERVICE_KINDS}, got {kind!r}")
         if not nodes:
@@ -181,13 +192,50 @@ class Topology:
             if self.nodes[n].role != "sg":
                 raise TopologyError(f"service {prefix}: node {n!r} is a Service Router; services "
                                     "run on Service Gateways (role sg)")
-        if any(s.prefix == p.text for s in self.services):
+        if any(s.prefix == text for s in self.services):
             raise TopologyError(f"service {prefix} is defined twice")
-        svc = ServiceSpec(p.text, app, kind, list(dict.fromkeys(nodes)))
+        svc = ServiceSpec(text, app, kind, list(dict.fromkeys(nodes)))
         self.services.append(svc)
         return svc
 
+    def add_pod(self, name: str, node: str, serves: Sequence[str] = (),
+                run: Optional[Sequence[str]] = None) -> PodDef:
+        if not isinstance(name, str) or not NODE_RE.match(name) or len(name) > MAX_NODE_NAME:
+            raise TopologyError(f"pod name {name!r}: a letter then letters, digits or _, at "
+                                f"most {MAX_NODE_NAME} characters")
+        if name in self.nodes or any(p.name == name for p in self.pods):
+            raise TopologyError(f"pod {name!r}: the name is already a node or a pod")
+        if node not in self.nodes:
+            raise TopologyError(f"pod {name}: no node named {node!r}")
+        if self.nodes[node].role != "sg":
+            raise TopologyError(f"pod {name}: node {node!r} is a Service Router; pods sit "
+                                "behind Service Gateways (role sg)")
+        index = sum(1 for p in self.pods if p.node == node)
+        if index >= MAX_PODS_PER_NODE:
+            raise TopologyError(f"pod {name}: {node} already has {MAX_PODS_PER_NODE} pods")
+        prefixes = []
+        for prefix in serves:
+            p = _service_prefix(prefix, f"pod {name}")
+            if any(p == s.prefix and node in s.nodes for s in self.services):
+                raise TopologyError(f"pod {name}: {p} is already a service of {node}")
+            prefixes.append(p)
+        if run is not None and (isinstance(run, str) or not run or
+                                not all(isinstance(a, str) for a in run)):
+            raise TopologyError(f"pod {name}: run must be a command as a list of strings")
+        pod = PodDef(name, node, index, prefixes, list(run) if run is not None else None)
+        self.pods.append(pod)
+        return pod
+
     # -------------------------------------------------------------- queries
+    def pods_on(self, node: str) -> List[PodDef]:
+        return [p for p in self.pods if p.node == node]
+
+    def pod(self, name: str) -> PodDef:
+        for p in self.pods:
+            if p.name == name:
+                return p
+        raise KeyError(f"no pod named {name!r}")
+
     @property
     def sgs(self) -> List[str]:
         return [n for n, s in self.nodes.items() if s.role == "sg"]
@@ -255,7 +303,21 @@ class Topology:
             layers[key] = layers.get(key, 0) + 1
         parts = ", ".join(f"{v} {k}" for k, v in layers.items())
         return (f"{self.name}: {len(self.nodes)} nodes ({len(self.srs)} SR, {len(self.sgs)} SG: "
-                f"{parts}), {len(self.links)} links, {len(self.services)} services")
+                f"{parts}), {len(self.links)} links, {len(self.services)} services"
+                + (f", {len(self.pods)} pods" if self.pods else ""))
+
+
+def _service_prefix(prefix: str, where: str) -> str:
+    """The canonical text of a service prefix, or TopologyError naming `where`."""
+    from forwarder.dataplane.names import InvalidName, Name
+    try:
+        p = Name.parse(prefix)
+    except (InvalidName, TypeError, AttributeError) as exc:
+        raise TopologyError(f"{where}: {prefix!r}: {exc}") from None
+    if len(p) == 0 or p.text.startswith("/_dmsc") or p.text.startswith("/node"):
+        raise TopologyError(f"{where}: {prefix!r} is not a service prefix (/, /_dmsc and "
+                            "/node are reserved)")
+    return p.text
 
 
 # ---------------------------------------------------------------------------
@@ -300,6 +362,9 @@ def static_routes(topo: Topology, down: Iterable[LinkSpec] = (), dead: Iterable[
     alive = [n for n in topo.nodes if n not in dead]
     dist = {n: distances(adj, n) for n in alive}
     routes: Dict[str, List[dict]] = {n: [] for n in alive}
+    # (service prefix, instance node): the services' instances and what pods serve
+    placements = list(dict.fromkeys([(svc.prefix, n) for svc in topo.services for n in svc.nodes] +
+                                    [(p, pod.node) for pod in topo.pods for p in pod.serves]))
 
     def first_hops(x: str, d: str) -> List[Tuple[LinkSpec, int]]:
         dx = dist[d].get(x)
@@ -334,13 +399,12 @@ def static_routes(topo: Topology, down: Iterable[LinkSpec] = (), dead: Iterable[
                 continue
             for link, cost in hops:
                 routes[x].append({"prefix": f"/node/{d}", "face": link.intf_of(x), "cost": cost})
-        for svc in topo.services:
-            for inst in svc.nodes:
-                if inst == x or inst in dead:
-                    continue
-                for link, cost in first_hops(x, inst) if inst in dist else ():
-                    routes[x].append({"prefix": svc.prefix, "face": link.intf_of(x), "cost": cost,
-                                      "instance": f"/node/{inst}"})
+        for prefix, inst in placements:
+            if inst == x or inst in dead:
+                continue
+            for link, cost in first_hops(x, inst) if inst in dist else ():
+                routes[x].append({"prefix": prefix, "face": link.intf_of(x), "cost": cost,
+                                  "instance": f"/node/{inst}"})
     return routes
 
 
@@ -349,4 +413,5 @@ def expected_prefixes(topo: Topology, dead: Iterable[str] = ()) -> Set[str]:
     dead = set(dead)
     out = {f"/node/{n}" for n in topo.nodes if n not in dead}
     out |= {s.prefix for s in topo.services if any(n not in dead for n in s.nodes)}
+    out |= {x for p in topo.pods if p.node not in dead for x in p.serves}
     return out

@@ -46,10 +46,11 @@ from urllib.parse import urlencode
 from forwarder.mgmt.ctl import CtlError
 
 from ..apps import ForwarderApp, ScscApp, ServiceApp
-from ..proc import CommandError, LabError, run, stop_all
+from ..proc import CommandError, LabError, Proc, run, stop_all
 from ..records import Records, new_run_dir
 from .zygote import Zygote
 from .linkopts import apply_link_options
+from .builders import POD_HTTP_PORT
 from .model import (AUTO_LINKSTATE_NODES_PER_CPU, LinkSpec, Topology, expected_prefixes,
                     static_routes)
 
@@ -152,6 +153,8 @@ class DmscLab:
         self.mgmt_ip: Dict[str, str] = {}
         self.fwd: Dict[str, ForwarderApp] = {}
         self.services: List[ServiceApp] = []
+        self.pods: Dict[str, Any] = {}       # pod name -> topologies.pods.PodSpec
+        self.pod_procs: List[Proc] = []      # the pods' `run` commands
         self.scsc: Optional[ScscApp] = None
         self.scsc_reason: Optional[str] = None
         self.down_links: List[LinkSpec] = []
@@ -198,6 +201,7 @@ class DmscLab:
             self.timings["forwarders_s"] = time.monotonic() - t
             t = time.monotonic()
             self._check_routing_mode()
+            self._start_pod_commands()
             self.timings["first_status_s"] = time.monotonic() - t
             self.timings["up_s"] = time.monotonic() - t0
             self.out(f"*** lab up in {self.timings['up_s']:.1f} s "
@@ -225,7 +229,9 @@ class DmscLab:
                            "bw": l.opts.bw, "delay": l.opts.delay, "loss": l.opts.loss,
                            "mtu": l.opts.mtu, "cost": l.opts.cost} for l in t.links],
                 "services": [{"prefix": s.prefix, "app": s.app, "kind": s.kind, "nodes": s.nodes}
-                             for s in t.services]}
+                             for s in t.services],
+                "pods": [{"name": p.name, "node": p.node, "serves": p.serves, "run": p.run}
+                         for p in t.pods]}
 
     # ------------------------------------------------------------------ SPA
     def _provision_spa(self) -> None:
@@ -243,16 +249,26 @@ class DmscLab:
         for svc in self.topo.services:
             for node in svc.nodes:
                 tool("issue", svc.prefix, "--new-service", f"{svc.app}-{node}", "--days", "2")
+        for pod in self.topo.pods:
+            for k, prefix in enumerate(pod.serves):
+                tool("issue", prefix, "--new-service", f"pod-{pod.name}-{k}", "--days", "2")
         tool("crl")
         (d / "spa_tool.log").write_text(log.getvalue())
         self._spa_dir = d
-        n = sum(len(s.nodes) for s in self.topo.services)
+        n = sum(len(s.nodes) for s in self.topo.services) + sum(len(p.serves) for p in self.topo.pods)
         self.out(f"*** SPA authority in {d}: {n} service authorizations issued")
 
     def identity_of(self, app: str, node: str) -> Optional[Path]:
         if self._spa_dir is None:
             return None
         return self._spa_dir / "services" / f"{app}-{node}.key"
+
+    def pod_identity(self, pod: str, prefix: str) -> Optional[str]:
+        """The SPA key file the SG presents when it registers `prefix` for `pod`."""
+        if self._spa_dir is None:
+            return None
+        k = self.topo.pod(pod).serves.index(prefix)
+        return str(self._spa_dir / "services" / f"pod-{pod}-{k}.key")
 
     # -------------------------------------------------------------- network
     def _build_network(self) -> None:
@@ -287,6 +303,28 @@ class DmscLab:
             self._configure_host(hosts[n])
         self.warnings += apply_link_options(self.topo.links, self.netns.__getitem__,
                                             lambda n: self.run_dir / n, self._warn)
+        self._add_pods()
+
+    def _network_mtu(self, node: str) -> int:
+        return min([l.opts.mtu or 1500 for l in self.topo.links_of(node)] or [1500])
+
+    def _add_pods(self) -> None:
+        """Every pod's namespace and veth behind its SG (topologies/pods.py). A pod's
+        namespace is in `netns` under the pod's name, so everything that runs a
+        command "in a node" runs it in a pod the same way."""
+        from topologies.pods import PodSpec, create, prepare_gateway
+        for pd in self.topo.pods:
+            if pd.index == 0:
+                prepare_gateway(self.netns[pd.node])
+            spec = PodSpec(pd.name, pd.node, pd.index, self.topo.sgs.index(pd.node) + 1,
+                           list(pd.serves))
+            create(spec, self.netns[pd.node], f"dm-{self.runid}-{pd.name}", self.records,
+                   self._network_mtu(pd.node))
+            self.pods[pd.name] = spec
+            self.netns[pd.name] = spec.netns
+        if self.topo.pods:
+            self.out(f"*** {len(self.topo.pods)} pods behind "
+                     f"{len({p.node for p in self.topo.pods})} Service Gateways")
 
     def _add_hosts(self, names: List[str]) -> Dict[str, Any]:
         """Mininet hosts, their namespaces attached as dm-<run>-<node>, and management veths."""
@@ -427,13 +465,22 @@ class DmscLab:
             http = []
             for svc in hosted:
                 if svc.kind == "http" and self.shop_enabled:
-                    entry = {"prefix": svc.prefix, "backend": self.http_backend_of(svc.app)}
+                    pod = self.instance_pod(svc.prefix, name)
+                    backend = (f"{self.pods[pod].address}:{POD_HTTP_PORT}" if pod
+                               else self.http_backend_of(svc.app))
+                    entry = {"prefix": svc.prefix, "backend": backend}
                     ident = self.identity_of(svc.app, name)
                     if ident is not None:
                         entry["identity"] = str(ident)
                     http.append(entry)
             if http:
                 cfg["http_services"] = http
+            from topologies.pods import pod_mtu
+            pods = [self.pods[p.name].forwarder_config(
+                pod_mtu(self._network_mtu(name)), lambda prefix, p=p: self.pod_identity(p.name, prefix))
+                for p in self.topo.pods_on(name)]
+            if pods:
+                cfg["pods"] = pods
         if self.scsc is not None:
             cfg["scsc"] = f"{SCSC_IP}:{SCSC_PORT}"
             cfg["telemetry_interval_s"] = self.telemetry_s
@@ -457,6 +504,13 @@ class DmscLab:
     def shop_enabled(self) -> bool:
         return self.shop
 
+    def instance_pod(self, prefix: str, node: str) -> Optional[str]:
+        """The pod on `node` running the instance of `prefix` (builders.shop_in_pods), if any."""
+        for p in self.topo.pods_on(node):
+            if f"{prefix}/_l4" in p.serves:
+                return p.name
+        return None
+
     @staticmethod
     def http_backend_of(app: str) -> str:
         from topologies.shop.deploy import HTTP_PORTS
@@ -472,6 +526,8 @@ class DmscLab:
                 if svc.kind != "http":
                     continue
                 for node in svc.nodes:
+                    if self.instance_pod(svc.prefix, node):
+                        continue   # it runs in its pod (the pod's `run`)
                     app = ServiceApp(node, svc.app, svc.prefix, svc.kind, self.netns[node],
                                      self.run_dir / node, self.records,
                                      self.fwd[node].app_socket, http=self.http_backend_of(svc.app),
@@ -498,6 +554,15 @@ class DmscLab:
                                f"{pending[0].log}")
             if pending:
                 time.sleep(0.05)
+
+    def _start_pod_commands(self) -> None:
+        """The pods' `run` commands, each in its pod, output in <run>/<pod>/run.log."""
+        for pd in self.topo.pods:
+            if pd.run:
+                proc = Proc(self.netns[pd.name], self.run_dir / pd.name, "run", self.records,
+                            argv=pd.run)
+                proc.spawn()
+                self.pod_procs.append(proc)
 
     def _check_routing_mode(self) -> None:
         """What one forwarder runs: link-state routing when asked for, and its data plane."""
@@ -728,7 +793,8 @@ class DmscLab:
             return
         self._stopped = True
         errors: List[str] = []
-        stop_all(list(self.services) + list(self.fwd.values()) + ([self.scsc] if self.scsc else []))
+        stop_all(list(self.pod_procs) + list(self.services) + list(self.fwd.values()) +
+                 ([self.scsc] if self.scsc else []))
         if self.zygote is not None:
             self.zygote.close()
         if self.net is not None:
@@ -744,6 +810,10 @@ class DmscLab:
                 res = _run(["ip", "-force", "-batch", "-"], check=False, input=cmds)
                 if res.returncode != 0:
                     errors.append(res.stderr.strip()[:300])
+        if self.pods:
+            from topologies.pods import remove_etc
+            for spec in self.pods.values():
+                remove_etc(spec.netns)
         # the root-side management ports would go with their namespaces, but namespace
         # teardown is asynchronous in the kernel: delete them now, then the bridge
         ports = [f"{self._bridge}p{i}" for i in range(getattr(self, "_ports", 0))

@@ -14,6 +14,12 @@
         app: catalog                  # frontend | catalog | cart | payment | echo
         kind: client                  # client (client library) | http (plain HTTP server)
         nodes: [h1, h2]               # Service Gateways hosting an instance
+    pods:                             # optional: namespaces behind an SG (its default
+      - name: web1                    #   gateway and DNS); the SG registers what it
+        node: h2                      #   serves, reached by name with no proxy:
+        serves: [/web]                #   curl http://web.dmsc/ from any pod
+        run: [python3, -m, http.server, "80"]   # optional command started in it
+      - {name: cli1, node: h1}        # a client pod: `dmsc pod cli1 curl http://web.dmsc/`
     shop: true
 
 Units: bw Mbit/s, delay ms, loss percent. Node names: a letter, then letters,
@@ -30,7 +36,8 @@ import yaml
 from .model import SERVICE_KINDS, LinkOpts, Topology, TopologyError
 
 APPS = ("frontend", "catalog", "cart", "payment", "echo")
-TOP_KEYS = {"name", "defaults", "nodes", "links", "services", "shop"}
+TOP_KEYS = {"name", "defaults", "nodes", "links", "services", "pods", "shop"}
+POD_KEYS = ("name", "node", "serves", "run")
 LINK_OPTS = {"bw", "delay", "loss", "mtu", "cost"}
 
 
@@ -126,6 +133,8 @@ class _Parser:
         elif shop and want_shop:
             from .builders import deploy_shop
             deploy_shop(topo)
+        if data.get("pods") is not None:
+            self.pods(data, topo)
         try:
             topo.validate()
         except TopologyError as exc:
@@ -270,6 +279,44 @@ class _Parser:
             except TopologyError as exc:
                 key = "nodes" if "node" in str(exc) else "prefix"
                 raise self.fail(_line(s, key, line), str(exc)) from None
+
+
+    def pods(self, data: dict, topo: Topology) -> None:
+        pods = data.get("pods")
+        if not isinstance(pods, list):
+            raise self.fail(_line(data, "pods"), "pods: expected a list of {name, node, serves, run}")
+        for i, p in enumerate(pods):
+            line = _line(pods, i)
+            if not isinstance(p, dict):
+                raise self.fail(line, "pod: expected a mapping {name, node, serves, run}")
+            extra = sorted(set(map(str, p)) - set(POD_KEYS))
+            if extra:
+                raise self.fail(_line(p, extra[0], line), f"pod: unknown key {extra[0]!r}; "
+                                                           f"allowed: {', '.join(POD_KEYS)}")
+            for k in ("name", "node"):
+                if k not in p:
+                    raise self.fail(line, f"pod: {k} is required")
+            serves = p.get("serves", [])
+            if isinstance(serves, str):
+                serves = [serves]
+            if not isinstance(serves, list):
+                raise self.fail(_line(p, "serves", line), f"pod {p['name']}: serves must be a "
+                                                           "list of prefixes")
+            run = p.get("run")
+            if isinstance(run, str):
+                run = run.split()
+            if run is not None and (not isinstance(run, list) or not run):
+                raise self.fail(_line(p, "run", line), f"pod {p['name']}: run must be a command "
+                                                        "(a list, or a string split on spaces)")
+            try:
+                topo.add_pod(str(p["name"]), str(p["node"]), [str(x) for x in serves],
+                             [str(x) for x in run] if run is not None else None)
+            except TopologyError as exc:
+                msg = str(exc)
+                key = ("serves" if "prefix" in msg or "a service of" in msg else
+                       "run" if "run must" in msg else
+                       "name" if "pod name" in msg or "already a node" in msg else "node")
+                raise self.fail(_line(p, key, line), msg) from None
 
 
 def load_topology(path, shop: bool = True, opts: Optional[LinkOpts] = None) -> Topology:
