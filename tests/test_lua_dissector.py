@@ -70,6 +70,15 @@ class Dissected:
     def __init__(self, packet: ET.Element) -> None:
         self.root: Optional[ET.Element] = packet.find("proto[@name='dmsc']")
         self.fields: Dict[str, List[ET.Element]] = {}
+        # what other dissectors made of the rest (the IPv4 packet an IPV4 packet carries)
+        self.after: Dict[str, str] = {}
+        seen = False
+        for proto in packet.findall("proto"):
+            if proto is self.root:
+                seen = True
+            elif seen:
+                for f in proto.iter("field"):
+                    self.after.setdefault(f.get("name", ""), f.get("show", ""))
         self.tlvs: List[Dict[str, ET.Element]] = []
         if self.root is None:
             return
@@ -87,6 +96,10 @@ class Dissected:
 
     def has(self, field: str) -> bool:
         return field in self.fields
+
+    def ip(self, field: str) -> str:
+        """A field of what follows the DMSC header (ip.src, tcp.srcport...)."""
+        return self.after[field]
 
 
 def dissect(pcap: Path) -> List[Dissected]:
