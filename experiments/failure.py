@@ -704,6 +704,7 @@ class FailureExperiment(Experiment):
                  "skipped": ev.get("skipped")}
             csvrows.append(d)
             head[name] = {k: v for k, v in d.items() if k not in ("event",)}
+            head[name]["detected_by"] = ev.get("detected_by")
             rows.append([name, d["target"], fmt(d["detection_ms"]), fmt(d["local_failover_ms"]),
                          fmt(d["global_convergence_ms"]), d["calls_failed"], d["calls_retried"],
                          d["calls_in_window"], _errs_text(d["errors"]), fmt(d["disruption_ms"]),
