@@ -33,6 +33,7 @@ class ScscNode:
         self.proc: Optional[subprocess.Popen] = None
         self.rest = ScscRest(self.addr, rest_port, netns=self.node.netns)
         self.starts = 0
+        self.returncode: Optional[int] = None  # of the last process stopped or killed
 
     @property
     def southbound(self) -> str:
@@ -72,10 +73,13 @@ class ScscNode:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+            self.returncode = self.proc.returncode
+            self.proc = None
             return None
         finally:
             self.rest.close()
         took = time.monotonic() - t0
+        self.returncode = self.proc.returncode
         self.proc = None
         return took
 
@@ -84,5 +88,6 @@ class ScscNode:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+            self.returncode = self.proc.returncode
         self.rest.close()
         self.proc = None
