@@ -221,23 +221,25 @@ def test_yaml_topology_with_static_routing_and_link_options():
         assert "numgen random mod 10000 < 500" in nft.stdout
         from topologies.lab.commands import DmscCommands
         cmd = DmscCommands(lab)
-        r = cmd.run_line("route h3 /node/h1")
+
+        def until_ok(line):
+            """h1's link loses 5 % of the frames each way (nftables' random numbers,
+            which nothing seeds): a probe or call may be lost, so ask again until one is
+            answered (a hang limit, not a budget)"""
+            deadline = time.monotonic() + HANG_S
+            while True:
+                r = cmd.run_line(line)
+                if r.ok or time.monotonic() > deadline:
+                    return r
+        r = until_ok("route h3 /node/h1")
         assert [h["node"] for h in r.data["hops"]] == ["/node/r2", "/node/r1", "/node/h1"]
         cmd.run_line("fail r1-r2")  # the lab recomputes and pushes static routes
-        deadline = time.monotonic() + HANG_S
-        while True:
-            r = cmd.run_line("route h3 /node/h1")
-            if r.ok or time.monotonic() > deadline:
-                break
+        r = until_ok("route h3 /node/h1")
         assert [h["node"] for h in r.data["hops"]] == ["/node/r2", "/node/r3", "/node/r1", "/node/h1"]
-        assert cmd.run_line("call h1 /shop/cart/items").ok
+        assert until_ok("call h1 /shop/cart/items").ok
         cmd.run_line("restore r1-r2")
         # the first packets after the link comes back may be lost (see docs/lab.md); poll
-        deadline = time.monotonic() + HANG_S
-        while True:
-            r = cmd.run_line("route h3 /node/h1")
-            if r.ok or time.monotonic() > deadline:
-                break
+        r = until_ok("route h3 /node/h1")
         assert [h["node"] for h in r.data["hops"]] == ["/node/r2", "/node/r1", "/node/h1"]
     assert not _leftovers(lab.run_dir)
 
@@ -256,7 +258,9 @@ def test_delay_without_netem_warns():
         else:
             assert any("delay 5 ms NOT applied" in w for w in lab.warnings), lab.warnings
             assert any("WARNING" in l and "netem" in l for l in lines)
-        assert lab.fwd["h1"].api("POST", "/ping", {"name": "/node/h3", "count": 1})["received"] == 1
+        # across r1-r2, which loses 1 % of the frames each way (random, unseeded): one of
+        # five pings answered
+        assert lab.fwd["h1"].api("POST", "/ping", {"name": "/node/h3", "count": 5})["received"] >= 1
 
 
 def test_cleanup_after_kill_9(tmp_path):
