@@ -4,7 +4,7 @@ ARGS ?=
 BENCH_SCRIPTS := $(sort $(wildcard bench/bench_*.py))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lab demo bench bench-forwarder bench-chain bench-routing bench-lab bench-scsc bench-peers clean distclean
+.PHONY: help setup test test-unit lab demo bench bench-forwarder bench-chain bench-routing bench-lab bench-scsc bench-peers bench-wire clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,10 @@ bench-peers: setup ## DMSC vs FRR (OSPF+BFD) on the k=4 fat tree, same cut -> be
 bench-scsc: setup ## SCSC policy push to 36 real / 200 simulated forwarders -> bench/results/scsc.json
 	@mkdir -p bench/results
 	$(PY) bench/bench_scsc.py $(ARGS)
+
+bench-wire: setup ## decode rate of the wire fuzz corpus and of valid packets -> bench/results/wire.json
+	@mkdir -p bench/results
+	$(PY) bench/bench_wire.py $(ARGS)
 
 .PHONY: exp-failure exp-load exp-telemetry exp-sidecar experiments
 exp-failure: setup ## failure experiment on the fat tree -> results/failure/latest (QUICK=1: < 2 min)

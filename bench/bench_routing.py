@@ -11,6 +11,15 @@
     link-state database digest agrees again (node timestamps, same clock).
   * control_pps_per_node: hellos + LSAs + ACKs sent per node per second at
     steady state.
+  * dead_node_withdrawal_ms: kill -9 of a host's forwarder (its links stay up,
+    so only its neighbour's hello dead interval can notice) to the last FIB
+    change anywhere once the host's name is gone from every FIB (node clocks).
+  * lsa_backlog: a forwarder x flooded by a stand-in neighbour with 20,000 LSAs
+    a second for 3 s (as tests/test_routing_netns.py does): the longest
+    silences of its hellos and of its ACKs while it works off the backlog, the
+    backlog's peak, and how long it took.
+
+Every figure is recorded with the load average (a shared machine).
 
 Writes bench/results/routing.json.
 """
@@ -176,6 +185,8 @@ def main() -> int:
     ap.add_argument("--dataplane", choices=["auto", "ebpf", "python"], default="auto",
                     help="the forwarders' data plane (default auto: the kernel fast path where it loads)")
     ap.add_argument("--out", type=Path, default=RESULTS / "routing.json")
+    ap.add_argument("--no-backlog", dest="backlog", action="store_false",
+                    help="skip the LSA backlog measurement")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_routing: needs root (network namespaces)", file=sys.stderr)
@@ -207,11 +218,122 @@ def main() -> int:
         print(f"failover {result['failover_ms']} ms ({result['failover_detected_by']}), "
               f"convergence {result['convergence_ms']} ms, "
               f"longest gap in the call stream {result['interruption_ms']} ms", flush=True)
+        # a node killed: no carrier change, its neighbour's dead timer must notice
+        victim = next(h for h in hosts[1:-1] if h not in (src, dst))
+        others = [n for n in nodes if n != victim]
+        t_kill = time.time()
+        fn[victim].kill()
+        wait_for(lambda: all(f"/node/{victim}" not in {e["prefix"] for e in fn[n].api("GET", "/fib")["entries"]}
+                             for n in others), 60, interval=0.1, what="the dead node's withdrawal")
+        after = statuses(fn, others)
+        changes = [s["routing"]["last_change"] for s in after.values()
+                   if s["routing"]["last_change"] and s["routing"]["last_change"] >= t_kill]
+        result["dead_node_withdrawal_ms"] = round((max(changes) - t_kill) * 1000, 1) if changes else None
+        result["dead_node"] = victim
+        result["dead_interval_ms"] = fn[victim].config.get("routing", {}).get("dead_ms", 300)
+        print(f"dead node {victim}: withdrawn everywhere {result['dead_node_withdrawal_ms']} ms "
+              f"after kill -9 (dead interval {result['dead_interval_ms']} ms)", flush=True)
+    result["loadavg_after_fat_tree"] = [round(x, 2) for x in os.getloadavg()]
+    if args.backlog:
+        result["lsa_backlog"] = lsa_backlog()
+        b = result["lsa_backlog"]
+        print(f"LSA backlog of {b['lsa_queue_max']}: longest silence of hellos {b['longest_hello_gap_ms']} ms, "
+              f"of ACKs {b['longest_ack_gap_ms']} ms, worked off in {b['drain_s']} s", flush=True)
     result["targets"] = {"failover_ms": "< 50", "convergence_ms": "< 500"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def lsa_backlog(hello_ms: int = 100, dead_ms: int = 3000) -> dict:
+    """x flooded with LSAs by a raw-socket stand-in neighbour t; what x sends is timed."""
+    import socket
+
+    from forwarder.dataplane import wire
+    from forwarder.dataplane.names import Name
+    from topologies.nsenter import socket_in
+    load = [round(x, 2) for x in os.getloadavg()]
+    with NetnsNetwork(new_run_dir("bench-routing-backlog")) as net:
+        net.add_node("x")
+        net.add_node("t")
+        net.add_link("x", "t")
+        fn = ForwarderNet(net)
+        fn.add("x", roles=["sr"], log_level="warning",
+               routing={"enabled": True, "hello_ms": hello_ms, "dead_ms": dead_ms})
+        fn.start_all()
+        t_if = intf_between(net, "t", "x")
+        x_mac = bytes.fromhex(net.node("x").mac(intf_between(net, "x", "t")).replace(":", ""))
+        sock = socket_in(net.node("t").netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(wire.ETHERTYPE))
+        sock.bind((t_if, wire.ETHERTYPE))
+        eth = x_mac + b"\x02" * 6 + b"\x88\xb5"
+        me, x = Name.parse("/node/t"), Name.parse("/node/x")
+        hello = eth + wire.Packet(wire.PacketType.HELLO, dst=wire.HELLO_NAME, src=me, hop_limit=1,
+                                  payload=wire.HelloBody(100, 5000, 1, wire.HelloBody.TWO_WAY).encode()).encode()
+        heard = {"hello": [], "ack": []}
+        stop = threading.Event()
+
+        def listen():
+            sock.settimeout(0.05)
+            while not stop.is_set():
+                try:
+                    frame = sock.recv(65536)
+                    p = wire.decode(frame[14:])
+                except (socket.timeout, wire.DecodeError):
+                    continue
+                if p.src == x and p.type in (wire.PacketType.HELLO, wire.PacketType.ACK):
+                    heard["hello" if p.type == wire.PacketType.HELLO else "ack"].append(time.monotonic())
+
+        def say_hello():
+            while not stop.wait(0.1):
+                sock.send(hello)
+        threads = [threading.Thread(target=listen, daemon=True), threading.Thread(target=say_hello, daemon=True)]
+        for th in threads:
+            th.start()
+        try:
+            wait_for(lambda: any(n["state"] == "up" for n in fn["x"].status()["routing"]["neighbors"]),
+                     60, what="x's adjacency")
+            prefixes = [wire.LsaPrefix(me)] + [wire.LsaPrefix(Name.parse(f"/t/p{i}"), 1) for i in range(30)]
+            body = wire.LsaBody(1, 0, 0, [(x, 1)], prefixes).encode()
+            template = bytearray(eth + wire.Packet(wire.PacketType.LSA, dst=wire.LSA_NAME, src=me,
+                                                   hop_limit=1, payload=body, seq=1).encode())
+            at = len(template) - len(body)
+            frames = []
+            for seq in range(2, 60_002):
+                template[14 + 12:14 + 16] = seq.to_bytes(4, "big")
+                template[at:at + 8] = seq.to_bytes(8, "big")
+                frames.append(bytes(template))
+            start = time.monotonic()
+            for i in range(0, len(frames), 200):
+                for f in frames[i:i + 200] + frames[i:i + 20]:
+                    try:
+                        sock.send(f)
+                    except OSError:
+                        pass
+                time.sleep(max(0.0, start + (i + 200) / 20_000 - time.monotonic()))
+            wait_for(lambda: fn["x"].status()["routing"]["lsa_queue"] == 0, 300, interval=0.05,
+                     what="x to work off its LSA queue")
+            end = time.monotonic()
+            routing = fn["x"].status()["routing"]
+        finally:
+            stop.set()
+            for th in threads:
+                th.join(2)
+            sock.close()
+
+    def longest_gap(times, a, b):
+        inside = [t for t in times if a <= t <= b]
+        return max(q - p for p, q in zip([a] + inside, inside + [b]))
+    last_ack = max(heard["ack"] or [start])
+    return {"setup": "x (one forwarder, hello 100 ms) and a raw-socket neighbour t sending 20,000 "
+                     "30-prefix LSAs a second for 3 s (10 % sent twice)",
+            "hello_ms": hello_ms, "dead_ms": dead_ms,
+            "loadavg_at_start": load, "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
+            "lsa_queue_max": routing["lsa_queue_max"], "lsa_queue_merged": routing["lsa_queue_merged"],
+            "drain_s": round(end - start, 2),
+            "longest_hello_gap_ms": round(longest_gap(heard["hello"], start, end) * 1000, 1),
+            "longest_ack_gap_ms": round(longest_gap(heard["ack"], start, last_ack) * 1000, 1),
+            "hellos_during": sum(1 for t in heard["hello"] if start <= t <= end)}
 
 
 def cli_ok(cli) -> bool:

@@ -20,6 +20,23 @@ class for a new prefix, alternately added and withdrawn). Reported: median and
 p90 over the rounds of the client round trip (`push_ms_*`), of the SCSC's own
 measure (intent received -> last ack processed) and, for the simulated set,
 of the agents' clock (intent sent -> last agent installed its rules).
+`scsc_sigterm_s`: SIGTERM to exit of the SCSC with 36 agents connected.
+
+Two more set-ups measure what tests/test_scsc_netns.py checks without a clock:
+
+* **critical** (`critical_*`): a - r - b with the SCSC, r -> b shaped to
+  20 Mbit/s with a priority class for skb priority 6-7 (topologies/tc_prio.py);
+  /crit marked critical. Round-trip times of /crit calls (one try each, 4 ms
+  apart) and of best-effort /be calls, unloaded and with trafgen pushing
+  25 Mbit/s of bulk frames through r, rounds alternating so that the machine's
+  other work weighs on both alike; p50/p99 per side and the loaded/unloaded
+  p99 ratio, with the classes' counters.
+* **weights** (`weights_*`): a with two instances of /svc (d1, d2), telemetry
+  every 0.5 s, a load of one new flow per call; d1 made 20 ms slow: seconds
+  (and telemetry intervals) until a's rule gives d1 its floor weight, and after
+  d1 is fast again until it has its share back.
+
+Every set-up records the load average beside its figures (a shared machine).
 
 Writes bench/results/scsc.json.
 """
@@ -247,6 +264,225 @@ def bench_real(n: int, rounds_: int, interval: float) -> dict:
             print(f"bench_scsc: warning: {exc}", file=sys.stderr)
 
 
+def _line_with_scsc(net, interval: float):
+    """a - r - b (static routes), every forwarder reporting to an SCSC; as tests/test_scsc_netns.py."""
+    from topologies.fwd_net import ScscNode
+    from topologies.fwd_net import ForwarderNet, intf_between
+    mgmt = net.add_mgmt_network()
+    for n in ("a", "r", "b"):
+        net.add_node(n)
+    scsc = ScscNode(net, mgmt, lifetime=30).start()
+    for n in ("a", "r", "b"):
+        mgmt.attach(n)
+    net.add_link("a", "r")
+    net.add_link("r", "b")
+    i = lambda x, y: intf_between(net, x, y)  # noqa: E731
+    fn = ForwarderNet(net)
+    common = dict(scsc=scsc.southbound, telemetry_interval_s=interval, log_level="warning")
+    fn.add("a", routes=[{"prefix": p, "face": i("a", "r")} for p in ("/crit", "/be", "/node/b")], **common)
+    fn.add("r", roles=["sr"], routes=[
+        {"prefix": "/crit", "face": i("r", "b")}, {"prefix": "/be", "face": i("r", "b")},
+        {"prefix": "/bulk", "face": i("r", "b")}, {"prefix": "/node/a", "face": i("r", "a")},
+        {"prefix": "/node/b", "face": i("r", "b")}], **common)
+    fn.add("b", routes=[{"prefix": "/node/a", "face": i("b", "r")}], **common)
+    fn.start_all()
+    wait_for(lambda: _in_sync(scsc.rest, 3), 60, interval=0.1, what="three agents")
+    return fn, scsc
+
+
+def _rtts_ms(cli, name: str, n: int, pause: float = 0.004, timeout: float = 3.0) -> list:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        try:
+            cli.call(name, b"c", timeout=timeout, retries=0)
+            out.append((time.perf_counter() - t) * 1000)
+        except Exception:  # a lost call: counted at the timeout
+            out.append(timeout * 1000)
+        time.sleep(pause)
+    return out
+
+
+def bench_critical(rounds_: int, calls: int) -> dict:
+    """Critical-class latency on a saturated shaped link (see the module docstring)."""
+    import signal
+    from forwarder.dataplane import wire
+    from forwarder.apps.client import Client
+    from forwarder.dataplane.names import Name
+    from topologies import tc_prio
+    from topologies.fwd_net import intf_between
+    from topologies.netns import NetnsNetwork
+    from topologies.records import new_run_dir
+    net = NetnsNetwork(new_run_dir("bench-scsc-critical"))
+    load = [round(x, 2) for x in os.getloadavg()]
+    try:
+        fn, scsc = _line_with_scsc(net, 0.5)
+        r_out, r = intf_between(net, "r", "b"), net.node("r")
+        tc_prio.shape_with_priority_class(r, r_out, 20)
+        out = scsc.rest.post_intent({"kind": "critical", "prefix": "/crit"}, wait=20)
+        if not out.get("applied"):
+            raise RuntimeError(f"critical intent not applied: {out}")
+        a_if, r_if = intf_between(net, "a", "r"), intf_between(net, "r", "a")
+        a_mac = bytes.fromhex(net.node("a").mac(a_if).replace(":", ""))
+        r_mac = bytes.fromhex(r.mac(r_if).replace(":", ""))
+        pkt = wire.Packet(wire.PacketType.REQUEST, Name.parse("/bulk/sink"), Name.parse("/node/g/bulk"),
+                          b"\x5a" * 1300, flow_id=1, seq=1).encode()
+        frame = r_mac + a_mac + wire.ETHERTYPE.to_bytes(2, "big") + pkt
+        conf = net.run_dir / "bulk.cfg"
+        conf.write_text("{ " + ", ".join(f"0x{b:02x}" for b in frame) + " }\n")
+        stats = lambda: tc_prio.class_stats(r, r_out)  # noqa: E731
+        unloaded, loaded, be_unloaded, be_loaded, backlog = [], [], [], [], []
+        with Client(fn["b"].app_socket) as server, Client(fn["a"].app_socket, timeout=3) as cli:
+            server.serve("/crit", lambda p, req: b"ok")
+            server.serve("/be", lambda p, req: b"ok")
+            for p in ("/crit", "/be"):
+                wait_for(lambda: p in fn["b"].status()["local_prefixes"], 30, what="registration")
+            _rtts_ms(cli, "/crit", 50)  # warm up
+            for _ in range(rounds_):
+                unloaded += _rtts_ms(cli, "/crit", calls)
+                be_unloaded += _rtts_ms(cli, "/be", 10)
+                gen = net.node("a").popen(["trafgen", "--dev", a_if, "--conf", str(conf), "--cpus", "1",
+                                           "--no-sock-mem", "--gap", "250us", "--num", "0"], "trafgen")
+                try:
+                    wait_for(lambda: stats()[tc_prio.BULK_CLASS]["qlen"] >= 200, 60, interval=0.05,
+                             what="the bulk queue to fill")
+                    loaded += _rtts_ms(cli, "/crit", calls)
+                    be_loaded += _rtts_ms(cli, "/be", 1, timeout=2.0)
+                    backlog.append(stats()[tc_prio.BULK_CLASS]["qlen"])
+                finally:
+                    for sig in (signal.SIGINT, signal.SIGKILL):
+                        try:
+                            os.killpg(gen.pid, sig)
+                            gen.wait(10)
+                            break
+                        except ProcessLookupError:
+                            break
+                        except subprocess.TimeoutExpired:
+                            continue
+                    wait_for(lambda: stats()[tc_prio.BULK_CLASS]["qlen"] == 0, 60, interval=0.05,
+                             what="the queue to drain")
+        u99, l99 = pct(unloaded, 0.99), pct(loaded, 0.99)
+        return {"setup": "a - r - b, r -> b shaped to 20 Mbit/s: HTB with a priority class for skb "
+                         "priority 6-7 (topologies/tc_prio.py); /crit critical (class 7); trafgen "
+                         "1,350-byte frames every 250 us (~25 Mbit/s) as the load; rounds alternate "
+                         "unloaded and loaded",
+                "rounds": rounds_, "calls_per_side_per_round": calls,
+                "loadavg_at_start": load, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+                "crit_ms_p50_unloaded": round(pct(unloaded, 0.5), 3), "crit_ms_p99_unloaded": round(u99, 3),
+                "crit_ms_p50_loaded": round(pct(loaded, 0.5), 3), "crit_ms_p99_loaded": round(l99, 3),
+                "crit_p99_loaded_over_unloaded": round(l99 / u99, 2) if u99 else None,
+                "be_ms_p50_unloaded": round(pct(be_unloaded, 0.5), 3),
+                "be_ms_p50_loaded": round(pct(be_loaded, 0.5), 3),
+                "bulk_queue_packets_during_load": backlog, "classes_at_end": stats()}
+    finally:
+        try:
+            net.stop()
+        except RuntimeError as exc:
+            print(f"bench_scsc: warning: {exc}", file=sys.stderr)
+
+
+def bench_weights(rounds_: int, interval: float = 0.5) -> dict:
+    """How long a slow anycast instance takes to lose its weight, and to get it back."""
+    from topologies.fwd_net import ScscNode
+    from forwarder.apps.client import Client, DmscError
+    from topologies.fwd_net import ForwarderNet, intf_between
+    from topologies.netns import NetnsNetwork
+    from topologies.records import new_run_dir
+    net = NetnsNetwork(new_run_dir("bench-scsc-weights"))
+    load = [round(x, 2) for x in os.getloadavg()]
+    try:
+        mgmt = net.add_mgmt_network()
+        for n in ("a", "d1", "d2"):
+            net.add_node(n)
+        scsc = ScscNode(net, mgmt, lifetime=30).start()
+        for n in ("a", "d1", "d2"):
+            mgmt.attach(n)
+        net.add_link("a", "d1")
+        net.add_link("a", "d2")
+        i = lambda x, y: intf_between(net, x, y)  # noqa: E731
+        fn = ForwarderNet(net)
+        common = dict(scsc=scsc.southbound, telemetry_interval_s=interval, log_level="warning")
+        fn.add("a", routes=[
+            {"prefix": "/svc", "face": i("a", "d1"), "instance": "/node/d1"},
+            {"prefix": "/svc", "face": i("a", "d2"), "instance": "/node/d2"},
+            {"prefix": "/node/d1", "face": i("a", "d1")}, {"prefix": "/node/d2", "face": i("a", "d2")}],
+            **common)
+        for d in ("d1", "d2"):
+            fn.add(d, routes=[{"prefix": "/node/a", "face": i(d, "a")}], **common)
+        fn.start_all()
+        wait_for(lambda: _in_sync(scsc.rest, 3), 60, interval=0.1, what="three agents")
+        slow = {"d1": threading.Event(), "d2": threading.Event()}
+        served = {"d1": 0, "d2": 0}
+        stop = threading.Event()
+
+        def handler(d):
+            def h(payload, request):
+                if slow[d].is_set():
+                    time.sleep(0.02)
+                return d.encode()
+            return h
+
+        def weight_d1():
+            rules = {r["prefix"]: r for r in fn["a"].api("GET", "/strategy")["rules"]}
+            r = rules.get("/svc")
+            if not r or r["origin"] != "scsc" or not r["weights"]:
+                return None
+            return r["weights"].get("/node/d1", 0) / sum(r["weights"].values())
+
+        lost, regained, share = [], [], []
+        with Client(fn["d1"].app_socket) as s1, Client(fn["d2"].app_socket) as s2, \
+                Client(fn["a"].app_socket, timeout=3) as cli:
+            s1.serve("/svc", handler("d1"))
+            s2.serve("/svc", handler("d2"))
+
+            def load_():
+                k = 0
+                while not stop.is_set():
+                    k += 1
+                    try:
+                        served[cli.call("/svc", b"q", flow=f"f{k}").decode()] += 1
+                    except DmscError:
+                        pass
+                    time.sleep(0.002)
+            th = threading.Thread(target=load_, daemon=True)
+            th.start()
+            try:
+                for _ in range(rounds_):
+                    wait_for(lambda: 0.05 < (weight_d1() or 0) < 0.95, 120, interval=0.05,
+                             what="both instances weighted")
+                    slow["d1"].set()
+                    t0 = time.monotonic()
+                    wait_for(lambda: (weight_d1() or 1) <= 0.1, 120, interval=0.02, what="d1 losing weight")
+                    lost.append(time.monotonic() - t0)
+                    before = dict(served)
+                    time.sleep(4 * interval)
+                    d1, d2 = served["d1"] - before["d1"], served["d2"] - before["d2"]
+                    share.append(d1 / max(1, d1 + d2))
+                    slow["d1"].clear()
+                    t1 = time.monotonic()
+                    wait_for(lambda: (weight_d1() or 0) >= 0.4, 120, interval=0.05, what="d1 regaining weight")
+                    regained.append(time.monotonic() - t1)
+            finally:
+                stop.set()
+                th.join(10)
+        took = scsc.stop()
+        return {"setup": "a with /svc at d1 and d2 (anycast), SCSC telemetry every "
+                         f"{interval} s, one new flow per call; d1 made 20 ms slow, then fast again",
+                "rounds": rounds_, "telemetry_interval_s": interval,
+                "loadavg_at_start": load, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+                "lost_weight_s": summary(lost), "lost_weight_intervals_median":
+                    round(statistics.median(lost) / interval, 2),
+                "regained_weight_s": summary(regained), "regained_weight_intervals_median":
+                    round(statistics.median(regained) / interval, 2),
+                "d1_share_of_flows_while_slow": summary(share),
+                "scsc_sigterm_s": round(took, 3) if took is not None else None}
+    finally:
+        try:
+            net.stop()
+        except RuntimeError as exc:
+            print(f"bench_scsc: warning: {exc}", file=sys.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=20)
@@ -254,6 +490,11 @@ def main() -> int:
     ap.add_argument("--real", type=int, default=36, help="real forwarders (0: skip)")
     ap.add_argument("--sim", type=int, default=200, help="simulated forwarders (0: skip)")
     ap.add_argument("--procs", type=int, default=2, help="processes holding the simulated forwarders")
+    ap.add_argument("--critical", type=int, default=4,
+                    help="rounds of the critical-class latency set-up (0: skip)")
+    ap.add_argument("--critical-calls", type=int, default=100, help="/crit calls per side per round")
+    ap.add_argument("--weights", type=int, default=3,
+                    help="rounds of the slow-instance weight set-up (0: skip)")
     ap.add_argument("--wait-idle", type=float, default=120.0,
                     help="wait up to this many seconds for an idle machine before each set-up")
     ap.add_argument("--out", default=str(RESULTS / "scsc.json"))
@@ -284,6 +525,22 @@ def main() -> int:
         result[f"push_ms_{args.sim}"] = s["client_ms"]["median"]
         result[f"simulated_{args.sim}"] = s
         print(f"{args.sim} simulated forwarders: push {s['client_ms']}")
+    if args.critical:
+        result["cpu_idle_before_critical"] = wait_idle(args.wait_idle)
+        c = bench_critical(args.critical, args.critical_calls)
+        result["critical"] = c
+        result["critical_p99_loaded_over_unloaded"] = c["crit_p99_loaded_over_unloaded"]
+        print(f"critical class: p99 {c['crit_ms_p99_unloaded']} ms unloaded, "
+              f"{c['crit_ms_p99_loaded']} ms loaded; best effort p50 {c['be_ms_p50_unloaded']} / "
+              f"{c['be_ms_p50_loaded']} ms")
+    if args.weights:
+        result["cpu_idle_before_weights"] = wait_idle(args.wait_idle)
+        w = bench_weights(args.weights)
+        result["weights"] = w
+        result["weights_lost_intervals"] = w["lost_weight_intervals_median"]
+        print(f"slow instance: weight lost after {w['lost_weight_s']['median']} s "
+              f"({w['lost_weight_intervals_median']} intervals), back after "
+              f"{w['regained_weight_s']['median']} s")
     result["loadavg_at_end"] = loadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

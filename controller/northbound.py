@@ -43,6 +43,10 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # wsgiref writes a response's headers and its body apart; with TCP_NODELAY the body
+    # does not wait for the client's (delayed) acknowledgement of the headers
+    disable_nagle_algorithm = True
+
     def log_message(self, fmt, *args):
         log.debug("rest %s " + fmt, self.address_string(), *args)
 

@@ -69,10 +69,10 @@ PATH_PREFIX = "/exp/path"
 ANY_PREFIX = "/shop/catalog"
 
 DEFAULTS = dict(k=4, rate=50.0, timeout=0.5, attempts=3, flows=8, pre=3.0, post=2.0,
-                flap_cycles=5, flap_down=0.5, flap_up=0.5, scsc_down=6.0, converge_timeout=30.0,
+                flap_cycles=5, flap_down=0.5, flap_up=0.5, scsc_down=6.0, converge_timeout=60.0,
                 events=",".join(EVENTS), kill_mode="process", hello_ms=None, dead_ms=None)
 QUICK = dict(rate=40.0, pre=1.5, post=1.0, flap_cycles=3, flap_down=0.4, flap_up=0.4,
-             scsc_down=3.0, converge_timeout=20.0)
+             scsc_down=3.0, converge_timeout=60.0)
 
 
 def add_args(ap) -> None:
@@ -87,7 +87,8 @@ def add_args(ap) -> None:
     ap.add_argument("--flap-down", type=float, help="seconds down per flap")
     ap.add_argument("--flap-up", type=float, help="seconds up per flap")
     ap.add_argument("--scsc-down", type=float, help="seconds the SCSC stays dead")
-    ap.add_argument("--converge-timeout", type=float)
+    ap.add_argument("--converge-timeout", type=float,
+                    help="seconds to wait for convergence before giving up (a hang limit; default 60)")
     ap.add_argument("--events", help=f"comma list of {','.join(EVENTS)}")
     ap.add_argument("--hello-ms", type=int, help="routing hello interval (default: the lab's, 200)")
     ap.add_argument("--dead-ms", type=int, help="routing dead interval (default: the lab's, 1000)")
@@ -706,6 +707,7 @@ class FailureExperiment(Experiment):
                  "skipped": ev.get("skipped")}
             csvrows.append(d)
             head[name] = {k: v for k, v in d.items() if k not in ("event",)}
+            head[name]["detected_by"] = ev.get("detected_by")
             rows.append([name, d["target"], fmt(d["detection_ms"]), fmt(d["local_failover_ms"]),
                          fmt(d["global_convergence_ms"]), d["calls_failed"], d["calls_retried"],
                          d["calls_in_window"], _errs_text(d["errors"]), fmt(d["disruption_ms"]),

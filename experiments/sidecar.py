@@ -57,13 +57,12 @@ from .sidecar_mesh import (IN_BASE_PORT, OUT_BASE_PORT, IpFabric, NginxApp, Side
 
 NAME = "sidecar"
 MODES = ["direct", "sidecar", "dmsc"]
-LABELS = {"direct": "direct", "sidecar": "sidecar", "dmsc": "dmsc",
-          "dmsc_asis": "dmsc, SG proxy as shipped (no TCP_NODELAY)"}
-NODELAY_PROXY = 8081          # our instance of the SG's HTTP proxy, with TCP_NODELAY
+LABELS = {"direct": "direct", "sidecar": "sidecar", "dmsc": "dmsc"}
 BACKENDS = {"cart": {"port": 9101, "prefix": "/exp/cart", "host": "cart.exp.dmsc",
                      "path": "/items?user=bench"},
             "null": {"port": 9102, "prefix": "/exp/null", "host": "null.exp.dmsc", "path": "/"}}
 HEADLINE = "cart"
+WARMUP_HANG_S = 60
 
 DEFAULTS = dict(topology="fat-tree:4", duration=5.0, rounds=2, conns=16, backends="cart,null",
                 pods_per_node="1,2,4,8,16", hello_ms=300, dead_ms=3000, scsc="off")
@@ -96,12 +95,6 @@ class SidecarExperiment(Experiment):
         self.scaling: List[dict] = []
         self.idle: Dict[str, float] = {}
         (res.dir / "wrk").mkdir(exist_ok=True)
-        # The SG's HTTP proxy needs TCP_NODELAY (see experiments/nodelay.py). When the
-        # checkout's proxy sets it, dmsc goes through the lab's own proxy; otherwise through
-        # a second instance with it set, and the lab's proxy is measured too (dmsc_asis).
-        from forwarder.apps.http_proxy import ProxyHandler
-        self.proxy_nodelay = bool(getattr(ProxyHandler, "disable_nagle_algorithm", False))
-        self.all_modes = MODES + ([] if self.proxy_nodelay else ["dmsc_asis"])
 
     # --------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -133,11 +126,9 @@ class SidecarExperiment(Experiment):
         backends = parse_list(a.backends, str)
         self.backends = [b for b in backends if b in BACKENDS]
         if "cart" in self.backends:
-            # the shop's cart, with TCP_NODELAY (see experiments/nodelay.py: without it every
-            # keep-alive request waits ~40 ms for a delayed ACK, whatever the path)
-            self.apps.append(self.procs.python(self.server, "bench-cart", "experiments.nodelay",
-                                               "topologies.shop.services", "--app", "cart",
-                                               "--node", self.server, "--http",
+            # the shop's cart, as the lab runs it (one write per response, TCP_NODELAY)
+            self.apps.append(self.procs.python(self.server, "bench-cart", "topologies.shop.services",
+                                               "--app", "cart", "--node", self.server, "--http",
                                                f"0.0.0.0:{BACKENDS['cart']['port']}"))
         if "null" in self.backends:
             self.apps.append(NginxApp(self.procs, self.server, "bench-null",
@@ -159,14 +150,6 @@ class SidecarExperiment(Experiment):
             fib = {e["prefix"] for e in lab.fwd[self.client].api("GET", "/fib")["entries"]}
             return all(BACKENDS[b]["prefix"] in fib for b in self.backends)
         wait_for(routed, 30, 0.25, "the bench prefixes in the client SG's FIB", retry_on=(Exception,))
-        if not self.proxy_nodelay:
-            # the SG's HTTP proxy program again, beside the lab's own (8080), with TCP_NODELAY
-            self.nodelay_proxy = self.procs.python(
-                self.client, "http_proxy-nodelay", "experiments.nodelay", "forwarder.apps.http_proxy",
-                "--socket", str(lab.fwd[self.client].app_socket),
-                "--listen", f"127.0.0.1:{NODELAY_PROXY}")
-            self.dmsc_adapters.append(self.nodelay_proxy)
-            wait_listening(lab, self.client, "127.0.0.1", NODELAY_PROXY, 20)
         # the sidecar mesh: one sidecar per pod
         self.build_mesh()
         self.res.write_config(**lab_facts(lab), client=self.client, server=self.server,
@@ -213,7 +196,7 @@ class SidecarExperiment(Experiment):
         kids = children_map()
         if mode == "sidecar":
             return with_descendants([s.pid for s in self.sidecars], kids)
-        if mode in ("dmsc", "dmsc_asis"):
+        if mode == "dmsc":
             base = [f.pid for f in self.lab.fwd.values()] + [p.pid for p in self.dmsc_adapters]
             return with_descendants(base, kids)
         return []
@@ -235,8 +218,6 @@ class SidecarExperiment(Experiment):
             return f"http://{self.fabric.pod_ip[self.server]}:{cfg['port']}{cfg['path']}", None
         if mode == "sidecar":
             return f"http://127.0.0.1:{self.client_sidecar.out_port}{cfg['path']}", cfg["host"]
-        if mode == "dmsc" and not self.proxy_nodelay:
-            return f"http://127.0.0.1:{NODELAY_PROXY}{cfg['path']}", cfg["host"]
         return f"http://127.0.0.1:8080{cfg['path']}", cfg["host"]     # the lab's own proxy
 
     def one(self, rnd_i: int, mode: str, backend: str, kind: str) -> dict:
@@ -367,21 +348,30 @@ class SidecarExperiment(Experiment):
         backends = [b for b in parse_list(a.backends, str) if b in BACKENDS]
         if not backends:
             raise SystemExit(f"sidecar: --backends must name some of {list(BACKENDS)}")
-        n_runs = a.rounds * len(backends) * len(self.all_modes) * 2
+        n_runs = a.rounds * len(backends) * len(MODES) * 2
         self.p.total = 5 + n_runs
         self.p.step(f"bringing up {a.topology}")
         self.setup()
         self.p.step("kernel routing, sidecars and adapters ready; warming up every path")
         for b in self.backends:
-            for m in self.all_modes:
+            for m in MODES:
                 url, host = self.target(m, b)
-                res, _ = run_wrk(self.lab, self.client, url, host, threads=1, conns=2, duration=1)
-                if not res.get("requests") and m != "dmsc_asis":
-                    raise RuntimeError(f"warm-up: no answers on the {m} path to {b}: {url}")
+                # A path's first request can be lost or slow on a busy machine (a DMSC call
+                # lost on the way is retried after 5 s, past a 1 s run): warm up until the
+                # path answers, giving up only after a hang limit.
+                deadline = time.monotonic() + WARMUP_HANG_S
+                while True:
+                    res, _ = run_wrk(self.lab, self.client, url, host, threads=1, conns=2, duration=1)
+                    if res.get("requests"):
+                        break
+                    self.p.log(f"warm-up: no answer on the {m} path to {b} within 1 s; again")
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"warm-up: no answers on the {m} path to {b} in "
+                                           f"{WARMUP_HANG_S} s: {url}")
         self.p.step("idle CPU of each communication layer")
         self.idle_cpu()
         for r in range(a.rounds):
-            order = MODES[r % 3:] + MODES[:r % 3] + self.all_modes[3:]
+            order = MODES[r % 3:] + MODES[:r % 3]
             for b in self.backends:
                 for m in order:
                     for kind in ("latency", "saturation"):
@@ -406,7 +396,7 @@ class SidecarExperiment(Experiment):
             head["error"] = error
         table: Dict[str, Dict[str, dict]] = {}
         for b in getattr(self, "backends", []):
-            for m in self.all_modes:
+            for m in MODES:
                 d = {"p50_us": self.med(b, m, "latency", "p50_us"),
                      "p90_us": self.med(b, m, "latency", "p90_us"),
                      "p99_us": self.med(b, m, "latency", "p99_us"),
@@ -482,15 +472,6 @@ class SidecarExperiment(Experiment):
                 (wins if x["comm_cpu_ms_per_1k"] < s["comm_cpu_ms_per_1k"] else losses).append(
                     f"{b}: communication-layer CPU {x['comm_cpu_ms_per_1k']:.0f} ms per 1k requests via "
                     f"DMSC vs {s['comm_cpu_ms_per_1k']:.0f} via sidecars")
-        for b, t in table.items():
-            if "dmsc_asis" not in t:
-                continue
-            x, y = t["dmsc"]["p50_us"], t["dmsc_asis"]["p50_us"]
-            if x and y and y > 5 * x:
-                losses.append(f"{b}: through the SG's HTTP proxy as shipped (forwarder/http_proxy.py, "
-                              f"no TCP_NODELAY) every keep-alive request waits for a delayed ACK: p50 "
-                              f"{y:.0f} us instead of {x:.0f} us with TCP_NODELAY set "
-                              f"({t['dmsc_asis']['rps'] or 0:.0f} vs {t['dmsc']['rps'] or 0:.0f} req/s)")
         mem = self.memory
         if mem:
             dm, sm = mem["dmsc"]["pss_mb"], mem["sidecar"]["pss_mb"]
@@ -529,22 +510,16 @@ class SidecarExperiment(Experiment):
                    md_table([[LABELS[m], fmt(t[m]["p50_us"], 0), fmt(t[m]["p90_us"], 0), fmt(t[m]["p99_us"], 0),
                               fmt(t[m]["rps"], 0), fmt(t[m]["sat_p99_us"], 0),
                               fmt(t[m]["comm_cpu_ms_per_1k"], 1), fmt(t[m]["machine_cpu_ms_per_1k"], 1),
-                              t[m]["errors"]] for m in self.all_modes],
+                              t[m]["errors"]] for m in MODES],
                             ["mode", "p50 us", "p90 us", "p99 us", "req/s at saturation",
                              "p99 us at saturation", "comm-layer CPU ms / 1k req",
                              "machine CPU ms / 1k req", "errors"]), ""]
         if table:
-            proxy = ("the client SG's HTTP proxy (127.0.0.1:8080, which sets TCP_NODELAY)"
-                     if self.proxy_nodelay else
-                     f"the client SG's HTTP proxy program run again on 127.0.0.1:{NODELAY_PROXY} with "
-                     "TCP_NODELAY set (experiments/nodelay.py); *dmsc, as shipped* = the same through the "
-                     "lab's own proxy on 127.0.0.1:8080, which does not set it")
             md += ["Modes: *direct* = plain HTTP over kernel IP routing on the same veths; *sidecar* = "
                    "client pod -> its nginx sidecar -> kernel routing -> the server pod's nginx sidecar "
-                   f"-> app; *dmsc* = client pod -> {proxy} -> DMSC forwarders -> the server SG's "
-                   "http_backend adapter -> app. The cart server runs with TCP_NODELAY in every mode "
-                   "(experiments/nodelay.py: the shop's http.server otherwise adds ~40 ms per "
-                   "keep-alive request on any path).", ""]
+                   "-> app; *dmsc* = client pod -> the client SG's HTTP proxy (127.0.0.1:8080) -> DMSC "
+                   "forwarders -> the server SG's http_backend adapter -> app. The cart is the shop's "
+                   "own HTTP server in every mode (each response in one write, TCP_NODELAY set).", ""]
         mem = self.memory
         if mem:
             md += ["## Communication layer as deployed", "",
@@ -583,31 +558,31 @@ class SidecarExperiment(Experiment):
             bs = list(table)
             with self.res.figure("sidecar_latency", ncols=len(bs), size=(5 * len(bs), 4)) as (fig, ax):
                 for i, b in enumerate(bs):
-                    x = range(len(self.all_modes))
+                    x = range(len(MODES))
                     for j, (key, lab) in enumerate((("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99"))):
                         ax[0][i].bar([v + (j - 1) * 0.27 for v in x],
-                                     [table[b][m][key] or 0 for m in self.all_modes], width=0.27, label=lab)
-                    ax[0][i].set_xticks(list(x), self.all_modes, rotation=15)
-                    if any(table[b][m]["p50_us"] for m in self.all_modes):
+                                     [table[b][m][key] or 0 for m in MODES], width=0.27, label=lab)
+                    ax[0][i].set_xticks(list(x), MODES, rotation=15)
+                    if any(table[b][m]["p50_us"] for m in MODES):
                         ax[0][i].set_yscale("log")
                     ax[0][i].set_ylabel("latency, 1 connection (us)")
                     ax[0][i].set_title(b)
                     ax[0][i].legend()
             with self.res.figure("sidecar_throughput", ncols=len(bs), size=(5 * len(bs), 4)) as (fig, ax):
                 for i, b in enumerate(bs):
-                    ax[0][i].bar(self.all_modes, [table[b][m]["rps"] or 0 for m in self.all_modes],
+                    ax[0][i].bar(MODES, [table[b][m]["rps"] or 0 for m in MODES],
                                  color=["tab:green", "tab:orange", "tab:blue", "tab:grey"])
                     ax[0][i].set_ylabel(f"req/s at saturation ({self.a.conns} connections)")
                     ax[0][i].set_title(b)
             with self.res.figure("sidecar_cpu", ncols=len(bs), size=(5 * len(bs), 4)) as (fig, ax):
                 for i, b in enumerate(bs):
-                    ax[0][i].bar([v - 0.2 for v in range(len(self.all_modes))],
-                                 [table[b][m]["comm_cpu_ms_per_1k"] or 0 for m in self.all_modes], width=0.4,
+                    ax[0][i].bar([v - 0.2 for v in range(len(MODES))],
+                                 [table[b][m]["comm_cpu_ms_per_1k"] or 0 for m in MODES], width=0.4,
                                  label="communication layer")
-                    ax[0][i].bar([v + 0.2 for v in range(len(self.all_modes))],
-                                 [table[b][m]["machine_cpu_ms_per_1k"] or 0 for m in self.all_modes], width=0.4,
+                    ax[0][i].bar([v + 0.2 for v in range(len(MODES))],
+                                 [table[b][m]["machine_cpu_ms_per_1k"] or 0 for m in MODES], width=0.4,
                                  label="whole machine")
-                    ax[0][i].set_xticks(range(len(self.all_modes)), self.all_modes)
+                    ax[0][i].set_xticks(range(len(MODES)), MODES)
                     ax[0][i].set_ylabel("CPU ms per 1,000 requests")
                     ax[0][i].set_title(b)
                     ax[0][i].legend()

@@ -122,6 +122,7 @@ class NodeConfig:
     scsc: Optional[Tuple[str, int]] = None
     telemetry_interval_s: float = 1.0
     dataplane: str = "auto"   # auto | ebpf | python (forwarder.runtime.offload)
+    seed: Optional[int] = None  # seeds weighted choices (strategy rules); None: from the OS
 
     @property
     def mgmt_socket(self) -> Optional[Path]:
@@ -185,7 +186,7 @@ def _check_keys(d: Any, allowed: set, where: str) -> dict:
 
 TOP_KEYS = {"node", "roles", "workdir", "faces", "routes", "rules", "local_socket", "management",
             "http_proxy", "http_services", "host_map", "hop_limit", "flow_idle_s", "log_level",
-            "pcap", "routing", "spa", "scsc", "telemetry_interval_s", "dataplane", "pods"}
+            "pcap", "routing", "spa", "scsc", "telemetry_interval_s", "dataplane", "pods", "seed"}
 DATAPLANES = ("auto", "ebpf", "python")
 
 
@@ -242,6 +243,8 @@ def parse(data: Any, base_dir: Path = Path(".")) -> NodeConfig:
     if not isinstance(ti, (int, float)) or isinstance(ti, bool) or not 0.05 <= ti <= 3600:
         raise ConfigError(f"telemetry_interval_s: expected a number of seconds in 0.05..3600, got {ti!r}")
     cfg.telemetry_interval_s = float(ti)
+    if d.get("seed") is not None:
+        cfg.seed = _int(d, "seed", "config", 0, 0, 2**63 - 1)
     cfg.pods = _parse_pods(d.get("pods") or [], cfg)
     cfg.dataplane = d.get("dataplane", "auto")
     if cfg.dataplane not in DATAPLANES:

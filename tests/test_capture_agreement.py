@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -51,14 +50,14 @@ def test_codec_scapy_and_lua_agree_on_a_live_capture(netns_net):
     r_if = intf_between(netns_net, "r", "b")
     dump = netns_net.node("r").popen(["tcpdump", "-i", r_if, "-U", "--immediate-mode", "-w", str(pcap),
                                       "ether", "proto", "0x88b5"], "tcpdump")
-    wait_for(lambda: pcap.exists() and pcap.stat().st_size >= 24, 10, what="tcpdump to start")
+    wait_for(lambda: pcap.exists() and pcap.stat().st_size >= 24, 60, what="tcpdump to start")
     fn.start_all()
     with Client(fn["b"].app_socket) as server, Client(fn["a"].app_socket, timeout=2) as cli:
         server.serve("/shop/cart", lambda p, r: b"ok:" + p)
         def converged():
             fibs = [{e["prefix"] for e in fn[n].api("GET", "/fib")["entries"]} for n in ("a", "r", "b")]
             return all({"/node/a", "/node/r", "/node/b", "/shop/cart"} <= f for f in fibs)
-        wait_for(converged, 10, what="routing to converge")
+        wait_for(converged, 60, what="routing to converge")
         assert cli.call("/shop/cart/items", b"hello") == b"ok:hello"
         assert cli.call("/shop/cart/items", b"hello", priority=5) == b"ok:hello"
         assert cli.ping("/shop/cart")["responder"] == "/node/b"
@@ -75,16 +74,25 @@ def test_codec_scapy_and_lua_agree_on_a_live_capture(netns_net):
     got = netns_net.pod_cmd(cpod, ["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{size_download}",
                                    "http://web.shop.dmsc/blob"])
     assert int(got.stdout) == 10485
-    time.sleep(0.3)  # let tcpdump write what it buffered (-U flushes per packet)
+    want = {wire.PacketType.HELLO, wire.PacketType.LSA, wire.PacketType.REQUEST,
+            wire.PacketType.DATA, wire.PacketType.ECHO_REQUEST, wire.PacketType.ECHO_REPLY,
+            wire.PacketType.IPV4}
+
+    def written():
+        """The kinds tcpdump has written so far (-U: record by record)."""
+        try:
+            return {wire.decode(bytes(p)[14:]).type for p in rdpcap(str(pcap))}
+        except Exception:  # a record half written
+            return set()
+    # tcpdump lags behind on a busy machine: stop it once it has written every kind
+    wait_for(lambda: want <= written(), 60, interval=0.1, what="tcpdump to write the exchange")
     dump.send_signal(signal.SIGINT)
-    dump.wait(10)
+    dump.wait(30)
 
     frames = [bytes(p) for p in rdpcap(str(pcap))]
     decoded = [wire.decode(f[14:]) for f in frames]
     kinds = {p.type for p in decoded}
-    assert {wire.PacketType.HELLO, wire.PacketType.LSA, wire.PacketType.REQUEST,
-            wire.PacketType.DATA, wire.PacketType.ECHO_REQUEST, wire.PacketType.ECHO_REPLY,
-            wire.PacketType.IPV4} <= kinds
+    assert want <= kinds
     assert any(t == wire.TlvType.HOP_RECORD for p in decoded for t, _ in p.tlvs)
 
     scapy_pkts = rdpcap(str(pcap))

@@ -508,10 +508,10 @@ def test_http_proxy_and_backend_through_fake_gateway(sockpath):
     behave.r = Reassembler()
     gw = FakeGateway(sockpath, behave)
     proxy = ProxyServer(("127.0.0.1", 0), HostMap({"alias.test": "/shop/web"}),
-                        lambda: Client(str(sockpath), timeout=0.5), timeout=0.5, retries=0)
+                        lambda: Client(str(sockpath), timeout=10), timeout=10, retries=0)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.server_address[1], timeout=5)
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.server_address[1], timeout=30)
 
         def post(host, path, body=b"x", absolute=False):
             target = f"http://{host}{path}" if absolute else path
@@ -532,7 +532,9 @@ def test_http_proxy_and_backend_through_fake_gateway(sockpath):
         assert st_ == 502 and b"NO_ROUTE" in body
         st_, _, body = post("rl.shop.dmsc", "/")
         assert st_ == 503 and b"RATE_LIMITED" in body
+        proxy.call_timeout = 0.5  # nothing answers: the timeout's length is not the point
         assert post("silent.shop.dmsc", "/")[0] == 504
+        proxy.call_timeout = 10
         st_, _, body = post("dead.shop.dmsc", "/")
         assert st_ == 502 and b"unreachable" in body
         assert dsts[:3] == ["/shop/web/a/b", "/shop/web/c", "/shop/web"]

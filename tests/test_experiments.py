@@ -5,7 +5,9 @@ process, into results/smoke/<name>/, then checks that the results folder holds
 the configuration, the raw measurements, the plots and a summary with the
 expected fields, and that the experiment's lab left no process or namespace
 behind. They check that the experiments work and report, not the numbers
-(which depend on the machine).
+(which depend on the machine): every figure, the run's duration included, is in
+the results folder with the load average beside it, and no test compares one
+with a budget.
 """
 from __future__ import annotations
 
@@ -17,13 +19,16 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.mininet
+# A QUICK run takes about a minute: 10 minutes means it hangs (the subprocess timeout
+# fires first, with the run's output; pytest's own limit is raised above it).
+pytestmark = [pytest.mark.mininet, pytest.mark.timeout(900)]
+QUICK_HANG_S = 600
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "results" / "smoke"
 
 
-def run_quick(name: str, *extra: str, timeout: float = 420) -> Path:
+def run_quick(name: str, *extra: str, timeout: float = QUICK_HANG_S) -> Path:
     env = dict(os.environ, QUICK="1", PYTHONUNBUFFERED="1")
     res = subprocess.run([sys.executable, "-m", f"experiments.{name}", "--out", str(OUT), *extra],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
@@ -49,7 +54,7 @@ def check_common(d: Path, raw: list, plots: list) -> dict:
     summary = json.loads((d / "summary.json").read_text())
     assert "error" not in summary, summary.get("error")
     assert summary["quick"] is True
-    assert summary["duration_s"] < 180, f"QUICK run took {summary['duration_s']} s"
+    assert _num(summary["duration_s"]) and summary["loadavg_end"], summary  # recorded, not judged
     # the lab of the experiment left nothing behind
     run_dir = cfg.get("lab_run_dir")
     assert run_dir, "config.json names no lab run folder"
@@ -81,8 +86,11 @@ def test_failure_quick():
     for ev in ("link_cut", "sr_kill", "sg_kill", "link_flap"):
         assert _num(s["events"][ev]["detection_ms"]), (ev, s["events"][ev])
         assert _num(s["events"][ev]["local_failover_ms"]), (ev, s["events"][ev])
-    # a cut link is seen through carrier within a second; a killed router within a few dead intervals
-    assert s["events"]["link_cut"]["detection_ms"] < 1000
+    # a cut link is seen through carrier (a netlink event, or the once-a-second poll of
+    # /sys as the fallback) at both ends, not through a dead timer; how soon is recorded
+    # in detection_ms
+    by = s["events"]["link_cut"]["detected_by"]
+    assert len(by) == 2 and set(by.values()) <= {"netlink", "poll"}, by
     assert s["stream_totals"]["path"]["calls"] > 100
 
 

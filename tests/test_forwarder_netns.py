@@ -49,7 +49,7 @@ def _line(netns_net, **extra):
     return fn
 
 
-def _diamond(netns_net, rules_a=()):
+def _diamond(netns_net, rules_a=(), **a_cfg):
     """a - x - d and a - y - d; /svc served at d; /loop routed round the cycle."""
     for n in ("a", "x", "y", "d"):
         netns_net.add_node(n)
@@ -60,7 +60,7 @@ def _diamond(netns_net, rules_a=()):
     fn.add("a", rules=list(rules_a), routes=[
         {"prefix": "/svc", "face": i("a", "x")}, {"prefix": "/svc", "face": i("a", "y")},
         {"prefix": "/node/d", "face": i("a", "x")}, {"prefix": "/node/d", "face": i("a", "y")},
-        {"prefix": "/loop", "face": i("a", "x")}])
+        {"prefix": "/loop", "face": i("a", "x")}], **a_cfg)
     fn.add("x", roles=["sr"], routes=[
         {"prefix": "/svc", "face": i("x", "d")}, {"prefix": "/node/a", "face": i("x", "a")},
         {"prefix": "/loop", "face": i("x", "d")}])
@@ -200,7 +200,7 @@ def test_http_through_the_adapters(netns_net):
                "http://127.0.0.1:8080/hello.txt"], timeout=60)
     assert "Non-2xx" not in r.stdout and "Socket errors" not in r.stdout, r.stdout
     reqs = int(next(l for l in r.stdout.splitlines() if "requests in" in l).split()[0])
-    assert reqs > 20, r.stdout
+    assert reqs > 0, r.stdout  # how many is the machine's speed: not asserted
 
 
 def test_hop_limit_expires_in_a_routing_loop(netns_net):
@@ -215,8 +215,10 @@ def test_hop_limit_expires_in_a_routing_loop(netns_net):
 
 
 def test_flow_stickiness_and_weighted_split(netns_net):
+    from random import Random
+    seed = 16  # a's weighted choices come from a generator with this seed
     weights = {"prefix": "/svc", "weights": {"a-eth0": 3, "a-eth1": 1}}
-    fn = _diamond(netns_net, rules_a=[weights])
+    fn = _diamond(netns_net, rules_a=[weights], seed=seed)
     assert intf_between(netns_net, "a", "x") == "a-eth0"
     with Client(fn["d"].app_socket) as server, Client(fn["a"].app_socket, timeout=2) as cli:
         server.serve("/svc", _echo_handler)
@@ -232,6 +234,13 @@ def test_flow_stickiness_and_weighted_split(netns_net):
         x2 = _prefix_packets(fn["x"], "/svc") - x
         y2 = _prefix_packets(fn["y"], "/svc") - y
         assert x2 + y2 == 2000
+        # a draws once per new flow (the single flow above took the first draw): with its
+        # generator seeded, the split is known exactly, whatever the timing. x gets a draw
+        # u when 4u < 3 if a lists x first among /svc's next hops, 4u >= 1 if second.
+        rng = Random(seed)
+        draws = [rng.random() for _ in range(2001)][1:]
+        expected = {sum(4 * u < 3 for u in draws), sum(4 * u >= 1 for u in draws)}
+        assert x2 in expected, f"{x2} flows via x; seed {seed} gives {sorted(expected)}"
         share = x2 / 2000
         assert abs(share - 0.75) <= 0.75 * 0.05, f"share via x {share:.3f}, configured 0.75"
         flows = fn["a"].api("GET", "/flows")["flows"]
@@ -288,6 +297,7 @@ def test_malformed_flood_while_calls_run(netns_net):
         t.start()
         sock = socket_in(netns_net.node("a").netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
         sock.bind((a_if, 0))
+        ok_before = results["ok"]
         expected = {}
         try:
             for k in range(10_000):
@@ -303,7 +313,10 @@ def test_malformed_flood_while_calls_run(netns_net):
         def all_counted():
             drops = fn["r"].counters()["faces"][r_if]["drops"]
             return all(drops.get(r, 0) - before.get(r, 0) >= n for r, n in expected.items())
-        wait_for(all_counted, 10, what="every malformed frame to be counted")
+        wait_for(all_counted, 30, what="every malformed frame to be counted")
+        # calls go on through the flood and after it (a count, however long it takes)
+        wait_for(lambda: results["ok"] >= ok_before + 10 or results["failed"], 30,
+                 what="10 calls since the flood began")
         stop.set()
         t.join(10)
     drops = fn["r"].counters()["faces"][r_if]["drops"]
@@ -311,7 +324,7 @@ def test_malformed_flood_while_calls_run(netns_net):
         assert drops.get(reason, 0) - before.get(reason, 0) == n, (reason, drops)
     assert sum(expected.values()) == 10_000
     assert not results["failed"], results["failed"][:5]
-    assert results["ok"] > 10
+    assert results["ok"] >= ok_before + 10
     assert fn["r"].proc.poll() is None  # still running
     assert fn["r"].counters()["drops"].get("kernel_rx_overrun", 0) == 0
 

@@ -2,7 +2,8 @@
 
 * the k=4 fat tree (36 forwarders, the shop, SPA, the SCSC when it exists):
   every SG reaches every service prefix, the shop answers curl through the
-  HTTP adapters, every `dmsc` CLI command driven through the CLI object;
+  HTTP adapters and wrk's 16 keep-alive connections without an error, every
+  `dmsc` CLI command driven through the CLI object;
 * a YAML topology with static routing (the lab's own route computation and
   its re-push after a failure) and link options (tc, nftables loss);
 * cleanup after a crash: kill -9 of a running lab, then topologies.clean
@@ -22,6 +23,9 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.mininet
+# Polls for a state (routes recomputed, a call answered again) give up after this: a
+# hang limit, ten times and more what they take on a loaded machine.
+HANG_S = 60
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,6 +118,21 @@ def test_shop_answers_curl_through_the_http_adapters(lab):
     assert body["order"]["payment"] == "paid" and set(body["calls"]) == {"catalog", "cart", "payment"}
 
 
+def test_shop_answers_16_keepalive_connections_through_the_proxy(lab):
+    """wrk, 16 kept-alive connections, through an SG's HTTP proxy to the shop's cart (an
+    http.server behind the cart's SG): every request answered, none failed. (How many
+    per second is the machine's business; before each response left in one write with
+    TCP_NODELAY, each one waited ~40 ms for a delayed ACK: tests/test_http_writes.py.)"""
+    proxied = [n for n in lab.topo.sgs if lab.node_config(n).get("http_proxy")]
+    res = subprocess.run(["ip", "netns", "exec", lab.netns[proxied[-1]], "wrk", "-t2", "-c16", "-d3s",
+                          "--timeout", "10s", "-H", "Host: cart.shop.dmsc", "http://127.0.0.1:8080/items"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    done = int(next(l for l in res.stdout.splitlines() if "requests in" in l).split()[0])
+    assert done > 0, res.stdout
+    assert "Socket errors" not in res.stdout and "Non-2xx" not in res.stdout, res.stdout
+
+
 def _cli(lab, line: str) -> str:
     from topologies.lab.cli import DmscCLI
     out = io.StringIO()
@@ -169,13 +188,13 @@ def test_every_cli_command(lab):
     # fail / restore a link and a node
     out = _cli(lab, "dmsc fail e8-a7")
     assert "down" in out
-    _poll(lambda: _cli(lab, "dmsc call h16 /shop/catalog"), "reply from", 20)
+    _poll(lambda: _cli(lab, "dmsc call h16 /shop/catalog"), "reply from", HANG_S)
     assert "up" in _cli(lab, "dmsc restore e8-a7")
     assert "converged in" in _cli(lab, "dmsc converge 60")  # e8 needs both uplinks back
     out = _cli(lab, "dmsc fail a8")
     assert "forwarder killed" in out
     assert "failed" in _cli(lab, "dmsc ping a8 /node/h1")  # a failed node refuses commands
-    _poll(lambda: _cli(lab, "dmsc ping h16 /node/h1 1"), "reply from", 20)  # around a8
+    _poll(lambda: _cli(lab, "dmsc ping h16 /node/h1 1"), "reply from", HANG_S)  # around a8
     assert "restarted" in _cli(lab, "dmsc restore a8")
     assert "converged in" in _cli(lab, "dmsc converge 60")
     # usage errors are explained, not raised
@@ -202,23 +221,25 @@ def test_yaml_topology_with_static_routing_and_link_options():
         assert "numgen random mod 10000 < 500" in nft.stdout
         from topologies.lab.commands import DmscCommands
         cmd = DmscCommands(lab)
-        r = cmd.run_line("route h3 /node/h1")
+
+        def until_ok(line):
+            """h1's link loses 5 % of the frames each way (nftables' random numbers,
+            which nothing seeds): a probe or call may be lost, so ask again until one is
+            answered (a hang limit, not a budget)"""
+            deadline = time.monotonic() + HANG_S
+            while True:
+                r = cmd.run_line(line)
+                if r.ok or time.monotonic() > deadline:
+                    return r
+        r = until_ok("route h3 /node/h1")
         assert [h["node"] for h in r.data["hops"]] == ["/node/r2", "/node/r1", "/node/h1"]
         cmd.run_line("fail r1-r2")  # the lab recomputes and pushes static routes
-        deadline = time.monotonic() + 20
-        while True:
-            r = cmd.run_line("route h3 /node/h1")
-            if r.ok or time.monotonic() > deadline:
-                break
+        r = until_ok("route h3 /node/h1")
         assert [h["node"] for h in r.data["hops"]] == ["/node/r2", "/node/r3", "/node/r1", "/node/h1"]
-        assert cmd.run_line("call h1 /shop/cart/items").ok
+        assert until_ok("call h1 /shop/cart/items").ok
         cmd.run_line("restore r1-r2")
         # the first packets after the link comes back may be lost (see docs/lab.md); poll
-        deadline = time.monotonic() + 20
-        while True:
-            r = cmd.run_line("route h3 /node/h1")
-            if r.ok or time.monotonic() > deadline:
-                break
+        r = until_ok("route h3 /node/h1")
         assert [h["node"] for h in r.data["hops"]] == ["/node/r2", "/node/r1", "/node/h1"]
     assert not _leftovers(lab.run_dir)
 
@@ -237,7 +258,9 @@ def test_delay_without_netem_warns():
         else:
             assert any("delay 5 ms NOT applied" in w for w in lab.warnings), lab.warnings
             assert any("WARNING" in l and "netem" in l for l in lines)
-        assert lab.fwd["h1"].api("POST", "/ping", {"name": "/node/h3", "count": 1})["received"] == 1
+        # across r1-r2, which loses 1 % of the frames each way (random, unseeded): one of
+        # five pings answered
+        assert lab.fwd["h1"].api("POST", "/ping", {"name": "/node/h3", "count": 5})["received"] >= 1
 
 
 def test_cleanup_after_kill_9(tmp_path):

@@ -62,7 +62,7 @@ def test_popen_logs_and_stop_cleans_up(netns_net: NetnsNetwork) -> None:
     a = netns_net.add_node("a")
     proc = a.popen(["sh", "-c", "echo hello from $0; exec sleep 1000", "ns"], "sleeper")
     log = a.workdir / "sleeper.log"
-    for _ in range(100):
+    for _ in range(3000):  # 60 s: a hang limit
         if log.exists() and "hello" in log.read_text():
             break
         time.sleep(0.02)

@@ -164,6 +164,27 @@ def test_weighted_choice_between_instances(fwd):
     assert abs(via[fwd.e2] / 4000 - 0.75) < 0.0375
 
 
+def test_seed_key_makes_weighted_choices_repeatable(tmp_path):
+    """`seed` in a node's configuration reaches its strategy table: two forwarders
+    configured alike choose alike, flow by flow (tests assert on the split)."""
+    from forwarder.config import ConfigError, parse
+    cfg = parse({"node": "/node/r", "faces": [], "seed": 42}, tmp_path)
+    assert cfg.seed == 42 and parse({"node": "/node/r", "faces": []}, tmp_path).seed is None
+    with pytest.raises(ConfigError, match="seed"):
+        parse({"node": "/node/r", "faces": [], "seed": "x"}, tmp_path)
+
+    def choices():
+        f = Forwarder("/node/r", seed=cfg.seed)
+        up, e1, e2 = (f.add_face("ether", n).face_id for n in ("up", "e1", "e2"))
+        f.add_route(Route(N("/svc"), e1), 0)
+        f.add_route(Route(N("/svc"), e2), 0)
+        f.set_rule(Rule(N("/svc"), weights={"e1": 3, "e2": 1}))
+        return [f.receive(up, req("/svc", src=f"/node/c/_app/1/f{k}"), 1.0)[0].face_id
+                for k in range(200)]
+    first = choices()
+    assert choices() == first and len(set(first)) == 2
+
+
 def test_telemetry_appends_hop_records(fwd):
     data = req("/svc", flags=wire.Flag.TELEMETRY)
     (a,) = no_offload(fwd.receive(fwd.up, data, 5.0))

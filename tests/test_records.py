@@ -79,7 +79,7 @@ def test_is_same_process_treats_zombie_as_gone() -> None:
     start = process_starttime(proc.pid)
     try:
         # Not reaped yet: it becomes a zombie, which still has a /proc entry.
-        for _ in range(200):
+        for _ in range(3000):  # 30 s: a hang limit
             with open(f"/proc/{proc.pid}/stat") as f:
                 if f.read().rpartition(")")[2].split()[0] == "Z":
                     break
@@ -186,7 +186,7 @@ def test_clean_kills_the_group_of_a_recorded_session_leader(runs: Path, capsys: 
         assert clean.main([str(run)]) == 0
         assert f"removed process {wrapper.pid} (sh) by SIGKILL" in capsys.readouterr().out
         wrapper.wait(timeout=5)
-        for _ in range(100):  # the child is reparented to init, which reaps it
+        for _ in range(600):  # the child is reparented to init, which reaps it (30 s: a hang limit)
             if not is_same_process(child, child_start):
                 break
             time.sleep(0.05)

@@ -365,7 +365,7 @@ def scsc_proc(tmp_path):
             except Exception:
                 client.close()
                 return False
-        wait_for(up, 20, interval=0.05, what="the SCSC")
+        wait_for(up, 60, interval=0.05, what="the SCSC")
         return p, sb, client
     yield start
     for p in procs:
@@ -438,7 +438,7 @@ def test_protocol_versions_deltas_resync_and_refresh(scsc_proc):
     assert again["full"] and again["set"] == [{"prefix": "/pay", "priority": 7}]
     a.send({"type": "ack", "ack": again["seq"], "version": again["version"], "ok": True})
     # lifetimes are refreshed every lifetime / 3
-    r = a.recv("refresh", timeout=3)
+    r = a.recv("refresh", timeout=10)  # one every 0.3 s
     assert r["version"] == again["version"] and r["lifetime_s"] == 0.9
     pol = rest.get("/policy")["forwarders"]["/node/x"]
     assert pol["in_sync"] and pol["rules"] == [{"prefix": "/pay", "priority": 7}]
@@ -453,11 +453,11 @@ def test_protocol_versions_deltas_resync_and_refresh(scsc_proc):
 
 def test_simulated_agents_keep_policy_for_its_lifetime_and_restart_rebuilds(scsc_proc):
     from controller.simulate import start_agents
-    proc, port, rest = scsc_proc(lifetime=2.0)
+    proc, port, rest = scsc_proc(lifetime=30.0)
     agents = start_agents(3, ("127.0.0.1", port), interval=0.2)
     try:
-        wait_for(lambda: rest.get("/health")["in_sync"] == 3, 10, what="agents in sync")
-        out = rest.post_intent({"kind": "rate_limit", "prefix": "/bulk", "rate": 50, "burst": 5}, wait=5)
+        wait_for(lambda: rest.get("/health")["in_sync"] == 3, 60, what="agents in sync")
+        out = rest.post_intent({"kind": "rate_limit", "prefix": "/bulk", "rate": 50, "burst": 5}, wait=30)
         assert out["applied"] and out["forwarders"] == 3 and out["push_ms"] >= 0
         for a in agents:
             (r,) = a.d.rules()
@@ -465,18 +465,22 @@ def test_simulated_agents_keep_policy_for_its_lifetime_and_restart_rebuilds(scsc
         # the SCSC crashes: rules stay until they expire, then the tick removes them
         proc.kill()
         proc.wait(5)
-        killed = _time.time()
-        assert all(a.d.rules() for a in agents)
+        # once an agent has seen its session end, nothing moves its rules' expiry any more
+        wait_for(lambda: not any(a.connected for a in agents), 30, interval=0.05,
+                 what="the agents to see the SCSC gone")
+        for a in agents:
+            (r,) = a.d.rules()
+            assert r["expires"] > _time.time(), r  # a lifetime of 30 s, refreshed every 10 s
 
-        def expired():
-            for a in agents:
-                a.d.call_soon_wait(lambda a=a: a.d.core.tick(_time.time()))
-            return not any(a.d.rules() for a in agents)
-        wait_for(expired, 5, interval=0.05, what="expiry")
-        assert _time.time() - killed >= 1.0
+            def tick(t, a=a):  # the forwarder's tick, on a clock the test holds
+                a.d.call_soon_wait(lambda: a.d.core.tick(t))
+            tick(r["expires"] - 0.001)
+            assert a.d.rules(), "a rule went before its expiry"
+            tick(r["expires"])
+            assert not a.d.rules(), "a rule outlived its expiry"
         # it comes back on the same port: intents and rules are rebuilt from the agents
-        _, _, rest2 = scsc_proc(lifetime=2.0, sb=port)
-        wait_for(lambda: all(a.d.rules() for a in agents), 10, interval=0.05, what="restored policy")
+        _, _, rest2 = scsc_proc(lifetime=30.0, sb=port)
+        wait_for(lambda: all(a.d.rules() for a in agents), 60, interval=0.05, what="restored policy")
         assert [r["prefix"] for r in rest2.get("/intents")["rate_limits"]] == ["/bulk"]
         assert rest2.get("/intents")["revision"] == 1
     finally:
@@ -484,12 +488,15 @@ def test_simulated_agents_keep_policy_for_its_lifetime_and_restart_rebuilds(scsc
             a.stop()
 
 
-def test_sigterm_stops_the_scsc_within_3_seconds(scsc_proc):
+def test_sigterm_stops_the_scsc_with_an_agent_connected(scsc_proc):
     proc, port, rest = scsc_proc()
     a = _Raw(port)  # a connected agent must not hold it up
     a.send({"type": "hello", "node": "/node/x"})
     a.recv("welcome")
-    t = _time.monotonic()
     proc.terminate()
-    proc.wait(5)
-    assert _time.monotonic() - t < 3.0 and proc.returncode == 0
+    # it bounds its own shutdown (controller/__main__.py STOP_GRACE_S, 1.5 s): 30 s
+    # means it hangs; how long it takes is recorded by bench/bench_scsc.py (scsc_sigterm_s)
+    proc.wait(30)
+    assert proc.returncode == 0
+    while a.recv(timeout=30) is not None:  # the agent's connection ends (EOF), not left open
+        pass

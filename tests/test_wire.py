@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 import zlib
 from collections import Counter
 from typing import Any, Callable, Dict, List, Tuple
@@ -653,12 +652,12 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(b)
 
 
-def test_fuzz_decode_raises_only_decode_error() -> None:
-    rng = random.Random(0xD115C)
+def fuzz_inputs(cases: int = FUZZ_CASES, seed: int = 0xD115C):
+    """The fuzz corpus: random bytes and mutated valid packets (also timed by
+    bench/bench_wire.py, which records how fast they decode)."""
+    rng = random.Random(seed)
     seeds = _seed_packets(rng, 200)
-    reasons: Counter = Counter()
-    start = time.monotonic()
-    for case in range(FUZZ_CASES):
+    for case in range(cases):
         if case % 4 == 0:
             data = rng.randbytes(rng.randint(0, 300))
             if len(data) >= 2 and rng.random() < 0.5:  # get past the first checks more often
@@ -668,6 +667,12 @@ def test_fuzz_decode_raises_only_decode_error() -> None:
             for _ in range(rng.choice([1, 1, 1, 2, 3])):
                 if data:
                     data = _mutate(rng, data)
+        yield data
+
+
+def test_fuzz_decode_raises_only_decode_error() -> None:
+    reasons: Counter = Counter()
+    for data in fuzz_inputs():
         try:
             p = decode(data)
         except DecodeError as exc:
@@ -680,14 +685,13 @@ def test_fuzz_decode_raises_only_decode_error() -> None:
             total = struct.unpack_from("!H", data, 4)[0]
             assert encode(p) == data[:total], data.hex()
             reasons["ok"] += 1
-    elapsed = time.monotonic() - start
-    print(f"\nfuzz: {FUZZ_CASES} cases in {elapsed:.1f} s: {dict(sorted(reasons.items()))}")
-    # The mutations must reach every check, not stop at the first ones.
+    print(f"\nfuzz: {FUZZ_CASES} cases: {dict(sorted(reasons.items()))}")
+    # The mutations must reach every check, not stop at the first ones. (How fast the
+    # decoder gets through them is a figure of bench/bench_wire.py, not asserted here.)
     for reason in REASONS:
         if reason != "bad_body":
             assert reasons[reason] > 50, (reason, reasons)
     assert reasons["ok"] > 1000
-    assert elapsed < 60
 
 
 @pytest.mark.parametrize("decoder", [EchoBody.decode, NackBody.decode, HelloBody.decode,

@@ -73,6 +73,7 @@ class ScscNode:
             ["--southbound", self.southbound, "--rest", f"{self.addr}:{rest_port}",
              "--policy-lifetime", str(lifetime), *extra], python=python))
         self.starts = 0
+        self.returncode: Optional[int] = None  # of the last process stopped or killed
 
     @property
     def southbound(self) -> str:
@@ -109,15 +110,20 @@ class ScscNode:
             p.wait(timeout)
         except Exception:
             self.app.kill()
+            self.returncode = p.returncode
             return None
         finally:
             self.rest.close()
+        self.returncode = p.returncode
         self.app.proc = None
         return time.monotonic() - t0
 
     def kill(self) -> None:
         """SIGKILL: a crash."""
+        p = self.app.proc
         self.app.kill()
+        if p is not None:
+            self.returncode = p.returncode
         self.rest.close()
 
 

@@ -36,6 +36,17 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
           http.client.CannotSendRequest, http.client.BadStatusLine)
 
 
+class _Connection(http.client.HTTPConnection):
+    """TCP_NODELAY on every backend connection: http.client sends a request's headers
+    and its body in two writes, and a body waiting (Nagle) for the backend to acknowledge
+    the headers waits for a delayed ACK, ~40 ms. (http.client sets it too, but not as a
+    documented promise.)"""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class BackendPool:
     """Keep-alive HTTP/1.1 connections to one backend, shared by the handler threads."""
 
@@ -47,7 +58,7 @@ class BackendPool:
         try:
             return self._idle.get_nowait(), True
         except queue.Empty:
-            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout), False
+            return _Connection(self.host, self.port, timeout=self.timeout), False
 
     def _put(self, conn: http.client.HTTPConnection) -> None:
         try:
@@ -93,7 +104,7 @@ class BackendPool:
         except BaseException:
             conn.close()
             raise
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn = _Connection(self.host, self.port, timeout=self.timeout)
         try:
             return self._once(conn, method, target, headers, body)
         except BaseException:

@@ -33,6 +33,7 @@ RATE_LIMITED); timeout -> 504; an empty or malformed answer -> 502.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import logging
 import re
@@ -171,6 +172,28 @@ def error_response(status: int, message: str) -> HttpResponse:
                         [("Content-Type", "text/plain; charset=utf-8")], body)
 
 
+def send_whole_response(handler: BaseHTTPRequestHandler, status: int, headers: Headers,
+                        body: bytes = b"", reason: Optional[str] = None, *,
+                        bare: bool = False) -> None:
+    """Status line, headers and body of a response in one write.
+
+    BaseHTTPRequestHandler writes the head at end_headers() and the body after it:
+    two writes, and unless TCP_NODELAY is set the second waits (Nagle) until the
+    client acknowledges the first, which a keep-alive client delays by about 40 ms
+    (delayed ACK). Here the head is collected and leaves with the body. With bare,
+    no Server and Date headers (send_response_only)."""
+    real, head = handler.wfile, io.BytesIO()
+    handler.wfile = head
+    try:
+        (handler.send_response_only if bare else handler.send_response)(status, reason)
+        for k, v in headers:
+            handler.send_header(k, v)
+        handler.end_headers()
+    finally:
+        handler.wfile = real
+    real.write(head.getvalue() + body)
+
+
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 413: "Content Too Large", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
@@ -241,7 +264,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "dmsc-http-proxy"
     timeout = 120  # idle keep-alive connections are closed after this
-    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+    # A response leaves in one write (send_whole_response); TCP_NODELAY as well, so that
+    # no write of the standard library's (an error page from send_error) waits for an ACK.
+    disable_nagle_algorithm = True
     server: ProxyServer
 
     def setup(self) -> None:
@@ -254,7 +279,6 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _send(self, resp: HttpResponse, extra: Headers = ()) -> None:
         method = self.command
-        self.send_response_only(resp.status, resp.reason or None)
         if bodyless(resp.status, method):
             headers = end_to_end(resp.headers, keep_length=True)
             body = b""
@@ -262,13 +286,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
             headers = end_to_end(resp.headers)
             headers.append(("Content-Length", str(len(resp.body))))
             body = resp.body
-        for k, v in list(headers) + list(extra):
-            self.send_header(k, v)
+        headers = list(headers) + list(extra)
         if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
+            headers.append(("Connection", "close"))
+        send_whole_response(self, resp.status, headers, body, resp.reason or None, bare=True)
         self.log_request(resp.status, len(body))
 
     def _fail(self, status: int, message: str) -> None:

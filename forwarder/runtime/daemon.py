@@ -53,7 +53,7 @@ class Daemon:
         self.spa = self._spa_validator(cfg)
         self._crl_mtime = None
         self.core = Forwarder(cfg.node, roles=cfg.roles, hop_limit=cfg.hop_limit,
-                              flow_idle=cfg.flow_idle_s, spa=self.spa,
+                              flow_idle=cfg.flow_idle_s, seed=cfg.seed, spa=self.spa,
                               spa_enforce=cfg.spa.enforce)
         self.sel = selectors.DefaultSelector()
         self.io: Dict[int, FaceIO] = {}

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from forwarder.apps.client import Client, DmscError, NackError
 from forwarder.apps.http_proxy import (HttpRequest, HttpResponse, decode_request, decode_response,
-                                  encode_request, encode_response)
+                                  encode_request, encode_response, send_whole_response)
 from forwarder.dataplane.wire import Packet
 
 
@@ -153,6 +153,10 @@ class Shop:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Each answer leaves in one write, and TCP_NODELAY is set: a keep-alive client
+            # (the SG's http_backend pool, wrk) would otherwise see every response's body
+            # held back ~40 ms behind its headers (Nagle waiting for a delayed ACK).
+            disable_nagle_algorithm = True
 
             def log_message(self, fmt, *a):
                 log.debug("http " + fmt, *a)
@@ -162,11 +166,8 @@ class Shop:
                 obj.setdefault("service", shop.app)
                 obj.setdefault("instance", shop.instance)
                 data = _json(obj) + b"\n"
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_whole_response(self, status, [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(data)))], data)
 
             def _body(self) -> dict:
                 n = int(self.headers.get("Content-Length") or 0)
