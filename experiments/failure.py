@@ -22,8 +22,17 @@ converged before and after each:
 3. sg_kill: the SG hosting the catalog instance that answers most of the
    anycast stream is killed the same way, later restarted (its instance
    re-registers);
-4. scsc_kill: the SCSC is killed (SIGKILL) for --scsc-down seconds, then restarted;
-5. link_flap: the link of event 1 goes down and up --flap-cycles times.
+4. pod_kill: a client pod (``fcli``) holds one TCP connection to ``l4.exp.dmsc``
+   (two instance pods, ``fsrv1`` and ``fsrv2``, behind SGs in other pods of the
+   fabric, reached by name through their SGs: docs/protocol.md 13) and opens a
+   new connection every 50 ms (topologies/podprobe.py); the node of the SG
+   whose pod holds the connection fails (its forwarder killed and its links
+   down: the pod behind it is cut off), later comes back. Measured besides the
+   routing figures: how the open connection ends (a reset, a timeout, or never
+   within the window: hung) and after how long, and when new connections work
+   again (on the other instance);
+5. scsc_kill: the SCSC is killed (SIGKILL) for --scsc-down seconds, then restarted;
+6. link_flap: the link of event 1 goes down and up --flap-cycles times.
 
 Measured per event (node timestamps, wall clock of the one machine):
 
@@ -64,9 +73,11 @@ from .common import (Experiment, fmt, issue_identity, lab_facts, md_table, parse
                      ProcSet, Progress, Results, rnd, run_main, start_lab)
 
 NAME = "failure"
-EVENTS = ["link_cut", "sr_kill", "sg_kill", "scsc_kill", "link_flap"]
+EVENTS = ["link_cut", "sr_kill", "sg_kill", "pod_kill", "scsc_kill", "link_flap"]
 PATH_PREFIX = "/exp/path"
 ANY_PREFIX = "/shop/catalog"
+POD_PREFIX, POD_HOST, POD_PORT = "/exp/l4", "l4.exp.dmsc", 7000
+POD_CLIENT, POD_SERVERS = "fcli", ("fsrv1", "fsrv2")
 
 DEFAULTS = dict(k=4, rate=50.0, timeout=0.5, attempts=3, flows=8, pre=3.0, post=2.0,
                 flap_cycles=5, flap_down=0.5, flap_up=0.5, scsc_down=6.0, converge_timeout=60.0,
@@ -282,7 +293,9 @@ class FailureExperiment(Experiment):
         from forwarder.apps.client import Client
         from topologies.lab.builders import fat_tree
         a = self.a
-        self.lab = start_lab(fat_tree(a.k), self.res, self.p, run_kind="exp-failure",
+        topo = fat_tree(a.k)
+        self.place_pods(topo)
+        self.lab = start_lab(topo, self.res, self.p, run_kind="exp-failure",
                              hello_ms=a.hello_ms, dead_ms=a.dead_ms, dataplane=a.dataplane)
         self.net = Net(self.lab, self.p)
         self.procs = ProcSet(self.lab)
@@ -323,6 +336,29 @@ class FailureExperiment(Experiment):
         wait_for(lambda: all(sum(1 for r in g.snapshot() if r["ok"]) >= 20
                                for g in self.streams.values()), 30, 0.2, "both streams running", retry_on=(Exception,))
         self.p.log("both streams running (one generator process per stream, in its client's host)")
+
+    def place_pods(self, topo) -> None:
+        """pod_kill's pods: the client behind the second SG, an instance behind each of two
+        SGs of other fabric pods that host nothing else (so the other events keep theirs)."""
+        import sys as _sys
+        sgs = topo.sgs
+        client = sgs[1]
+        busy = {n for s in topo.services for n in s.nodes} | {sgs[0], sgs[-1], client}
+        hosts: List[str] = []
+        for n in sgs:
+            if n not in busy and topo.nodes[n].pod != topo.nodes[client].pod and \
+                    topo.nodes[n].pod not in {topo.nodes[h].pod for h in hosts}:
+                hosts.append(n)
+        hosts = (hosts + [n for n in sgs if n not in busy and n not in hosts])[:2]
+        if len(hosts) < 2:
+            self.pod_hosts = []
+            return
+        topo.add_pod(POD_CLIENT, client)
+        for name, node in zip(POD_SERVERS, hosts):
+            topo.add_pod(name, node, [POD_PREFIX],
+                         [_sys.executable, "-m", "topologies.podprobe", "serve", "--port",
+                          str(POD_PORT), "--name", name])
+        self.pod_hosts = hosts
 
     # ----------------------------------------------------------- targets
     def _flow_faces(self, node: str, prefix: str) -> Dict[str, int]:
@@ -461,32 +497,36 @@ class FailureExperiment(Experiment):
                    "convergence after the restore")
         return self._finish_event(ev, t0, t_seen, t_restore, time.time(), "path")
 
-    def _kill(self, node: str) -> None:
-        if self.a.kill_mode == "node":
+    def _kill(self, node: str, mode: str) -> None:
+        if mode == "node":
             self.lab.fail(node)
         else:
             self.net.killed.add(node)
             self.lab.fwd[node].kill()
 
-    def _revive(self, node: str) -> None:
-        if self.a.kill_mode == "node":
+    def _revive(self, node: str, mode: str) -> None:
+        if mode == "node":
             self.lab.restore(node)
         else:
             self.lab.fwd[node].start()
             self.net.killed.discard(node)
 
-    def ev_kill(self, kind: str, node: str, affected: str) -> dict:
+    def ev_kill(self, kind: str, node: str, affected: str, mode: Optional[str] = None,
+                measure: Optional[Callable[[float, float], dict]] = None) -> dict:
+        """Kill `node` (mode: --kill-mode unless given), measure, restore. `measure(t0,
+        t_restore)` adds what else the event measured (ev["pod"])."""
         a, net, lab = self.a, self.net, self.lab
+        mode = mode or a.kill_mode
         neigh = net.neighbours(node)
         time.sleep(a.pre)
         t_before = time.time()
         watch = FibWatcher(net, neigh, t_before)
         t0 = time.time()
         watch.t0 = t0
-        self._kill(node)
+        self._kill(node, mode)
 
         def detected() -> Optional[Tuple[float, str]]:
-            if a.kill_mode == "node":
+            if mode == "node":
                 best = None
                 for n in neigh:
                     intf = net.link_intfs(n, node)[n]
@@ -504,12 +544,12 @@ class FailureExperiment(Experiment):
         t_seen = time.time()
         first = watch.stop()
         t_local = min(first.values()) if first else None
-        if a.kill_mode == "node":
+        if mode == "node":
             t_local = min(t_detect, t_local or t_detect)
         t_conv = net.last_change_after(sts, t0)
-        ev = {"event": kind, "target": node, "kill_mode": a.kill_mode, "neighbours": neigh,
+        ev = {"event": kind, "target": node, "kill_mode": mode, "neighbours": neigh,
               "detected_by": by,
-              "detection_how": "carrier (links down)" if a.kill_mode == "node" else
+              "detection_how": "carrier (links down)" if mode == "node" else
                                "hello dead interval: adjacency_down in the neighbour's events",
               "detection_s": rnd(t_detect - t0, 4),
               "local_failover_s": rnd(t_local - t0, 4) if t_local else None,
@@ -519,10 +559,38 @@ class FailureExperiment(Experiment):
               "dead_ms": lab.dead_ms, "hello_ms": lab.hello_ms}
         time.sleep(a.post)
         t_restore = time.time()
-        self._revive(node)
+        if measure is not None:
+            ev["pod"] = measure(t0, t_restore)
+        self._revive(node, mode)
         self._wait(lambda: net.converged_after(t_restore, None) and net.fully_converged(),
                    f"convergence after restarting {node}")
         return self._finish_event(ev, t0, t_seen, t_restore, time.time(), affected)
+
+    def ev_pod(self) -> dict:
+        """pod_kill: an open connection and new ones from a pod while the node of the
+        SG whose instance pod holds the connection fails."""
+        from topologies.podprobe import read_events as probe_events
+        py = self.lab.python
+        probe = self.procs.start(POD_CLIENT, "pod-probe", [
+            py, "-m", "topologies.podprobe", "connect", POD_HOST, "--port", str(POD_PORT),
+            "--interval", "0.05", "--timeout", "60"])
+        dialer = self.procs.start(POD_CLIENT, "pod-dial", [
+            py, "-m", "topologies.podprobe", "dial", POD_HOST, "--port", str(POD_PORT),
+            "--interval", "0.05", "--timeout", "1"])
+        echoes = lambda: [e for e in probe_events(str(probe.log)) if e["event"] == "echo"]  # noqa: E731
+        wait_for(lambda: len(echoes()) >= 10, self.a.converge_timeout, 0.1,
+                 f"the pod's connection to {POD_HOST}", retry_on=(Exception,))
+        peer = echoes()[-1]["peer"]
+        node = self.lab.topo.pod(peer).node
+        self.p.log(f"pod_kill: {POD_CLIENT}'s connection is held by {peer} behind {node}")
+
+        def measure(t0: float, t_end: float) -> dict:
+            return pod_outcome(probe_events(str(probe.log)), probe_events(str(dialer.log)),
+                               peer, t0, t_end)
+        try:
+            return self.ev_kill("pod_kill", node, "path", mode="node", measure=measure)
+        finally:
+            self.procs.stop([probe, dialer])
 
     def ev_scsc(self) -> dict:
         a, net, lab = self.a, self.net, self.lab
@@ -663,6 +731,12 @@ class FailureExperiment(Experiment):
                 node = self.pick_sg()
                 self.p.step(f"sg_kill: {node} (instance of {ANY_PREFIX}, {self.a.kill_mode})")
                 self.ev_kill("sg_kill", node, "anycast")
+            elif e == "pod_kill":
+                if not self.pod_hosts:
+                    self.p.log("pod_kill skipped: the fabric has no two free SGs for the instance pods")
+                    continue
+                self.p.step(f"pod_kill: the node of the SG whose pod holds {POD_CLIENT}'s connection")
+                self.ev_pod()
             elif e == "scsc_kill":
                 self.p.step("scsc_kill")
                 self.ev_scsc()
@@ -708,6 +782,8 @@ class FailureExperiment(Experiment):
             csvrows.append(d)
             head[name] = {k: v for k, v in d.items() if k not in ("event",)}
             head[name]["detected_by"] = ev.get("detected_by")
+            if ev.get("pod"):
+                head[name]["pod"] = ev["pod"]
             rows.append([name, d["target"], fmt(d["detection_ms"]), fmt(d["local_failover_ms"]),
                          fmt(d["global_convergence_ms"]), d["calls_failed"], d["calls_retried"],
                          d["calls_in_window"], _errs_text(d["errors"]), fmt(d["disruption_ms"]),
@@ -745,6 +821,28 @@ class FailureExperiment(Experiment):
               f"Whole run: " + ", ".join(f"{k}: {v['calls']} calls, {v['failed']} failed, "
                                          f"{v['retried']} retried" for k, v in totals.items()), "",
               "Plots: `failure_timeline.png` (all events), `timeline_<event>.png`.", ""]
+        pod = next((ev for ev in self.results if ev.get("pod")), None)
+        if pod is not None:
+            o = pod["pod"]
+            for k in ("open_connection", "open_connection_ended_ms", "new_connections_failed",
+                      "first_new_connection_elsewhere_ms", "last_failed_new_connection_ms"):
+                flat[f"pod_kill_{k}"] = o.get(k)
+            md += ["## A pod's TCP connections when its service's instance fails (pod_kill)", "",
+                   f"`{POD_CLIENT}` behind {self.lab.topo.pod(POD_CLIENT).node} held one connection "
+                   f"to `{POD_HOST}` (instance pods {', '.join(POD_SERVERS)} behind "
+                   f"{', '.join(self.pod_hosts)}), answered by `{o['instance_pod']}`, and opened a new "
+                   f"connection every 50 ms. Its instance's node ({pod['target']}) failed:", "",
+                   f"* the open connection: **{o['open_connection']}**"
+                   + (f" after {fmt(o['open_connection_ended_ms'])} ms" if o["open_connection_ended_ms"]
+                      is not None else "") + " (a reset is what the SGs send: the other instance's "
+                   "SG for a segment of a connection it never held, or the client's SG once the "
+                   "network says the instance is gone; `hung` would mean neither happened);",
+                   f"* new connections: {o['new_connections_failed']} of {o['new_connections']} failed "
+                   f"({_errs_text(o['new_connection_errors']) or 'none'}); the first one answered by the "
+                   f"other instance {fmt(o['first_new_connection_elsewhere_ms'])} ms after the failure, "
+                   f"the last failure at {fmt(o['last_failed_new_connection_ms'])} ms; the routing "
+                   f"figures of this event are in the table (global convergence "
+                   f"{fmt(_ms(pod.get('global_convergence_s')))} ms).", ""]
         loops = {ev["event"]: _merge_errors(ev.get("calls", {})).get("nack:HOP_LIMIT_EXCEEDED", 0) +
                  _merge_errors(ev.get("restore_calls", {})).get("nack:HOP_LIMIT_EXCEEDED", 0)
                  for ev in self.results}
@@ -818,6 +916,37 @@ class FailureExperiment(Experiment):
                 for i, ev in enumerate(evs):
                     draw(axes[i][0], ev)
                 axes[0][0].legend(fontsize=7, loc="upper right", ncol=3)
+
+
+def pod_outcome(probe: List[dict], dials: List[dict], peer: str, t0: float, t_end: float) -> dict:
+    """What the pod saw from the failure at t0 to the restore at t_end: how its open
+    connection ended (a reset, a timeout, or still nothing: hung), and the new
+    connections (failed ones, the first one answered by another instance, the last
+    failure)."""
+    err = next((e for e in probe if e["event"] == "error" and e["t"] >= t0), None)
+    after = [e for e in probe if e["event"] == "echo" and e["t"] >= t0]
+    if err is not None:
+        outcome, t_out = err["error"], err["t"]
+    elif after and after[-1]["t"] >= t_end - 1.0:
+        outcome, t_out = "still_answered", None      # the connection did not need the dead node
+    else:
+        outcome, t_out = "hung", None
+    win = [d for d in dials if t0 <= d["t"] <= t_end]
+    failed = [d for d in win if not d["ok"]]
+    other = [d for d in win if d["ok"] and d.get("peer") != peer]
+    errors: Dict[str, int] = {}
+    for d in failed:
+        errors[d.get("error", "?")] = errors.get(d.get("error", "?"), 0) + 1
+    last_fail = max((d["t"] for d in failed), default=None)
+    return {"instance_pod": peer, "open_connection": outcome,
+            "open_connection_ended_ms": _ms(t_out - t0) if t_out else None,
+            "echoes_after_failure": len(after),
+            "new_connections": len(win), "new_connections_failed": len(failed),
+            "new_connection_errors": errors,
+            "first_new_connection_elsewhere_ms": _ms(min(d["t"] for d in other) - t0) if other else None,
+            "last_failed_new_connection_ms": _ms(last_fail - t0) if last_fail else None,
+            "answered_by_the_dead_instance": sum(1 for d in win if d["ok"] and d.get("peer") == peer
+                                                 and d["t"] > t0 + 0.5)}
 
 
 def _merge_errors(calls: Dict[str, dict]) -> Dict[str, int]:

@@ -1,11 +1,13 @@
 """The two non-DMSC ways to run the shop on a lab's fabric: kernel IP routing and an nginx sidecar mesh.
 
 * :class:`IpFabric` gives every data link a /31 on each end, every Service
-  Gateway node a pod address (10.200.x.y/32 on its loopback) and every node
-  kernel routes to every pod address over all the shortest paths of the
-  topology (ECMP, L4 hash), so plain TCP/HTTP crosses the same veths and the
-  same router hosts as DMSC does (the forwarders' packet sockets only take
-  EtherType 0x88B5 and are not disturbed).
+  Gateway node an address (10.200.0.x/32 on its loopback) and every node
+  kernel routes to every SG's address and to the pod range of every SG with
+  pods (10.200.<SG number>.0/24) over all the shortest paths of the topology
+  (ECMP, L4 hash), so plain TCP/HTTP crosses the same veths and the same
+  router hosts as DMSC does (the forwarders' packet sockets only take
+  EtherType 0x88B5 and are not disturbed; a pod face's socket only takes
+  what the kernel marks for the gateway).
 * :class:`Sidecar` is one nginx per pod (master + 1 worker, as a per-pod
   sidecar): an inbound listener on the pod address that proxies to the pod's
   app on 127.0.0.1, and an outbound listener on 127.0.0.1 that routes by Host
@@ -77,13 +79,18 @@ class IpFabric:
                 if not hops:
                     continue
                 src = f" src {self.pod_ip[n]}" if n in self.pod_ip else ""
-                if len(hops) == 1:
-                    cmds[n].append(f"route replace {self.pod_ip[d]}/32{src} via {hops[0][0]} "
-                                   f"dev {hops[0][1]}")
-                else:
-                    nh = " ".join(f"nexthop via {gw} dev {dev} weight 1" for gw, dev in hops)
-                    cmds[n].append(f"route replace {self.pod_ip[d]}/32{src} {nh}")
-                self.routes += 1
+                # the SG's own address, and its pods' range when it has pods (the lab's
+                # plan: 10.200.<SG number>.0/24, topologies/pods.py)
+                dests = [f"{self.pod_ip[d]}/32"] + \
+                    ([f"10.200.{topo.sgs.index(d) + 1}.0/24"] if topo.pods_on(d) else [])
+                for dest in dests:
+                    if len(hops) == 1:
+                        cmds[n].append(f"route replace {dest}{src} via {hops[0][0]} "
+                                       f"dev {hops[0][1]}")
+                    else:
+                        nh = " ".join(f"nexthop via {gw} dev {dev} weight 1" for gw, dev in hops)
+                        cmds[n].append(f"route replace {dest}{src} {nh}")
+                    self.routes += 1
         return cmds
 
     def configure(self) -> dict:

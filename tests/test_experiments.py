@@ -77,13 +77,13 @@ def test_failure_quick():
     s = check_common(d, ["calls-path.jsonl", "calls-anycast.jsonl", "events.jsonl", "events.csv"],
                      ["failure_timeline.png", "timeline_link_cut.png", "timeline_sr_kill.png",
                       "timeline_sg_kill.png", "timeline_link_flap.png"])
-    for ev in ("link_cut", "sr_kill", "sg_kill", "scsc_kill", "link_flap"):
+    for ev in ("link_cut", "sr_kill", "sg_kill", "pod_kill", "scsc_kill", "link_flap"):
         e = s["events"][ev]
         for k in ("detection_ms", "global_convergence_ms", "calls_failed", "calls_retried"):
             assert k in e, (ev, k, e)
         assert _num(e["calls_failed"]) and _num(e["calls_retried"]), e
         assert _num(e["global_convergence_ms"]), (ev, e)
-    for ev in ("link_cut", "sr_kill", "sg_kill", "link_flap"):
+    for ev in ("link_cut", "sr_kill", "sg_kill", "pod_kill", "link_flap"):
         assert _num(s["events"][ev]["detection_ms"]), (ev, s["events"][ev])
         assert _num(s["events"][ev]["local_failover_ms"]), (ev, s["events"][ev])
     # a cut link is seen through carrier (a netlink event, or the once-a-second poll of
@@ -92,6 +92,12 @@ def test_failure_quick():
     by = s["events"]["link_cut"]["detected_by"]
     assert len(by) == 2 and set(by.values()) <= {"netlink", "poll"}, by
     assert s["stream_totals"]["path"]["calls"] > 100
+    # the pod's open connection to the failed instance ended as TCP connections do, and
+    # new connections were made and counted (when they worked again is recorded)
+    pod = s["events"]["pod_kill"]["pod"]
+    assert pod["open_connection"] in ("ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH"), pod
+    assert pod["new_connections"] > 0 and pod["answered_by_the_dead_instance"] == 0, pod
+    assert _num(pod["first_new_connection_elsewhere_ms"]), pod
 
 
 def test_load_quick():
@@ -134,9 +140,18 @@ def test_sidecar_quick():
                      ["sidecar_latency.png", "sidecar_throughput.png", "sidecar_cpu.png",
                       "sidecar_scaling.png"])
     assert list((d / "wrk").glob("*.txt")), "no raw wrk output"
-    for k in ("direct_p50_us", "sidecar_p50_us", "dmsc_p50_us", "direct_rps", "sidecar_rps", "dmsc_rps"):
-        assert _num(s[k]) and s[k] > 0, (k, s.get(k))
+    modes = ("direct", "sidecar", "sidecar_haproxy", "dmsc", "dmsc_l7", "dmsc_l4")
+    for m in modes:
+        for k in (f"{m}_p50_us", f"{m}_rps", f"{m}_null_p50_us", f"{m}_null_rps"):
+            assert _num(s[k]) and s[k] > 0, (k, s.get(k))
+        for k in (f"{m}_comm_cpu_ms_per_1k", f"{m}_null_comm_cpu_ms_per_1k"):
+            assert _num(s[k]), (k, s.get(k))
+    for b in ("cart", "null"):   # every run of every mode answered every request
+        assert all(s["by_backend"][b][m]["errors"] == 0 for m in modes if m != "dmsc"), s["by_backend"][b]
+    assert s["dmsc_dataplane"] in ("ebpf", "python")
+    assert {t["target"] for t in s["targets"]["cart"]} and s["targets"]["null"]
     assert s["proxies"]["sidecar"] > s["proxies"]["direct"] == 0
+    assert s["proxies"]["sidecar_haproxy"] > 0
     assert s["scaling"]["rows"] and s["scaling"]["sidecar_mb_per_pod"] > 0
     md = (d / "summary.md").read_text()
     assert "Where DMSC wins" in md and "Where DMSC loses" in md

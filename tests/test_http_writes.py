@@ -98,7 +98,7 @@ def _one_write_per_response(sock: CountingSocket, n: int) -> None:
 
 # ----------------------------------------------------------------- servers
 def test_shop_http_service_answers_in_one_write_with_nodelay():
-    from experiments.shop.services import Shop
+    from topologies.shop.services import Shop
     server = _serve(recording(ThreadingHTTPServer)(("127.0.0.1", 0), Shop("cart", "h1").http_handler()))
     try:
         got = _keepalive(server.server_address[1], [
@@ -157,7 +157,7 @@ class _FakeApi:
 
 
 def test_management_endpoint_answers_in_one_write_over_unix_and_tcp(tmp_path):
-    from forwarder.ctl import _UnixHTTPConnection
+    from forwarder.mgmt.ctl import _UnixHTTPConnection
     from forwarder.mgmt.endpoint import _TcpServer, _UnixServer, _make_handler
     handler = _make_handler(_FakeApi())
     path = str(tmp_path / "mgmt.sock")
@@ -205,7 +205,7 @@ def test_scsc_rest_server_sets_nodelay():
 def test_backend_pool_connections_have_nodelay():
     """The SG's http_backend adapter keeps connections to the service: TCP_NODELAY on them,
     so that a POST's body does not wait for the service to acknowledge the headers."""
-    from experiments.shop.services import Shop
+    from topologies.shop.services import Shop
     from forwarder.apps.http_backend import BackendPool
     server = _serve(recording(ThreadingHTTPServer)(("127.0.0.1", 0), Shop("cart", "h1").http_handler()))
     pool = BackendPool("127.0.0.1", server.server_address[1])

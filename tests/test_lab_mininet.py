@@ -244,6 +244,46 @@ def test_yaml_topology_with_static_routing_and_link_options():
     assert not _leftovers(lab.run_dir)
 
 
+def test_pods_reach_services_by_name_in_the_lab():
+    """A YAML topology with pods, and the shop's cart and payment in pods (--pods): a
+    pod calls a pod's server and the cart by name with no proxy, the frontend still
+    reaches the cart through its SG's adapter, and nothing of the pods is left after."""
+    from topologies.lab.builders import shop_in_pods
+    from topologies.lab.commands import DmscCommands
+    from topologies.lab.net import DmscLab
+    from topologies.lab.yamltopo import load_topology
+    from topologies.pods import NETNS_ETC
+    t = shop_in_pods(load_topology(REPO / "topologies" / "examples" / "pods.yaml"), sys.executable)
+    assert {p.name for p in t.pods} == {"web1", "cli1", "cart1", "paym2"}
+    lines = []
+    with DmscLab(t, scsc="off", run_kind="test-lab-pods", out=lines.append) as lab:
+        cmd = DmscCommands(lab)
+        r = cmd.run_line("pods")
+        assert r.ok and set(r.data) == {"web1", "cli1", "cart1", "paym2"}, r.text
+        assert r.data["web1"]["serves"] == ["/web"] and r.data["cart1"]["serves"] == ["/shop/cart/_l4"]
+
+        def answered(line: str):
+            """A pod's servers start with the lab: ask until one answers (hang limit)."""
+            deadline = time.monotonic() + HANG_S
+            while True:
+                r = cmd.run_line(line)
+                if r.ok or time.monotonic() > deadline:
+                    return r
+                time.sleep(0.2)
+        r = answered("pod cli1 curl -sS -m 5 http://web.dmsc/who")
+        assert r.ok and r.text.strip() == "web1", r.text
+        r = answered("pod cli1 curl -sS -m 5 http://cart.shop.dmsc/items?user=ann")
+        assert r.ok and json.loads(r.text)["service"] == "cart", r.text
+        r = answered("call h1 /shop/frontend/checkout '{\"user\": \"ann\", \"item\": 2}'")
+        assert r.ok and '"cart": "/node/h3"' in r.text, r.text
+        gw = lab.node("h3").status()["gateway"]
+        assert gw["pods"]["cart1"]["address"] == lab.pods["cart1"].address
+        assert not cmd.run_line("pod cli1 curl -sS -m 5 http://nothing.dmsc/").ok
+        netns = [s.netns for s in lab.pods.values()]
+    assert not _leftovers(lab.run_dir)
+    assert not [n for n in netns if (NETNS_ETC / n).exists()]
+
+
 def test_delay_without_netem_warns():
     from topologies.lab.net import DmscLab
     from topologies.lab.yamltopo import load_topology

@@ -131,7 +131,7 @@ def test_clean_kills_only_recorded_processes(runs: Path, capsys: pytest.CaptureF
         assert clean.main([]) == 0
         out = capsys.readouterr().out
         assert f"removed process {recorded.pid} (sleep) by SIGTERM" in out
-        assert "removed 1 process(es), 0 link(s), 0 namespace(s) from 1 run folder(s)" in out
+        assert "removed 1 process(es), 0 link(s), 0 namespace(s), 0 tc filter(s), 0 pin folder(s) from 1 run folder(s)" in out
         assert recorded.wait(timeout=5) == -15
         assert unrelated.poll() is None
         assert is_done(read_records(run)) and clean.pending_runs() == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -269,7 +270,23 @@ def _max_share_in_runs(seed, p, run, draws):
 
 
 # ------------------------------------------------------------ critical class
-def _trafgen_frame(dst_mac: bytes, src_mac: bytes, size: int) -> bytes:
+BULK_SENDER = r"""
+import socket, sys, time
+ifname, frame, rate = sys.argv[1], bytes.fromhex(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)   # SO_SNDBUFFORCE (root)
+s.bind((ifname, 0))
+t0, n = time.monotonic(), 0
+while True:
+    due = int((time.monotonic() - t0) * rate)
+    while n < due:
+        s.send(frame)
+        n += 1
+    time.sleep(0.002)
+"""
+
+
+def _bulk_frame(dst_mac: bytes, src_mac: bytes, size: int) -> bytes:
     pkt = wire.Packet(wire.PacketType.REQUEST, Name.parse("/bulk/sink"), Name.parse("/node/g/bulk"),
                       b"\x5a" * size, flow_id=1, seq=1).encode()
     return dst_mac + src_mac + wire.ETHERTYPE.to_bytes(2, "big") + pkt
@@ -294,25 +311,25 @@ def test_critical_prefix_takes_the_priority_class_of_a_saturated_link(netns_net)
     a_if, r_if = intf_between(netns_net, "a", "r"), intf_between(netns_net, "r", "a")
     a_mac = bytes.fromhex(netns_net.node("a").mac(a_if).replace(":", ""))
     r_mac = bytes.fromhex(r.mac(r_if).replace(":", ""))
-    conf = netns_net.run_dir / "bulk.cfg"
-    frame = _trafgen_frame(r_mac, a_mac, 1300)
-    conf.write_text("{ " + ", ".join(f"0x{b:02x}" for b in frame) + " }\n")
+    frame = _bulk_frame(r_mac, a_mac, 1300)
     PRIO, BULK = tc_prio.PRIORITY_CLASS, tc_prio.BULK_CLASS
 
     def stats():
         return tc_prio.class_stats(r, r_out)
 
     def start_load():
-        # best-effort load above the shaped rate: 1,350-byte frames with a 250 us gap (about
-        # 2,300 frames/s here, 25 Mbit/s): the bulk queue fills, with little CPU taken from the rest
-        gen = netns_net.node("a").popen(["trafgen", "--dev", a_if, "--conf", str(conf), "--cpus", "1",
-                                         "--no-sock-mem", "--gap", "250us", "--num", "0"], "trafgen")
+        # best-effort load above the shaped rate: 1,350-byte frames, 2,300 a second (25 Mbit/s):
+        # the bulk queue fills, with little CPU taken from the rest. The sender's socket may
+        # hold 8 MB: with the kernel fast path r queues a's own frames, which stay charged
+        # to a's socket until they leave r, so a's send buffer bounds the queue
+        gen = netns_net.node("a").popen([sys.executable, "-c", BULK_SENDER, a_if, frame.hex(),
+                                         "2300"], "bulk-sender")
         wait_for(lambda: stats()[BULK]["qlen"] >= 200, HANG_S, interval=0.05,
                  what="the bulk class's queue to fill")
         return gen
 
     def stop_load(gen):
-        # trafgen's worker is a child process: signal the whole group (its own session)
+        # the sender leads its own session: signal the whole group
         for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
             try:
                 os.killpg(gen.pid, sig)

@@ -115,7 +115,7 @@ def test_authorization_byte_layout_matches_spec_6_4(authority, service):
 
 def test_scapy_layer_reads_the_same_bytes(cart):
     """The dissector side (scapy_layers.py) agrees on the 6.4 layout."""
-    layers = pytest.importorskip("forwarder.scapy_layers")
+    layers = pytest.importorskip("forwarder.dataplane.scapy_layers")
     raw = cart.encode()
     tlv = layers.DMSCTLVSpaAuthorization(struct.pack(">HH", 0x0010, len(raw)) + raw)
     assert tlv.serial == cart.serial

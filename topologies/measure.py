@@ -103,6 +103,32 @@ def machine_cpu_busy_s() -> float:
     return (sum(vals[:8]) - idle) / CLK_TCK
 
 
+def machine_softirq_s() -> float:
+    """Seconds all cores spent in softirq since boot (/proc/stat, 7th field). Without
+    CONFIG_IRQ_TIME_ACCOUNTING the kernel samples it at each tick: a tick that finds
+    a CPU serving a softirq (in process context too) counts there, not to the process."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(first[7]) / CLK_TCK
+
+
+def bpf_run_ns(names: Iterable[str]) -> Optional[int]:
+    """Total run time (ns) of the loaded BPF programs with these names, as the kernel
+    counts it with kernel.bpf_stats_enabled=1 (None when stats are off or bpftool
+    is missing)."""
+    import json
+    try:
+        res = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                             timeout=30)
+        progs = json.loads(res.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    want = set(names)
+    mine = [p for p in progs if p.get("name") in want]
+    if mine and not any("run_time_ns" in p for p in mine):
+        return None
+    return sum(int(p.get("run_time_ns", 0)) for p in mine)
+
+
 # --------------------------------------------------------------- /proc accounting
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process, seconds (0 if it is gone)."""

@@ -12,6 +12,12 @@
     python -m topologies.podprobe http --port 80 --name b1 [--blob-mb 16]
     python -m topologies.podprobe serve --port 7000 --name b1
     python -m topologies.podprobe connect HOST --port 7000 [--interval 0.02]
+    python -m topologies.podprobe dial HOST --port 7000 [--interval 0.05]
+
+* ``dial``: a new connection every ``--interval`` s (connect, one echo, close),
+  each reported as a JSON line: ``{"event": "dial", "ok": true, "peer": "b1",
+  "ms": 1.2, "t": ...}`` or ``{"event": "dial", "ok": false, "error":
+  "EHOSTUNREACH", ...}``: when new connections fail and when they work again.
 
 Client lines (stdout, one JSON object each, flushed):
     {"event": "connected", "t": ..., "local": 40112}
@@ -129,6 +135,39 @@ def connect(host: str, port: int, interval: float, timeout: float) -> int:
         return 1
 
 
+def dial(host: str, port: int, interval: float, timeout: float) -> int:
+    """New connections, one after another, until killed."""
+    import ipaddress
+    while True:
+        t0 = time.monotonic()
+        try:
+            addr = host if _is_ip(host, ipaddress) else socket.gethostbyname(host)
+            with socket.create_connection((addr, port), timeout=timeout) as s:
+                s.sendall(b"0\n")
+                line = s.makefile("rb").readline()
+                if not line:
+                    raise ConnectionResetError(errno.ECONNRESET, "closed by the peer")
+                peer = line.decode().split(" ", 1)[0]
+            _emit(event="dial", ok=True, peer=peer, ms=round((time.monotonic() - t0) * 1000, 2))
+        except (OSError, ValueError) as exc:
+            code = errno.errorcode.get(getattr(exc, "errno", None) or 0, "")
+            if isinstance(exc, socket.timeout):
+                code = "ETIMEDOUT"
+            if isinstance(exc, socket.gaierror):
+                code = "NAME_UNRESOLVED"
+            _emit(event="dial", ok=False, error=code or type(exc).__name__,
+                  ms=round((time.monotonic() - t0) * 1000, 2))
+        time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+
+def _is_ip(host: str, ipaddress) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def read_events(path: str) -> List[dict]:
     """The client's lines so far (a half-written last line is left for next time)."""
     out = []
@@ -159,7 +198,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--interval", type=float, default=0.02)
     c.add_argument("--timeout", type=float, default=30.0,
                    help="give up after this many seconds without an answer")
+    d = sub.add_parser("dial", help="a new connection every --interval s, each reported")
+    d.add_argument("host")
+    d.add_argument("--port", type=int, default=7000)
+    d.add_argument("--interval", type=float, default=0.05)
+    d.add_argument("--timeout", type=float, default=1.0, help="per connection, seconds")
     a = ap.parse_args(argv)
+    if a.cmd == "dial":
+        return dial(a.host, a.port, a.interval, a.timeout)
     if a.cmd == "http":
         http(a.port, a.name, a.blob_mb)
         return 0
