@@ -294,12 +294,6 @@ class FailureExperiment(Experiment):
         from topologies.lab.builders import fat_tree
         a = self.a
         topo = fat_tree(a.k)
-        self.place_pods(topo)
-        self.lab = start_lab(topo, self.res, self.p, run_kind="exp-failure",
-                             hello_ms=a.hello_ms, dead_ms=a.dead_ms, dataplane=a.dataplane)
-        self.net = Net(self.lab, self.p)
-        self.procs = ProcSet(self.lab)
-        topo = self.lab.topo
         sgs = topo.sgs
         self.path_client, self.path_server = sgs[0], sgs[-1]
         catalog = next(s for s in topo.services if s.prefix == ANY_PREFIX)
@@ -309,6 +303,11 @@ class FailureExperiment(Experiment):
                 [n for n in sgs if n not in catalog.nodes and n != self.path_client]
         self.any_client = cands[0]
         self.catalog_nodes = list(catalog.nodes)
+        self.place_pods(topo)
+        self.lab = start_lab(topo, self.res, self.p, run_kind="exp-failure",
+                             hello_ms=a.hello_ms, dead_ms=a.dead_ms, dataplane=a.dataplane)
+        self.net = Net(self.lab, self.p)
+        self.procs = ProcSet(self.lab)
         ident = issue_identity(self.lab, PATH_PREFIX, "exppath", self.path_server)
         argv = ["--socket", str(self.lab.fwd[self.path_server].app_socket), "--prefix", PATH_PREFIX,
                 "--node", self.path_server]
@@ -339,11 +338,13 @@ class FailureExperiment(Experiment):
 
     def place_pods(self, topo) -> None:
         """pod_kill's pods: the client behind the second SG, an instance behind each of two
-        SGs of other fabric pods that host nothing else (so the other events keep theirs)."""
+        SGs of other fabric pods that host nothing else and run neither stream's client
+        (so the other events keep theirs)."""
         import sys as _sys
         sgs = topo.sgs
-        client = sgs[1]
-        busy = {n for s in topo.services for n in s.nodes} | {sgs[0], sgs[-1], client}
+        client = sgs[1] if sgs[1] != self.any_client else sgs[2]
+        busy = {n for s in topo.services for n in s.nodes} | {sgs[0], sgs[-1], client,
+                                                              self.any_client}
         hosts: List[str] = []
         for n in sgs:
             if n not in busy and topo.nodes[n].pod != topo.nodes[client].pod and \

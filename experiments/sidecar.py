@@ -55,8 +55,8 @@ from typing import Any, Dict, List, Optional
 from topologies.measure import (bpf_run_ns, children_map, group_usage, machine_cpu_busy_s,
                                 machine_softirq_s, proc_cpu_s, wait_for, with_descendants)
 
-from .common import (build_topology, Experiment, issue_identity, lab_facts, parse_list, ProcSet,
-                     Progress, Results, rnd, run_main, settle, start_lab)
+from .common import (build_topology, Experiment, issue_identity, lab_facts, ns_run, parse_list,
+                     ProcSet, Progress, Results, run_main, settle, start_lab)
 from .sidecar_haproxy import HaproxySidecar
 from .sidecar_mesh import (IN_BASE_PORT, OUT_BASE_PORT, IpFabric, NginxApp, Sidecar, run_wrk,
                            wait_listening)
@@ -74,6 +74,7 @@ BACKENDS = {"cart": {"pod": "bcart", "prefix": "/exp/cart", "host": "cart.exp.dm
 CLIENT_POD = "bcli"
 HEADLINE = "cart"
 BPF_PROGS = ("fp_ingress", "fp_pod_ingress")
+IP_MODES = ("direct", "sidecar", "sidecar_haproxy")   # pods reach each other's own addresses
 WARMUP_HANG_S = 60
 
 DEFAULTS = dict(topology="fat-tree:4", duration=5.0, rounds=2, conns=16, backends="cart,null",
@@ -119,6 +120,7 @@ class SidecarExperiment(Experiment):
         self.scaling: List[dict] = []
         self.idle: Dict[str, float] = {}
         self.bpf_stats_was: Optional[str] = None
+        self.forwarding: Optional[bool] = None
         (res.dir / "wrk").mkdir(exist_ok=True)
 
     # --------------------------------------------------------------- set-up
@@ -142,6 +144,7 @@ class SidecarExperiment(Experiment):
         self.fabric_info = self.fabric.configure()
         if not self.fabric.check(self.client, self.server):
             raise RuntimeError(f"kernel routing: {self.client} cannot reach {self.server}")
+        self.forwarding = True
         self.start_servers()
         self.start_l7()
         self.build_meshes()
@@ -151,6 +154,18 @@ class SidecarExperiment(Experiment):
                               pods={n: s.address for n, s in lab.pods.items()},
                               sidecars={m: [s.name + "@" + s.node for s in v]
                                         for m, v in self.meshes.items()})
+
+    def ip_forwarding(self, on: bool) -> None:
+        """IPv4 forwarding in the SGs with pods: on for the modes that route the pods' own
+        addresses, off for DMSC's. A gateway that carries a pod's connection passes its
+        first packets up to its Python (docs/protocol.md 13.5); a node that also routed
+        them itself would deliver a second copy, with the pod's own source address, which
+        the client's stack answers with a reset."""
+        if on == self.forwarding:
+            return
+        for n in (self.client, self.server):
+            ns_run(self.lab, n, ["sysctl", "-qw", f"net.ipv4.ip_forward={int(on)}"])
+        self.forwarding = on
 
     def pod_addr(self, pod: str) -> str:
         return self.lab.pods[pod].address
@@ -280,6 +295,7 @@ class SidecarExperiment(Experiment):
         a = self.a
         url, host = self.target(mode, backend)
         conns, threads = (1, 1) if kind == "latency" else (a.conns, 2)
+        self.ip_forwarding(mode in IP_MODES)
         comm, apps = self.comm_pids(mode), self.app_pids()
         settled = settle(self.lab, 60)
         c0, a0 = sum(proc_cpu_s(p) for p in comm), sum(proc_cpu_s(p) for p in apps)
@@ -322,15 +338,33 @@ class SidecarExperiment(Experiment):
         for b in self.backends:
             for m in MODES:
                 url, host = self.target(m, b)
+                self.ip_forwarding(m in IP_MODES)
                 deadline = time.monotonic() + WARMUP_HANG_S
                 while True:
-                    res, _ = run_wrk(self.lab, CLIENT_POD, url, host, threads=1, conns=2, duration=1)
+                    try:
+                        res, _ = run_wrk(self.lab, CLIENT_POD, url, host, threads=1, conns=2,
+                                         duration=1)
+                        why = "no answer within 1 s"
+                    except RuntimeError as exc:     # wrk could not connect at all
+                        res, why = {}, str(exc)
                     if res.get("requests"):
                         break
-                    self.p.log(f"warm-up: no answer on the {m} path to {b} within 1 s; again")
+                    self.p.log(f"warm-up: {m} path to {b}: {why}; again ({self.gateways()})")
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"warm-up: no answers on the {m} path to {b} in "
                                            f"{WARMUP_HANG_S} s: {url}")
+
+    def gateways(self) -> str:
+        """The client and server SGs' gateway counters, for a log line."""
+        out = []
+        for n in (self.client, self.server):
+            try:
+                g = self.lab.fwd[n].status().get("gateway") or {}
+                out.append(f"{n}: drops {g.get('drops')}, to pods {g.get('sent_to_pods')}, "
+                           f"connections {g.get('conntrack')}")
+            except Exception as exc:  # a diagnostic only
+                out.append(f"{n}: {exc}")
+        return "; ".join(out)
 
     def idle_cpu(self) -> None:
         """Background CPU of each communication layer with no traffic (hellos, telemetry...)."""
