@@ -67,7 +67,7 @@ exp-load: setup ## open-loop rate sweep, SCSC adaptive weights on/off -> results
 exp-telemetry: setup ## per-hop telemetry vs tc/nftables ground truth, its cost -> results/telemetry/latest
 	$(PY) -m experiments.telemetry $(if $(filter 1 yes true,$(QUICK)),--quick) $(ARGS)
 
-exp-sidecar: setup ## the shop direct vs nginx sidecars vs DMSC -> results/sidecar/latest (QUICK=1)
+exp-sidecar: setup ## services in pods: direct vs nginx/HAProxy sidecars vs DMSC adapters vs DMSC L4 -> results/sidecar/latest (QUICK=1)
 	$(PY) -m experiments.sidecar $(if $(filter 1 yes true,$(QUICK)),--quick) $(ARGS)
 
 experiments: setup ## all four experiments, one after another (QUICK=1 for the short runs)

@@ -822,28 +822,7 @@ class FailureExperiment(Experiment):
               f"Whole run: " + ", ".join(f"{k}: {v['calls']} calls, {v['failed']} failed, "
                                          f"{v['retried']} retried" for k, v in totals.items()), "",
               "Plots: `failure_timeline.png` (all events), `timeline_<event>.png`.", ""]
-        pod = next((ev for ev in self.results if ev.get("pod")), None)
-        if pod is not None:
-            o = pod["pod"]
-            for k in ("open_connection", "open_connection_ended_ms", "new_connections_failed",
-                      "first_new_connection_elsewhere_ms", "last_failed_new_connection_ms"):
-                flat[f"pod_kill_{k}"] = o.get(k)
-            md += ["## A pod's TCP connections when its service's instance fails (pod_kill)", "",
-                   f"`{POD_CLIENT}` behind {self.lab.topo.pod(POD_CLIENT).node} held one connection "
-                   f"to `{POD_HOST}` (instance pods {', '.join(POD_SERVERS)} behind "
-                   f"{', '.join(self.pod_hosts)}), answered by `{o['instance_pod']}`, and opened a new "
-                   f"connection every 50 ms. Its instance's node ({pod['target']}) failed:", "",
-                   f"* the open connection: **{o['open_connection']}**"
-                   + (f" after {fmt(o['open_connection_ended_ms'])} ms" if o["open_connection_ended_ms"]
-                      is not None else "") + " (a reset is what the SGs send: the other instance's "
-                   "SG for a segment of a connection it never held, or the client's SG once the "
-                   "network says the instance is gone; `hung` would mean neither happened);",
-                   f"* new connections: {o['new_connections_failed']} of {o['new_connections']} failed "
-                   f"({_errs_text(o['new_connection_errors']) or 'none'}); the first one answered by the "
-                   f"other instance {fmt(o['first_new_connection_elsewhere_ms'])} ms after the failure, "
-                   f"the last failure at {fmt(o['last_failed_new_connection_ms'])} ms; the routing "
-                   f"figures of this event are in the table (global convergence "
-                   f"{fmt(_ms(pod.get('global_convergence_s')))} ms).", ""]
+        md += self.pod_section(flat)
         loops = {ev["event"]: _merge_errors(ev.get("calls", {})).get("nack:HOP_LIMIT_EXCEEDED", 0) +
                  _merge_errors(ev.get("restore_calls", {})).get("nack:HOP_LIMIT_EXCEEDED", 0)
                  for ev in self.results}
@@ -862,6 +841,32 @@ class FailureExperiment(Experiment):
         for ev in notes:
             md.append(f"* {ev['event']} skipped: {ev['skipped']}")
         self.res.summary({"events": head, "stream_totals": totals, **flat}, "\n".join(md))
+
+    def pod_section(self, flat: dict) -> List[str]:
+        """pod_kill's own figures: summary.json's flat keys (into `flat`) and its paragraph."""
+        pod = next((ev for ev in self.results if ev.get("pod")), None)
+        if pod is None:
+            return []
+        o = pod["pod"]
+        for k in ("open_connection", "open_connection_ended_ms", "new_connections_failed",
+                  "first_new_connection_elsewhere_ms", "last_failed_new_connection_ms"):
+            flat[f"pod_kill_{k}"] = o.get(k)
+        return ["## A pod's TCP connections when its service's instance fails (pod_kill)", "",
+                f"`{POD_CLIENT}` behind {self.lab.topo.pod(POD_CLIENT).node} held one connection "
+                f"to `{POD_HOST}` (instance pods {', '.join(POD_SERVERS)} behind "
+                f"{', '.join(self.pod_hosts)}), answered by `{o['instance_pod']}`, and opened a new "
+                f"connection every 50 ms. Its instance's node ({pod['target']}) failed:", "",
+                f"* the open connection: **{o['open_connection']}**"
+                + (f" after {fmt(o['open_connection_ended_ms'])} ms" if o["open_connection_ended_ms"]
+                   is not None else "") + " (a reset is what the SGs send: the other instance's "
+                "SG for a segment of a connection it never held, or the client's SG once the "
+                "network says the instance is gone; `hung` would mean neither happened);",
+                f"* new connections: {o['new_connections_failed']} of {o['new_connections']} failed "
+                f"({_errs_text(o['new_connection_errors'])}); the first one answered by the "
+                f"other instance {fmt(o['first_new_connection_elsewhere_ms'])} ms after the failure, "
+                f"the last failure at {fmt(o['last_failed_new_connection_ms'])} ms; the routing "
+                f"figures of this event are in the table (global convergence "
+                f"{fmt(_ms(pod.get('global_convergence_s')))} ms).", ""]
 
     def plot(self) -> None:
         if not self.results:

@@ -189,6 +189,9 @@ def report(exp, error: Optional[str]) -> None:
                                        "dmsc_sr": mem["dmsc_l4"]["split"]["sr"]["pss_mb"],
                                        "dmsc": mem["dmsc_l7"]["pss_mb"]})
         head["comm_processes"] = {m: mem[m]["processes"] for m in MODES}
+        for m in SIDECARS:   # one proxy per pod: its memory
+            head[f"{m}_mb_per_proxy"] = rnd(mem[m]["pss_mb"] / mem[m]["proxies"], 2) \
+                if mem[m]["proxies"] else None
         head["proxies"] = {"direct": 0, "sidecar": mem["sidecar"]["proxies"],
                            "sidecar_haproxy": mem["sidecar_haproxy"]["proxies"],
                            "dmsc_sg": mem["dmsc_l4"]["sg"], "dmsc_sr": mem["dmsc_l4"]["sr"]}

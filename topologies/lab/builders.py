@@ -37,13 +37,22 @@ def shop_in_pods(topo: Topology, python: str) -> Topology:
             continue
         for node in svc.nodes:
             n += 1
-            topo.add_pod(f"{svc.app[:4]}{n}", node, [f"{svc.prefix}/_l4"],
+            topo.add_pod(_free_pod_name(topo, svc.app[:4], n), node, [f"{svc.prefix}/_l4"],
                          [python, "-m", "topologies.shop.services", "--app", svc.app, "--node",
                           node, "--http", f"0.0.0.0:{POD_HTTP_PORT}"])
     fronts = [n for s in topo.services if s.app == "frontend" for n in s.nodes] or topo.sgs[:1]
-    for i, node in enumerate(dict.fromkeys(fronts)):
-        topo.add_pod(f"cli{i + 1}", node)
+    for node in dict.fromkeys(fronts):
+        if not any(not p.serves for p in topo.pods_on(node)):   # no client pod there yet
+            topo.add_pod(_free_pod_name(topo, "cli", 1), node)
     return topo
+
+
+def _free_pod_name(topo: Topology, base: str, n: int) -> str:
+    """base<n>, or the next number free among the topology's nodes and pods."""
+    taken = set(topo.nodes) | {p.name for p in topo.pods}
+    while f"{base}{n}" in taken:
+        n += 1
+    return f"{base}{n}"
 
 
 def fat_tree(k: int = 4, shop: bool = True, opts: Optional[LinkOpts] = None) -> Topology:
