@@ -571,6 +571,11 @@ class Daemon:
             self.offload.prune()
         for fid, io in list(self.io.items()):
             if isinstance(io, EtherFace):
+                if io.ring_mode:
+                    # the socket is readable only while the slot before the kernel's
+                    # head is filled; a ring that skipped slots (faces.EtherFace
+                    # ._read_ring) may hold frames and not say so
+                    self._read_ether(io)
                 lost = io.kernel_drops()
                 if lost:
                     fc = self.core.counters.faces[fid]

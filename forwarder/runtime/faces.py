@@ -151,6 +151,7 @@ class EtherFace(FaceIO):
         self.fsize, self.nframes = fsize, nframes
         self.rx, self.tx = 0, size   # offsets of the two rings in the mapping
         self.rx_i = self.tx_i = 0
+        self.rx_hole, self.rx_holes = -1, 0   # see _read_ring
 
     HIGH_PRIORITY = 6  # classes 6 and 7 leave through a socket with SO_PRIORITY 7
 
@@ -208,6 +209,18 @@ class EtherFace(FaceIO):
         for _ in range(BATCH):
             off = i * fsize
             if not ring[off] & TP_STATUS_USER:
+                # A slot the kernel moved past without filling (seen after overruns):
+                # the next slot is ready while this one stays empty. A slot being
+                # filled turns ready within microseconds, so one still empty on the
+                # next read, with its successor ready, is a hole: step over it, or
+                # the ring would stall for good with every later frame waiting.
+                if ring[((i + 1) % n) * fsize] & TP_STATUS_USER:
+                    if self.rx_hole == i:
+                        self.rx_hole = -1
+                        self.rx_holes += 1
+                        i = (i + 1) % n
+                        continue
+                    self.rx_hole = i
                 break
             _, length, snap, mac, _ = unpack(ring, off)
             if ring[off + SLL_PKTTYPE] != socket.PACKET_OUTGOING and snap >= ETH_HEADER_LEN:
