@@ -14,11 +14,17 @@ a and b are Service Gateways, r1..rN Service Routers.
     (as light as the DMSC echo service, which also runs in this process).
   * Each sample: one request-response, timed in the client (perf_counter_ns). The first
     200 are discarded (flow decisions, kernel entries, caches).
-  * hop cost: (p50 RTT with 8 routers - p50 RTT with 2) / (2 directions x 6 hops): one
-    router hop one way, the ends cancelling out.
+  * hop cost, one way: frames of one established flow sent from a raw socket on a's
+    interface into r1 and taken off b's interface by a busy-polling raw socket, timed
+    in this process (bench_forwarder.measure_latency), through 2 and 8 routers:
+    (p50 with 8 - p50 with 2) / 6 is one router hop, with no SG on the path (DMSC: DATA
+    frames to /node/b/_sink; kernel: UDP frames to b's address).
+  * the same from the closed-loop RTTs: (p50 RTT with 8 routers - with 2) / (2 x 6),
+    where the two SGs' Python and the applications' wake-ups add their noise.
 
 Writes bench/results/chain.json: chain_rtt_us_p50_{python,ebpf,kernel} (8 routers),
-their p99s, the 2-router figures (..._2sr), chain_hop_us_{python,ebpf,kernel}.
+their p99s, the 2-router figures (..._2sr), chain_hop_us_{python,ebpf,kernel} (one way,
+from frames) and chain_hop_us_{python,ebpf,kernel}_rtt (from the RTTs).
 """
 from __future__ import annotations
 
@@ -41,6 +47,11 @@ from topologies.measure import loadavg, machine_facts, percentile, wait_for  # n
 from topologies.netns import NetnsNetwork  # noqa: E402
 from topologies.nsenter import socket_in  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from bench_forwarder import mac_bytes, measure_latency, udp_frame  # noqa: E402
+from forwarder.dataplane.names import Name  # noqa: E402
+from forwarder.dataplane.wire import ETHERTYPE, Packet, PacketType  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PAYLOAD = b"0123456789abcdef"
@@ -78,13 +89,34 @@ def dmsc_rtts(net: NetnsNetwork, names: List[str], mode: str, samples: int) -> d
                     raise RuntimeError("the echo service answered something else")
                 if i >= WARMUP:
                     out.append((clock() - t0) / 1000.0)
+        oneway = oneway_dmsc(net, names, samples)
         routers = [x for x in names if x.startswith("r")]
         kernel = {x: fn[x].status()["dataplane"] for x in routers}
-        return {"rtts": out, "dataplane": kernel[routers[0]]["reason"],
+        return {"rtts": out, "oneway": oneway, "dataplane": kernel[routers[0]]["reason"],
                 "routers_in_kernel": sum(1 for d in kernel.values()
                                          if d.get("verdicts", {}).get("redirected", 0) > 0)}
     finally:
         fn.stop_all()
+
+
+def _ends(net: NetnsNetwork, names: List[str]) -> tuple:
+    """(a's interface to r1, a's MAC, r1's MAC on that link, b's interface)."""
+    a_if, r1_if = intf_between(net, "a", names[1]), intf_between(net, names[1], "a")
+    return (a_if, mac_bytes(net.node("a").mac(a_if)), mac_bytes(net.node(names[1]).mac(r1_if)),
+            intf_between(net, "b", names[-2]))
+
+
+def sink_frame(dst_mac: bytes, src_mac: bytes, seq: int) -> bytes:
+    """A DATA frame of one flow, to a name b owns and drops (no application reads it)."""
+    pkt = Packet(PacketType.DATA, Name.parse("/node/b/_sink"), Name.parse("/node/a/_bench"),
+                 PAYLOAD, flow_id=1, seq=seq & 0xFFFFFFFF).encode()
+    return (dst_mac + src_mac + ETHERTYPE.to_bytes(2, "big") + pkt).ljust(60, b"\0")
+
+
+def oneway_dmsc(net: NetnsNetwork, names: List[str], samples: int) -> List[float]:
+    a_if, a_mac, r1_mac, b_if = _ends(net, names)
+    return measure_latency(net, "a", a_if, "b", b_if, lambda i: sink_frame(r1_mac, a_mac, i),
+                           ETHERTYPE, samples)
 
 
 def kernel_rtts(net: NetnsNetwork, names: List[str], samples: int) -> dict:
@@ -135,7 +167,11 @@ def kernel_rtts(net: NetnsNetwork, names: List[str], samples: int) -> dict:
         t.join(2)
         cli.close()
         srv.close()
-    return {"rtts": out}
+    a_if, a_mac, r1_mac, b_if = _ends(net, names)
+    oneway = measure_latency(net, "a", a_if, "b", b_if,
+                             lambda i: udp_frame(r1_mac, a_mac, a_ip, b_ip, len(PAYLOAD)),
+                             0x0800, samples)
+    return {"rtts": out, "oneway": oneway}
 
 
 def main() -> int:
@@ -156,15 +192,20 @@ def main() -> int:
             names = chain(net, n)
             for mode in ("python", "ebpf"):
                 r = dmsc_rtts(net, names, mode, args.samples)
-                result["runs"][f"{mode}_{n}"] = {k: v for k, v in r.items() if k != "rtts"}
+                result["runs"][f"{mode}_{n}"] = {k: v for k, v in r.items()
+                                                 if k not in ("rtts", "oneway")}
                 result["runs"][f"{mode}_{n}"].update(p50_us=round(percentile(r["rtts"], 50), 1),
-                                                     p99_us=round(percentile(r["rtts"], 99), 1))
+                                                     p99_us=round(percentile(r["rtts"], 99), 1),
+                                                     oneway_p50_us=round(percentile(r["oneway"], 50), 1))
                 print(f"{n} routers, {mode}: RTT p50 {percentile(r['rtts'], 50):.0f} us, "
-                      f"p99 {percentile(r['rtts'], 99):.0f} us", flush=True)
+                      f"p99 {percentile(r['rtts'], 99):.0f} us; one way through the routers "
+                      f"p50 {percentile(r['oneway'], 50):.1f} us", flush=True)
             r = kernel_rtts(net, names, args.samples)
             result["runs"][f"kernel_{n}"] = {"p50_us": round(percentile(r["rtts"], 50), 1),
-                                             "p99_us": round(percentile(r["rtts"], 99), 1)}
-            print(f"{n} routers, kernel: RTT p50 {percentile(r['rtts'], 50):.0f} us", flush=True)
+                                             "p99_us": round(percentile(r["rtts"], 99), 1),
+                                             "oneway_p50_us": round(percentile(r["oneway"], 50), 1)}
+            print(f"{n} routers, kernel: RTT p50 {percentile(r['rtts'], 50):.0f} us; one way "
+                  f"p50 {percentile(r['oneway'], 50):.1f} us", flush=True)
     runs = result["runs"]
     long, short = max(lengths), min(lengths)
     for mode in ("python", "ebpf", "kernel"):
@@ -175,11 +216,17 @@ def main() -> int:
         result[f"chain_rtt_us_p50_{mode}_{short}sr"] = runs[f"{mode}_{short}"]["p50_us"]
         if long > short:
             result[f"chain_hop_us_{mode}"] = round(
+                (runs[f"{mode}_{long}"]["oneway_p50_us"] - runs[f"{mode}_{short}"]["oneway_p50_us"])
+                / (long - short), 2)
+            result[f"chain_hop_us_{mode}_rtt"] = round(
                 (runs[f"{mode}_{long}"]["p50_us"] - runs[f"{mode}_{short}"]["p50_us"])
                 / (2 * (long - short)), 2)
     if result.get("chain_hop_us_kernel"):
         result["ebpf_vs_kernel_hop"] = round(result["chain_hop_us_ebpf"]
                                              / result["chain_hop_us_kernel"], 2)
+    if result.get("chain_hop_us_kernel_rtt"):
+        result["ebpf_vs_kernel_hop_rtt"] = round(result["chain_hop_us_ebpf_rtt"]
+                                                 / result["chain_hop_us_kernel_rtt"], 2)
     result["targets"] = {"chain_hop_us_ebpf": "<= 1.5 x chain_hop_us_kernel"}
     result["machine"]["loadavg_at_end"] = loadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
