@@ -219,7 +219,7 @@ def main() -> int:
               f"convergence {result['convergence_ms']} ms, "
               f"longest gap in the call stream {result['interruption_ms']} ms", flush=True)
         # a node killed: no carrier change, its neighbour's dead timer must notice
-        victim = next(h for h in hosts[1:-1] if h not in (src, dst))
+        victim = next(h for h in hosts[1:-1] if h not in (hosts[0], hosts[-1]))
         others = [n for n in nodes if n != victim]
         t_kill = time.time()
         fn[victim].kill()
