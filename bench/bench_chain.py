@@ -29,7 +29,6 @@ from frames) and chain_hop_us_{python,ebpf,kernel}_rtt (from the RTTs).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
@@ -43,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from forwarder.apps.client import Client  # noqa: E402
 from topologies.fwd_net import ForwarderNet, intf_between, line_routes  # noqa: E402
-from topologies.measure import loadavg, machine_facts, percentile, wait_for  # noqa: E402
+from topologies.measure import loadavg, machine_facts, percentile, wait_for, write_result  # noqa: E402
 from topologies.netns import NetnsNetwork  # noqa: E402
 from topologies.nsenter import socket_in  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
@@ -229,9 +228,7 @@ def main() -> int:
                                                  / result["chain_hop_us_kernel_rtt"], 2)
     result["targets"] = {"chain_hop_us_ebpf": "<= 1.5 x chain_hop_us_kernel"}
     result["machine"]["loadavg_at_end"] = loadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

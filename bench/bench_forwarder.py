@@ -23,7 +23,6 @@ ebpf_*, kernel_*, cpu_us_per_frame_{python,ebpf,kernel}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -41,7 +40,7 @@ from forwarder.dataplane.names import Name  # noqa: E402
 from forwarder.dataplane.wire import ETHERTYPE, Packet, PacketType  # noqa: E402
 from topologies.fwd_net import ForwarderNet  # noqa: E402
 from topologies.measure import (CLK_TCK, children_map, loadavg, machine_facts, percentile,  # noqa: E402
-                                proc_cpu_s, proc_mem_kb, with_descendants)
+                                proc_cpu_s, proc_mem_kb, with_descendants, write_result)
 from topologies.netns import NetnsNetwork  # noqa: E402
 from topologies.nsenter import socket_in  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
@@ -102,15 +101,20 @@ def measure_fps(net: NetnsNetwork, frame: bytes, g_intf: str, s_intf: str, work:
         rx1, t1 = rx_packets(net, "s", s_intf), time.monotonic()
         tx1 = int(g.cmd(["cat", f"/sys/class/net/{g_intf}/statistics/tx_packets"]).stdout)
     finally:
-        os.killpg(gen.pid, signal.SIGINT)  # trafgen and its worker: the whole group
-        try:
-            gen.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(gen.pid, signal.SIGKILL)
-            gen.wait(5)
+        stop_generator(gen)
     dt = t1 - t0
     return {"fps": round((rx1 - rx0) / dt), "offered_fps": round((tx1 - tx0) / dt),
             "window_s": round(dt, 3)}
+
+
+def stop_generator(gen: subprocess.Popen) -> None:
+    """SIGINT to trafgen and its worker (the whole group), SIGKILL if it lingers."""
+    os.killpg(gen.pid, signal.SIGINT)
+    try:
+        gen.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(gen.pid, signal.SIGKILL)
+        gen.wait(5)
 
 
 def measure_latency(net: NetnsNetwork, src: str, src_intf: str, dst: str, dst_intf: str,
@@ -177,12 +181,7 @@ def cpu_per_frame(net: NetnsNetwork, frame: bytes, g_intf: str, s_intf: str, wor
         rx1, t1 = rx_packets(net, "s", s_intf), time.monotonic()
         b1, c1 = machine_busy_ticks(), sum(proc_cpu_s(p) for p in procs)
     finally:
-        os.killpg(gen.pid, signal.SIGINT)
-        try:
-            gen.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(gen.pid, signal.SIGKILL)
-            gen.wait(5)
+        stop_generator(gen)
     frames = rx1 - rx0
     busy = (b1 - b0) / CLK_TCK - (c1 - c0)
     return {"frames": frames, "fps": round(frames / (t1 - t0)), "busy_cpu_s": round(busy, 3),
@@ -346,9 +345,7 @@ def main() -> int:
     result["machine"]["loadavg_at_end"] = loadavg()
     result["targets"] = {"ebpf_fps_64": ">= 0.9 x kernel_fps_64", "dmsc_fps_64": ">= 100000",
                          "hop_latency_us_p50": "< 20", "rss_mb_idle": "< 30"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from forwarder.runtime.events import EVENTS_FILE, read_events  # noqa: E402
-from topologies.measure import loadavg, machine_facts  # noqa: E402
+from topologies.measure import loadavg, machine_facts, write_result  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 TARGET_S = {4: 10.0, 8: 90.0}
@@ -90,9 +90,7 @@ def main() -> int:
                   f"adjacency downs {r.get('adjacency_downs')}, exit {r['exit']}"
                   + (f": {r['error']}" if r.get("error") else ""), flush=True)
     result["loadavg_at_end"] = loadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 1 if failed else 0
 
 

@@ -26,7 +26,6 @@ Writes bench/results/routing.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -39,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from forwarder.apps.client import Client, DmscError  # noqa: E402
 from topologies.fwd_net import ForwarderNet, intf_between  # noqa: E402
-from topologies.measure import machine_facts, wait_for  # noqa: E402
+from topologies.measure import machine_facts, wait_for, write_result  # noqa: E402
 from topologies.netns import NetnsNetwork  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
 
@@ -240,9 +239,7 @@ def main() -> int:
         print(f"LSA backlog of {b['lsa_queue_max']}: longest silence of hellos {b['longest_hello_gap_ms']} ms, "
               f"of ACKs {b['longest_ack_gap_ms']} ms, worked off in {b['drain_s']} s", flush=True)
     result["targets"] = {"failover_ms": "< 50", "convergence_ms": "< 500"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -361,18 +361,18 @@ def bench_critical(rounds_: int, calls: int) -> dict:
                             continue
                     wait_for(lambda: stats()[tc_prio.BULK_CLASS]["qlen"] == 0, 60, interval=0.05,
                              what="the queue to drain")
-        u99, l99 = pct(unloaded, 0.99), pct(loaded, 0.99)
+        u99, l99 = percentile(unloaded, 99), percentile(loaded, 99)
         return {"setup": "a - r - b, r -> b shaped to 20 Mbit/s: HTB with a priority class for skb "
                          "priority 6-7 (topologies/tc_prio.py); /crit critical (class 7); trafgen "
                          "1,350-byte frames every 250 us (~25 Mbit/s) as the load; rounds alternate "
                          "unloaded and loaded",
                 "rounds": rounds_, "calls_per_side_per_round": calls,
                 "loadavg_at_start": load, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-                "crit_ms_p50_unloaded": round(pct(unloaded, 0.5), 3), "crit_ms_p99_unloaded": round(u99, 3),
-                "crit_ms_p50_loaded": round(pct(loaded, 0.5), 3), "crit_ms_p99_loaded": round(l99, 3),
+                "crit_ms_p50_unloaded": round(percentile(unloaded, 50), 3), "crit_ms_p99_unloaded": round(u99, 3),
+                "crit_ms_p50_loaded": round(percentile(loaded, 50), 3), "crit_ms_p99_loaded": round(l99, 3),
                 "crit_p99_loaded_over_unloaded": round(l99 / u99, 2) if u99 else None,
-                "be_ms_p50_unloaded": round(pct(be_unloaded, 0.5), 3),
-                "be_ms_p50_loaded": round(pct(be_loaded, 0.5), 3),
+                "be_ms_p50_unloaded": round(percentile(be_unloaded, 50), 3),
+                "be_ms_p50_loaded": round(percentile(be_loaded, 50), 3),
                 "bulk_queue_packets_during_load": backlog, "classes_at_end": stats()}
     finally:
         try:

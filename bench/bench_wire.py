@@ -17,7 +17,6 @@ Writes bench/results/wire.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from forwarder.dataplane.wire import DecodeError, decode, encode  # noqa: E402
 from test_wire import FUZZ_CASES, _seed_packets, fuzz_inputs  # noqa: E402
+from topologies.measure import write_result  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
@@ -91,9 +91,7 @@ def main() -> int:
     print(f"fuzz corpus: {FUZZ_CASES} inputs in {fuzz_s:.2f} s ({result['fuzz_decodes_per_s']}/s); "
           f"valid packets: {result['valid_decodes_per_s']} decodes/s, "
           f"{result['valid_encodes_per_s']} encodes/s (load average {load_start})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

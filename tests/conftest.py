@@ -86,3 +86,16 @@ def netns_net(request: pytest.FixtureRequest, dataplane: str) -> Iterator[NetnsN
         yield net
     finally:
         net.stop()
+
+
+@pytest.fixture
+def authority(tmp_path):
+    """An SPA authority for a test: (Authority, its public key file, its revocation list
+    file); a test revokes by writing ``auth.revocation_list()`` to the list again."""
+    from forwarder.spa import Authority, public_key_pem
+    auth = Authority.generate()
+    pub = tmp_path / "authority.pub"
+    pub.write_bytes(public_key_pem(auth.public_key))
+    crl = tmp_path / "crl.bin"
+    crl.write_bytes(auth.revocation_list())
+    return auth, pub, crl

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from forwarder.spa import Authority, ServiceIdentity, public_key_pem
+from forwarder.spa import ServiceIdentity
 from topologies import podprobe
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
 from topologies.pods import pod_mtu
@@ -316,16 +316,6 @@ def test_state_expires_when_connections_close(netns_net):
             wait_for(lambda: _kernel(fn[n])["kernel_flows"] == 0, HANG_S,
                      what=f"{n}'s kernel entries to go")
     assert _gateway(fn["a"])["conntrack"]["closed"] == 3
-
-
-@pytest.fixture
-def authority(tmp_path):
-    auth = Authority.generate()
-    pub = tmp_path / "authority.pub"
-    pub.write_bytes(public_key_pem(auth.public_key))
-    crl = tmp_path / "crl.bin"
-    crl.write_bytes(auth.revocation_list())
-    return auth, pub, crl
 
 
 def test_only_authorized_prefixes_get_an_address_and_revoked_ones_lose_it(netns_net, authority,

@@ -18,7 +18,7 @@ import pytest
 from forwarder.dataplane import wire
 from forwarder.apps.client import CallTimeout, Client, DmscError, NackError
 from forwarder.dataplane.names import Name
-from forwarder.spa import Authority, ServiceIdentity, public_key_pem
+from forwarder.spa import Authority, ServiceIdentity
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
 from topologies.nsenter import socket_in
 
@@ -213,16 +213,6 @@ def test_instance_chosen_by_weight_is_kept_downstream(netns_net):
 
 
 # ------------------------------------------------------------------------ SPA
-@pytest.fixture
-def authority(tmp_path):
-    auth = Authority.generate()
-    pub = tmp_path / "authority.pub"
-    pub.write_bytes(public_key_pem(auth.public_key))
-    crl = tmp_path / "crl.bin"
-    crl.write_bytes(auth.revocation_list())
-    return auth, pub, crl
-
-
 def _identity(auth, prefix):
     ident = ServiceIdentity.generate()
     ident.authorization = auth.issue(ident.public_key, prefix)

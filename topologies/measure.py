@@ -10,6 +10,7 @@ Standard library only.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -111,11 +112,17 @@ def machine_softirq_s() -> float:
     return int(first[7]) / CLK_TCK
 
 
+def write_result(out: Path, result: Dict[str, Any]) -> None:
+    """A benchmark's JSON result file (bench/results/<name>.json), and a line saying so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
 def bpf_run_ns(names: Iterable[str]) -> Optional[int]:
     """Total run time (ns) of the loaded BPF programs with these names, as the kernel
     counts it with kernel.bpf_stats_enabled=1 (None when stats are off or bpftool
     is missing)."""
-    import json
     try:
         res = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
                              timeout=30)
