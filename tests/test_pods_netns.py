@@ -9,11 +9,13 @@ fast path. Nothing is timed: tests assert who answered, bytes, counts and states
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 
 import pytest
 
+from forwarder.dataplane.fastpath import pins
 from forwarder.spa import ServiceIdentity
 from topologies import podprobe
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
@@ -266,6 +268,8 @@ def test_a_connection_whose_instance_fails_is_reset_not_left_hanging(netns_net):
     probe.wait_more(5, "echoes")
     assert probe.peers() == {"b1"}   # the cheaper instance
     _fail_node(fn, "b")
+    # a killed forwarder could not unpin its maps: its harness does (nothing is left)
+    assert not os.path.exists(pins.pin_dir_for(fn["b"].workdir))
     wait_for(lambda: probe.errors(), HANG_S, what="the connection to fail")
     assert probe.errors()[0]["error"] == "ECONNRESET", probe.errors()
     assert _who(net, cli) == "c1"

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 from forwarder import config as fwd_config
 from forwarder.mgmt.ctl import CtlError, request
 
-from .proc import LabError, Proc, tail
+from .proc import STOP_GRACE_S, LabError, Proc, tail
 from .records import Records
 
 ConfigSource = Union[Dict[str, Any], Callable[[], Dict[str, Any]]]
@@ -105,6 +105,24 @@ class ForwarderApp(Proc):
         return ([{"kind": "bpf_pins", "path": pins.pin_dir_for(self.workdir)}]
                 + [{"kind": "tc_filter", "dev": f.interface, "netns": self.netns}
                    for f in self.node_config.faces if f.type == "ether"])
+
+    def stop(self, timeout: float = STOP_GRACE_S) -> None:
+        super().stop(timeout)
+        self._forget_pins()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash. Its tc programs stay attached in the node's namespace (as
+        after a real crash); its pinned maps, which only it would have removed, go."""
+        super().kill()
+        self._forget_pins()
+
+    def _forget_pins(self) -> None:
+        if self._dataplane_recorded:
+            from forwarder.dataplane.fastpath import pins
+            try:
+                pins.remove_pin_dir(pins.pin_dir_for(self.workdir))
+            except OSError:
+                pass   # `make clean` removes it by the records
 
     def socket_ready(self) -> bool:
         """The process runs and its management socket exists (it serves from then on)."""

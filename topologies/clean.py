@@ -183,9 +183,8 @@ class _Cleaner:
                 self._did("bpf_pins", text)
                 continue
             try:
-                for pin in d.iterdir():
-                    pin.unlink()
-                d.rmdir()
+                from forwarder.dataplane.fastpath.pins import remove_pin_dir
+                remove_pin_dir(d)
                 self._did("bpf_pins", text)
             except OSError as exc:
                 self.fail(f"{text}: {exc}")

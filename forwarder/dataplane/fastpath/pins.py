@@ -66,6 +66,18 @@ def pin_dir_for(workdir: "os.PathLike | str", root: str = PIN_ROOT) -> str:
     return os.path.join(root, digest)
 
 
+def remove_pin_dir(path: "os.PathLike | str") -> bool:
+    """Unpin a node's maps (its folder's files) and remove the folder: what a forwarder
+    does when it stops, for one that could not (killed). True if there was one."""
+    d = os.fspath(path)
+    if not os.path.isdir(d):
+        return False
+    for name in os.listdir(d):
+        os.unlink(os.path.join(d, name))
+    os.rmdir(d)
+    return True
+
+
 def is_bpffs(path: str) -> bool:
     return fs_type(path) == BPF_FS_MAGIC
 
