@@ -314,14 +314,19 @@ def limits(run_dir: Optional[str]) -> dict:
     return out
 
 
+def _fat_tree(net: NetnsNetwork, k: int, res: dict):
+    """The fat tree's namespaces and links on `net`; its run folder and build time into res."""
+    res["run_dir"] = str(net.run_dir)
+    t0 = time.monotonic()
+    nodes, links, hosts = br.build_fat_tree(net, k)
+    res["namespaces_s"] = round(time.monotonic() - t0, 2)
+    return nodes, links, hosts
+
+
 # -- DMSC mode --------------------------------------------------------------------------------
 def run_dmsc(k: int, rest_s: float, window_s: float, res: dict) -> dict:
-    run = new_run_dir("bench-peers-dmsc")
-    res["run_dir"] = str(run)
-    with NetnsNetwork(run) as net:
-        t0 = time.monotonic()
-        nodes, links, hosts = br.build_fat_tree(net, k)
-        res["namespaces_s"] = round(time.monotonic() - t0, 2)
+    with NetnsNetwork(new_run_dir("bench-peers-dmsc")) as net:
+        nodes, links, hosts = _fat_tree(net, k, res)
         mon = MonitorProcess({n: net.node(n).netns for n in nodes}, Records(net.run_dir))
         try:
             wait_for(mon.synced, 30, what="netlink dumps")
@@ -376,12 +381,8 @@ def pick_destination(net: NetnsNetwork, frr: FrrNetwork, src: str, hosts: List[s
 
 def run_frr(k: int, rest_s: float, window_s: float, timers: OspfTimers,
             ignore_linkdown: bool, res: dict) -> dict:
-    run = new_run_dir("bench-peers-frr")
-    res["run_dir"] = str(run)
-    with NetnsNetwork(run) as net:
-        t0 = time.monotonic()
-        nodes, links, hosts = br.build_fat_tree(net, k)
-        res["namespaces_s"] = round(time.monotonic() - t0, 2)
+    with NetnsNetwork(new_run_dir("bench-peers-frr")) as net:
+        nodes, links, hosts = _fat_tree(net, k, res)
         frr = FrrNetwork(net, timers=timers, ignore_linkdown=ignore_linkdown)
         mon = MonitorProcess({n: net.node(n).netns for n in nodes}, Records(net.run_dir))
         try:

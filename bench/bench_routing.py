@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from forwarder.apps.client import Client, DmscError  # noqa: E402
 from topologies.fwd_net import ForwarderNet, intf_between  # noqa: E402
+from topologies.lsa_flood import lsa_flood_frames, send_flood  # noqa: E402
 from topologies.measure import machine_facts, wait_for, write_result  # noqa: E402
 from topologies.netns import NetnsNetwork  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
@@ -290,24 +291,8 @@ def lsa_backlog(hello_ms: int = 100, dead_ms: int = 3000) -> dict:
         try:
             wait_for(lambda: any(n["state"] == "up" for n in fn["x"].status()["routing"]["neighbors"]),
                      60, what="x's adjacency")
-            prefixes = [wire.LsaPrefix(me)] + [wire.LsaPrefix(Name.parse(f"/t/p{i}"), 1) for i in range(30)]
-            body = wire.LsaBody(1, 0, 0, [(x, 1)], prefixes).encode()
-            template = bytearray(eth + wire.Packet(wire.PacketType.LSA, dst=wire.LSA_NAME, src=me,
-                                                   hop_limit=1, payload=body, seq=1).encode())
-            at = len(template) - len(body)
-            frames = []
-            for seq in range(2, 60_002):
-                template[14 + 12:14 + 16] = seq.to_bytes(4, "big")
-                template[at:at + 8] = seq.to_bytes(8, "big")
-                frames.append(bytes(template))
             start = time.monotonic()
-            for i in range(0, len(frames), 200):
-                for f in frames[i:i + 200] + frames[i:i + 20]:
-                    try:
-                        sock.send(f)
-                    except OSError:
-                        pass
-                time.sleep(max(0.0, start + (i + 200) / 20_000 - time.monotonic()))
+            send_flood(sock, lsa_flood_frames(eth, me, x))
             wait_for(lambda: fn["x"].status()["routing"]["lsa_queue"] == 0, 300, interval=0.05,
                      what="x to work off its LSA queue")
             end = time.monotonic()

@@ -264,21 +264,27 @@ def bench_real(n: int, rounds_: int, interval: float) -> dict:
             print(f"bench_scsc: warning: {exc}", file=sys.stderr)
 
 
-def _line_with_scsc(net, interval: float):
-    """a - r - b (static routes), every forwarder reporting to an SCSC; as tests/test_scsc_netns.py."""
-    from topologies.fwd_net import ScscNode
-    from topologies.fwd_net import ForwarderNet, intf_between
+def scsc_net(net, names, links, interval: float):
+    """Nodes and links on `net`, an SCSC on its management network that every node
+    reaches; returns (the ScscNode, a ForwarderNet, the forwarders' common settings)."""
+    from topologies.fwd_net import ForwarderNet, ScscNode
     mgmt = net.add_mgmt_network()
-    for n in ("a", "r", "b"):
+    for n in names:
         net.add_node(n)
     scsc = ScscNode(net, mgmt, lifetime=30).start()
-    for n in ("a", "r", "b"):
+    for n in names:
         mgmt.attach(n)
-    net.add_link("a", "r")
-    net.add_link("r", "b")
-    i = lambda x, y: intf_between(net, x, y)  # noqa: E731
-    fn = ForwarderNet(net)
+    for a, b in links:
+        net.add_link(a, b)
     common = dict(scsc=scsc.southbound, telemetry_interval_s=interval, log_level="warning")
+    return scsc, ForwarderNet(net), common
+
+
+def _line_with_scsc(net, interval: float):
+    """a - r - b (static routes), every forwarder reporting to an SCSC; as tests/test_scsc_netns.py."""
+    from topologies.fwd_net import intf_between
+    scsc, fn, common = scsc_net(net, ("a", "r", "b"), (("a", "r"), ("r", "b")), interval)
+    i = lambda x, y: intf_between(net, x, y)  # noqa: E731
     fn.add("a", routes=[{"prefix": p, "face": i("a", "r")} for p in ("/crit", "/be", "/node/b")], **common)
     fn.add("r", roles=["sr"], routes=[
         {"prefix": "/crit", "face": i("r", "b")}, {"prefix": "/be", "face": i("r", "b")},
@@ -383,25 +389,15 @@ def bench_critical(rounds_: int, calls: int) -> dict:
 
 def bench_weights(rounds_: int, interval: float = 0.5) -> dict:
     """How long a slow anycast instance takes to lose its weight, and to get it back."""
-    from topologies.fwd_net import ScscNode
     from forwarder.apps.client import Client, DmscError
-    from topologies.fwd_net import ForwarderNet, intf_between
+    from topologies.fwd_net import intf_between
     from topologies.netns import NetnsNetwork
     from topologies.records import new_run_dir
     net = NetnsNetwork(new_run_dir("bench-scsc-weights"))
     load = [round(x, 2) for x in os.getloadavg()]
     try:
-        mgmt = net.add_mgmt_network()
-        for n in ("a", "d1", "d2"):
-            net.add_node(n)
-        scsc = ScscNode(net, mgmt, lifetime=30).start()
-        for n in ("a", "d1", "d2"):
-            mgmt.attach(n)
-        net.add_link("a", "d1")
-        net.add_link("a", "d2")
+        scsc, fn, common = scsc_net(net, ("a", "d1", "d2"), (("a", "d1"), ("a", "d2")), interval)
         i = lambda x, y: intf_between(net, x, y)  # noqa: E731
-        fn = ForwarderNet(net)
-        common = dict(scsc=scsc.southbound, telemetry_interval_s=interval, log_level="warning")
         fn.add("a", routes=[
             {"prefix": "/svc", "face": i("a", "d1"), "instance": "/node/d1"},
             {"prefix": "/svc", "face": i("a", "d2"), "instance": "/node/d2"},

@@ -330,6 +330,14 @@ def fmt(x: Any, nd: int = 1, unit: str = "") -> str:
     return f"{x}{unit}"
 
 
+def md_head(title: str, quick: bool, error: Optional[str]) -> List[str]:
+    """summary.md's first lines: the title with the kind of run, and an early stop."""
+    md = [f"# {title} ({'QUICK' if quick else 'default'} run)", ""]
+    if error:
+        md += [f"**The run stopped early: {error}**", ""]
+    return md
+
+
 def md_table(rows: List[List[Any]], header: List[str]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:

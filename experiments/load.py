@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional
 
 from topologies.measure import wait_for
 
-from .common import (build_topology, Experiment, fmt, issue_identity, lab_facts, md_table,
+from .common import (build_topology, Experiment, fmt, issue_identity, lab_facts, md_head, md_table,
                      parse_list, ProcSet, Progress, Results, rnd, run_main, settle, start_lab)
 from .loadgen import run_in_lab
 
@@ -315,9 +315,7 @@ class LoadExperiment(Experiment):
             head["adaptive_p99_off_ms"] = last["p99_off_ms"]
             if last["p99_on_ms"] and last["p99_off_ms"]:
                 head["adaptive_p99_off_over_on"] = round(last["p99_off_ms"] / last["p99_on_ms"], 2)
-        md = [f"# Load experiment ({'QUICK' if a.quick else 'default'} run)", ""]
-        if error:
-            md += [f"**The run stopped early: {error}**", ""]
+        md = md_head("Load experiment", a.quick, error)
         if self.lab is not None and hasattr(self, "instances"):
             md += [f"{a.topology}, lab run `{self.lab.run_dir}`; client SG {self.client}, "
                    f"{PREFIX} on {', '.join(self.instances)} (equidistant); open-loop Poisson "

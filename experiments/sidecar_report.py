@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, List, Optional
 
-from .common import fmt, md_table, rnd
+from .common import fmt, md_head, md_table, rnd
 
 __all__ = ["fmt", "report", "table_of", "targets"]
 
@@ -207,9 +207,7 @@ def report(exp, error: Optional[str]) -> None:
 def markdown(exp, head: dict, table: dict, per: Optional[dict], error: Optional[str]) -> str:
     from .sidecar import MODES
     a = exp.a
-    md = [f"# Sidecar experiment ({'QUICK' if a.quick else 'default'} run)", ""]
-    if error:
-        md += [f"**The run stopped early: {error}**", ""]
+    md = md_head("Sidecar experiment", a.quick, error)
     if exp.lab is not None and hasattr(exp, "client"):
         md += [f"{a.topology}, lab run `{exp.lab.run_dir}`, DMSC data plane "
                f"**{head.get('dmsc_dataplane')}**. Client pod `bcli` behind {exp.client}, server pods "
@@ -302,15 +300,11 @@ def plot(exp, table: Dict[str, Dict[str, dict]]) -> None:
         rows = exp.scaling
         xs = [r["pods_per_node"] for r in rows]
         with res.figure("sidecar_scaling", ncols=2, size=(11, 4.2)) as (fig, ax):
-            ax[0][0].plot(xs, [r["sidecar_proxies"] for r in rows], "o-", label="sidecars")
-            ax[0][0].plot(xs, [r["dmsc_lib_proxies"] for r in rows], "o-", label="DMSC SG")
-            ax[0][0].plot(xs, [r["dmsc_http_proxies"] for r in rows], "o--", label="DMSC SG + HTTP adapters")
-            ax[0][0].set_xlabel("pods per node")
-            ax[0][0].set_ylabel("proxy processes per node")
-            ax[0][0].legend(fontsize=8)
-            ax[0][1].plot(xs, [r["sidecar_pss_mb"] for r in rows], "o-", label="sidecars")
-            ax[0][1].plot(xs, [r["dmsc_lib_pss_mb"] for r in rows], "o-", label="DMSC SG")
-            ax[0][1].plot(xs, [r["dmsc_http_pss_mb"] for r in rows], "o--", label="DMSC SG + adapters")
-            ax[0][1].set_xlabel("pods per node")
-            ax[0][1].set_ylabel("memory per node, PSS (MB)")
-            ax[0][1].legend(fontsize=8)
+            for i, (what, ylabel) in enumerate((("proxies", "proxy processes per node"),
+                                                ("pss_mb", "memory per node, PSS (MB)"))):
+                for key, style, label in (("sidecar", "o-", "sidecars"), ("dmsc_lib", "o-", "DMSC SG"),
+                                          ("dmsc_http", "o--", "DMSC SG + HTTP adapters")):
+                    ax[0][i].plot(xs, [r[f"{key}_{what}"] for r in rows], style, label=label)
+                ax[0][i].set_xlabel("pods per node")
+                ax[0][i].set_ylabel(ylabel)
+                ax[0][i].legend(fontsize=8)

@@ -59,7 +59,7 @@ from forwarder.dataplane.wire import EchoBody, HopRecord, Packet, PacketType, Tl
 
 from topologies.measure import percentile, proc_cpu_s, wait_for
 
-from .common import (Experiment, fmt, lab_facts, md_table, ns_run, parse_list, Progress, Results,
+from .common import (Experiment, fmt, lab_facts, md_head, md_table, ns_run, parse_list, Progress, Results,
                      rnd, run_main, start_lab)
 
 NAME = "telemetry"
@@ -813,9 +813,7 @@ class TelemetryExperiment(Experiment):
                 "echo_per_s_on": c.get("echo_per_s_on"), "echo_per_s_off": c.get("echo_per_s_off"),
                 "record_util_permille_max": q.get("record_util_permille_max"),
                 "record_queue_max": q.get("record_queue_max")}
-        md = [f"# Telemetry experiment ({'QUICK' if a.quick else 'default'} run)", ""]
-        if error:
-            md += [f"**The run stopped early: {error}**", ""]
+        md = md_head("Telemetry experiment", a.quick, error)
         md += ["Line h1 - r1 - r2 - r3 - h2 with r2 - s1 shaped to "
                f"{a.bw:g} Mbit/s (tbf{', delay ' + format(a.delay, 'g') + ' ms' if a.delay else ''}) and "
                f"r3 - l1 losing {a.loss:g}% per direction (nftables). "

@@ -145,20 +145,15 @@ def test_l4_structs_pack_at_the_header_offsets(probe):
 
 def test_constants_match_header(probe):
     _, _, c = probe
-    assert c["FP_KEY_MAX"] == layout.FP_KEY_MAX
-    assert c["FP_FLOWS_MAX"] == layout.FP_FLOWS_MAX
-    assert c["FP_FACES_MAX"] == layout.FP_FACES_MAX
-    assert c["FP_PREFIXES_MAX"] == layout.FP_PREFIXES_MAX
-    assert c["FP_VERDICTS_MAX"] == layout.FP_VERDICTS_MAX
-    assert c["FP_NO_PREFIX"] == layout.NO_PREFIX
-    assert c["FP_FACE_DOWN"] == layout.FACE_DOWN
-    assert c["FP_V__COUNT"] == len(layout.VERDICTS)
-    assert c["FP_PODS_MAX"] == layout.FP_PODS_MAX
-    assert c["FP_L4_HDR_MAX"] == layout.FP_L4_HDR_MAX
-    assert c["FP_ACT_FORWARD"] == layout.ACT_FORWARD
-    assert c["FP_ACT_DECAP"] == layout.ACT_DECAP
-    assert c["FP_TYPE_IPV4"] == layout.TYPE_IPV4 == int(wire.PacketType.IPV4)
-    assert c["FP_MARK_GATEWAY"] == layout.MARK_GATEWAY
+    python_side = {"FP_KEY_MAX": layout.FP_KEY_MAX, "FP_FLOWS_MAX": layout.FP_FLOWS_MAX,
+                   "FP_FACES_MAX": layout.FP_FACES_MAX, "FP_PREFIXES_MAX": layout.FP_PREFIXES_MAX,
+                   "FP_VERDICTS_MAX": layout.FP_VERDICTS_MAX, "FP_NO_PREFIX": layout.NO_PREFIX,
+                   "FP_FACE_DOWN": layout.FACE_DOWN, "FP_V__COUNT": len(layout.VERDICTS),
+                   "FP_PODS_MAX": layout.FP_PODS_MAX, "FP_L4_HDR_MAX": layout.FP_L4_HDR_MAX,
+                   "FP_ACT_FORWARD": layout.ACT_FORWARD, "FP_ACT_DECAP": layout.ACT_DECAP,
+                   "FP_TYPE_IPV4": layout.TYPE_IPV4, "FP_MARK_GATEWAY": layout.MARK_GATEWAY}
+    assert {k: c[k] for k in python_side} == python_side
+    assert layout.TYPE_IPV4 == int(wire.PacketType.IPV4)
     from forwarder.gateway.addresses import VIP_NET
     assert (c["FP_VIP_NET"], c["FP_VIP_MASK"]) == (layout.VIP_NET, layout.VIP_MASK) == (
         int(VIP_NET.network_address), int(VIP_NET.netmask))
@@ -187,13 +182,11 @@ def test_libbpf_ctypes_match_headers(probe):
         for field, *_ in cls._fields_:
             assert getattr(cls, field).offset == offs[f"{name}.{field}"], f"{name}.{field}"
     assert sizes["__sk_buff"] == libbpf.SKB_CTX_SIZE
-    assert offs["__sk_buff.len"] == libbpf.SKB_OFF_LEN
-    assert offs["__sk_buff.mark"] == libbpf.SKB_OFF_MARK
-    assert offs["__sk_buff.priority"] == libbpf.SKB_OFF_PRIORITY
-    assert offs["__sk_buff.ingress_ifindex"] == libbpf.SKB_OFF_INGRESS_IFINDEX
-    assert offs["__sk_buff.ifindex"] == libbpf.SKB_OFF_IFINDEX
-    assert offs["__sk_buff.gso_segs"] == libbpf.SKB_OFF_GSO_SEGS
-    assert offs["__sk_buff.gso_size"] == libbpf.SKB_OFF_GSO_SIZE
+    skb = {"len": libbpf.SKB_OFF_LEN, "mark": libbpf.SKB_OFF_MARK,
+           "priority": libbpf.SKB_OFF_PRIORITY, "ingress_ifindex": libbpf.SKB_OFF_INGRESS_IFINDEX,
+           "ifindex": libbpf.SKB_OFF_IFINDEX, "gso_segs": libbpf.SKB_OFF_GSO_SEGS,
+           "gso_size": libbpf.SKB_OFF_GSO_SIZE}
+    assert {k: offs[f"__sk_buff.{k}"] for k in skb} == skb
     assert sizes["bpf_prog_info"] == libbpf.PROG_INFO_SIZE
     for f, off in libbpf.PROG_INFO_OFF.items():
         assert offs[f"bpf_prog_info.{f}"] == off, f

@@ -326,14 +326,7 @@ def test_passed_up_unchanged(env, fp, case_id):
     if setup is not None:
         setup(fp)
     before = fp.read_verdicts()
-    r = env.run(data, ifidx)
-    assert r.retval == libbpf.TC_ACT_OK
-    assert r.data == data                                         # never modified
-    assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_PRIORITY) == 0  # nor its priority
-    assert verdict_delta(before, fp.read_verdicts()) == {verdict: 1}
-    assert fp.read_face_stats() == {}
-    assert fp.read_prefix_stats() == {}
-    assert fp.read_flow_stats([FLOW_SLOT])[FLOW_SLOT] == layout.FlowStats()
+    assert_untouched(env, fp, env.run(data, ifidx), data, before, verdict)
 
 
 def test_collision_partner_installed_hits(env, fp):
@@ -477,18 +470,32 @@ def test_encap_hit(env, pod_fp, hdr_len, ip_len, pad_to):
     assert v["encapsulated"] == 1 and sum(v.values()) == 1
 
 
+def l4_of_kind(kind: str, src: str, dst: str, sport: int, dport: int, tcp_flags: int,
+               body: bytes) -> bytes:
+    """A TCP (kind tcp*, with IP options for tcp_ip_options) or UDP packet (no checksum
+    for udp_no_checksum)."""
+    if kind.startswith("tcp"):
+        opts = dict(options=bytes([1, 1, 1, 0])) if kind == "tcp_ip_options" else {}
+        return tcp_packet(src, dst, sport, dport, tcp_flags, body, **opts)
+    return udp_packet(src, dst, sport, dport, body, no_checksum=kind == "udp_no_checksum")
+
+
+def recv_all(sock) -> bytes:
+    """Everything a TCP socket receives until its peer shuts its side down."""
+    chunks = []
+    while True:
+        b = sock.recv(65536)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
 @pytest.mark.parametrize("svc", ["/svc/web", "/svc/webx"])   # headers of even and odd length
 @pytest.mark.parametrize("kind", ["tcp", "udp", "udp_no_checksum", "tcp_ip_options"])
 def test_encap_snat_keeps_checksums(env, pod_fp, kind, svc):
     """The instance's reply: source POD_ADDR -> VIP; both checksums still hold, whatever
     the parity of the header put in front (the rewrite happens before the move)."""
-    body = bytes(range(256)) * 2 + b"odd"
-    if kind.startswith("tcp"):
-        opts = dict(options=bytes([1, 1, 1, 0])) if kind == "tcp_ip_options" else {}
-        ip = tcp_packet(POD_ADDR, PEER_ADDR, SPORT, CPORT, 0x12, body, **opts)
-    else:
-        ip = udp_packet(POD_ADDR, PEER_ADDR, SPORT, CPORT, body,
-                        no_checksum=kind == "udp_no_checksum")
+    ip = l4_of_kind(kind, POD_ADDR, PEER_ADDR, SPORT, CPORT, 0x12, bytes(range(256)) * 2 + b"odd")
     assert checksums_ok(ip)
     hdr = dmsc_header("/pod/a", svc)
     assert len(hdr) % 2 == (svc == "/svc/webx")
@@ -680,12 +687,8 @@ def test_decap_dnat_keeps_checksums(env, pod_fp, kind):
     body = bytes(range(256)) * 3 + b"odd"
     if kind == "tcp_later_fragment":           # no L4 header here: only the IPv4 checksum moves
         ip = ipv4_packet(PEER_ADDR, VIP, 6, body, frag=0x0010)
-    elif kind.startswith("tcp"):
-        opts = dict(options=bytes([1, 1, 1, 0])) if kind == "tcp_ip_options" else {}
-        ip = tcp_packet(PEER_ADDR, VIP, CPORT, SPORT, 0x02, body, **opts)
     else:
-        ip = udp_packet(PEER_ADDR, VIP, CPORT, SPORT, body,
-                        no_checksum=kind == "udp_no_checksum")
+        ip = l4_of_kind(kind, PEER_ADDR, VIP, CPORT, SPORT, 0x02, body)
     pkt = carried(ip)
     install_decap(env, pkt, nat_addr=POD_ADDR)
     r = env.run(frame(pkt))
@@ -1001,13 +1004,7 @@ def _serve_once(ls: socket.socket, result: dict, reply: bytes) -> None:
         conn, peer = ls.accept()
         with conn:
             conn.settimeout(30)
-            chunks = []
-            while True:
-                b = conn.recv(65536)
-                if not b:
-                    break
-                chunks.append(b)
-            result["got"] = b"".join(chunks)
+            result["got"] = recv_all(conn)
             result["peer"] = peer
             conn.sendall(reply)
     except Exception as exc:  # reported by the test thread
@@ -1124,17 +1121,12 @@ def test_end_to_end_pods_through_two_sgs(env):
         assert c.getpeername() == (VIP, SPORT)         # the client only ever sees the VIP
         c.sendall(request)
         c.shutdown(socket.SHUT_WR)
-        got = []
-        while True:
-            b = c.recv(65536)
-            if not b:
-                break
-            got.append(b)
+        got = recv_all(c)
         t.join(30)
         assert "error" not in result, result.get("error")
         assert result["peer"] == (POD_A, CPORT)        # the server sees the client's address
         assert result["got"] == request
-        assert b"".join(got) == reply
+        assert got == reply
 
         seen = []
         for s in caps:

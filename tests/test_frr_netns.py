@@ -85,12 +85,18 @@ def _route(frr: FrrNetwork, node: str, dst: str) -> dict:
     return next((r for r in frr[node].routes() if r["dst"] in (dst, f"{dst}/32")), {})
 
 
-@pytest.mark.netns
-def test_frr_converges_and_routes_ip(netns_net: NetnsNetwork) -> None:
+def _started_triangle(net: NetnsNetwork):
+    """The triangle with FRR on every node, converged (hang limit HANG_S)."""
     _need_frr()
-    frr = _triangle(netns_net)
+    frr = _triangle(net)
     frr.start_all()
     frr.wait_converged(HANG_S)
+    return frr
+
+
+@pytest.mark.netns
+def test_frr_converges_and_routes_ip(netns_net: NetnsNetwork) -> None:
+    frr = _started_triangle(netns_net)
     # each daemon is recorded for `clean`, and keeps its files in the node's work folder
     recorded = {e["pid"] for e in read_records(netns_net.run_dir) if e["kind"] == "pid"}
     for n in ("a", "b", "c"):
@@ -113,10 +119,7 @@ def test_frr_converges_and_routes_ip(netns_net: NetnsNetwork) -> None:
 
 @pytest.mark.netns
 def test_link_cut_moves_the_route(netns_net: NetnsNetwork) -> None:
-    _need_frr()
-    frr = _triangle(netns_net)
-    frr.start_all()
-    frr.wait_converged(HANG_S)
+    frr = _started_triangle(netns_net)
     c_lo = frr.loopbacks["c"]
     direct, around = intf_between(netns_net, "a", "c"), intf_between(netns_net, "a", "b")
     wait_for(lambda: route_devs(_route(frr, "a", c_lo)) == [direct], HANG_S, interval=0.05,

@@ -510,16 +510,20 @@ def test_constructor_checks_timers():
 
 
 # ========================================================= reliable flooding
+def _drop_first(at: str, ptype: int, n: int, lost: Counter):
+    """A Net.drop that loses the first n packets of type ptype sent by `at` (counted in lost)."""
+    def drop(x, f, p):
+        if x == at and p.type == ptype and lost[at] < n:
+            lost[at] += 1
+            return True
+        return False
+    return drop
+
+
 def test_lost_lsas_are_retransmitted():
     net = Net()
     lost = Counter()
-
-    def drop(x, f, p):
-        if x == "a" and p.type == PacketType.LSA and lost["a"] < 3:
-            lost["a"] += 1
-            return True
-        return False
-    net.drop = drop
+    net.drop = _drop_first("a", PacketType.LSA, 3, lost)
     net.link("a", "b")
     t = net.run_until(lambda: any(e["originator"] == "/node/a"
                                   for e in net.routers["b"].lsdb()["lsas"]), timeout=2)
@@ -534,13 +538,7 @@ def test_lost_lsas_are_retransmitted():
 def test_lost_acks_cause_retransmission_then_duplicates_are_counted():
     net = Net()
     lost = Counter()
-
-    def drop(x, f, p):
-        if x == "b" and p.type == PacketType.ACK and lost["b"] < 2:
-            lost["b"] += 1
-            return True
-        return False
-    net.drop = drop
+    net.drop = _drop_first("b", PacketType.ACK, 2, lost)
     net.link("a", "b")
     net.run_until(net.converged)
     net.run(0.6)
@@ -768,14 +766,20 @@ def random_connected(n: int, extra: int, rng: random.Random) -> List[Tuple[str, 
     return links
 
 
-def test_twenty_node_random_graph_matches_reference_dijkstra():
-    rng = random.Random(20)
-    links = random_connected(20, 14, rng)
+def _net_of(links):
+    """A simulated network of these (a, b, cost) links, and its edge costs both ways."""
     net = Net()
     edges = {}
     for a, b, c in links:
         net.link(a, b, c)
         edges[a, b] = edges[b, a] = c
+    return net, edges
+
+
+def test_twenty_node_random_graph_matches_reference_dijkstra():
+    rng = random.Random(20)
+    links = random_connected(20, 14, rng)
+    net, edges = _net_of(links)
     names = sorted(net.routers)
     t = net.run_until(net.converged, timeout=3)
     assert t < 0.5
@@ -807,11 +811,7 @@ def test_lossy_links_still_converge_to_the_reference():
     """10 % of every control packet lost, all the time: reliable flooding copes."""
     rng = random.Random(7)
     links = random_connected(12, 8, rng)
-    net = Net()
-    edges = {}
-    for a, b, c in links:
-        net.link(a, b, c)
-        edges[a, b] = edges[b, a] = c
+    net, edges = _net_of(links)
     net.drop = lambda x, f, p: rng.random() < 0.1
     names = sorted(net.routers)
     d = floyd(names, edges)

@@ -20,6 +20,7 @@ from forwarder.apps.client import CallTimeout, Client, DmscError, NackError
 from forwarder.dataplane.names import Name
 from forwarder.spa import Authority, ServiceIdentity
 from topologies.fwd_net import ForwarderNet, intf_between, wait_for
+from topologies.lsa_flood import lsa_flood_frames, send_flood
 from topologies.nsenter import socket_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.dataplanes]
@@ -385,28 +386,8 @@ def test_lsa_backlog_does_not_silence_hellos_and_acks(netns_net):
         n_before = len(events)
         # LSAs of t with rising sequence numbers: each one is news, none is merged; 30
         # prefixes each make them slow enough to process that a backlog always forms
-        prefixes = [wire.LsaPrefix(me)] + [wire.LsaPrefix(Name.parse(f"/t/p{i}"), 1)
-                                           for i in range(30)]
-        body = wire.LsaBody(1, 0, 0, [(x, 1)], prefixes).encode()
-        template = bytearray(eth + wire.Packet(wire.PacketType.LSA, dst=wire.LSA_NAME, src=me,
-                                               hop_limit=1, payload=body, seq=1).encode())
-        at = len(template) - len(body)  # the body's seq; the header's is at 14 + 12
-        frames = []
-        for seq in range(2, 60_002):  # 3 s of flood
-            template[14 + 12:14 + 16] = seq.to_bytes(4, "big")
-            template[at:at + 8] = seq.to_bytes(8, "big")
-            frames.append(bytes(template))
-        # 20,000 LSAs a second for 3 s (in bursts of 200 every 10 ms): several
-        # times what x can process, without merely overrunning its receive ring
         start = time.monotonic()
-        for i in range(0, len(frames), 200):
-            # ... and the first 20 of each burst again, as a retransmitting neighbour would
-            for f in frames[i:i + 200] + frames[i:i + 20]:
-                try:
-                    sock.send(f)
-                except OSError:
-                    pass  # a full queue towards x: the flood only has to outpace it
-            time.sleep(max(0.0, start + (i + 200) / 20_000 - time.monotonic()))
+        send_flood(sock, lsa_flood_frames(eth, me, x))
         # x is behind from the first seconds of the flood until its queue is empty again
         # (tens of seconds on a busy machine: the limit only catches a hang)
         wait_for(lambda: fn["x"].status()["routing"]["lsa_queue"] == 0, 2 * HANG_S,

@@ -24,22 +24,6 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def socket_in(netns: str, family: int, type_: int, proto: int = 0) -> socket.socket:
-    """socket.socket(family, type_, proto) created inside /run/netns/<netns>."""
-    with _lock:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                return socket.socket(family, type_, proto)
-            finally:
-                _setns(own)
-        finally:
-            os.close(own)
-            os.close(target)
-
-
 @contextmanager
 def in_netns(netns: str) -> Iterator[None]:
     """Run the block in /run/netns/<netns> (this thread only), then come back: for
@@ -56,3 +40,9 @@ def in_netns(netns: str) -> Iterator[None]:
         finally:
             os.close(own)
             os.close(target)
+
+
+def socket_in(netns: str, family: int, type_: int, proto: int = 0) -> socket.socket:
+    """socket.socket(family, type_, proto) created inside /run/netns/<netns>."""
+    with in_netns(netns):
+        return socket.socket(family, type_, proto)
