@@ -324,15 +324,16 @@ def _fat_tree(net: NetnsNetwork, k: int, res: dict):
 
 
 # -- DMSC mode --------------------------------------------------------------------------------
-def run_dmsc(k: int, rest_s: float, window_s: float, res: dict) -> dict:
+def run_dmsc(k: int, rest_s: float, window_s: float, res: dict, dataplane: str = "auto") -> dict:
     with NetnsNetwork(new_run_dir("bench-peers-dmsc")) as net:
         nodes, links, hosts = _fat_tree(net, k, res)
         mon = MonitorProcess({n: net.node(n).netns for n in nodes}, Records(net.run_dir))
         try:
             wait_for(mon.synced, 30, what="netlink dumps")
             t_launch = time.monotonic()
-            fn = br.start_forwarders(net, nodes, hosts)
+            fn = br.start_forwarders(net, nodes, hosts, dataplane)
             t_started = time.monotonic()
+            res["dataplane"] = fn[hosts[0]].status()["dataplane"]["reason"]
             br.wait_converged(fn, nodes)
             t_conv = time.monotonic()
             res["start_s"] = round(t_started - t_launch, 2)
@@ -469,7 +470,7 @@ def run_frr(k: int, rest_s: float, window_s: float, timers: OspfTimers,
                                      "run of unanswered probes, from the send times around it"}
             res["netlink_overruns"] = mon.overruns()
             res["ospf_adjacency_deletions_logged"] = sum(
-                (run / n / "frr-ospfd.log").read_text(errors="replace").count("-> Deleted")
+                (net.run_dir / n / "frr-ospfd.log").read_text(errors="replace").count("-> Deleted")
                 for n in nodes)
         finally:
             mon.stop()
@@ -490,6 +491,9 @@ def main() -> int:
     ap.add_argument("--bfd-ms", type=int, default=OspfTimers.bfd_rx_ms,
                     help="FRR: BFD receive and transmit interval (default %(default)s; FRR allows 10)")
     ap.add_argument("--no-bfd", action="store_true", help="FRR: OSPF without BFD")
+    ap.add_argument("--dataplane", choices=["auto", "ebpf", "python"], default="auto",
+                    help="the DMSC forwarders' data plane (default auto: the kernel fast path where "
+                         "it loads)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -521,7 +525,7 @@ def main() -> int:
         r = {"mode": mode}
         try:
             if mode == "dmsc":
-                run_dmsc(args.k, args.rest, args.window, r)
+                run_dmsc(args.k, args.rest, args.window, r, args.dataplane)
             elif mode == "frr":
                 run_frr(args.k, args.rest, args.window, timers, not args.keep_linkdown_routes, r)
             else:
