@@ -261,6 +261,8 @@ class NetworkState:
                                "interval_s": f.interval_s, "reports": f.telemetry_count,
                                "fib_changed_at": f.fib_changed_at, "fib_digest": f.fib_digest,
                                "route_changes": f.route_changes, **f.rates}
+                if f.last and f.last.get("l4"):   # a gateway's carried connections (pods)
+                    out[f.node]["l4"] = f.last["l4"]
             return {"forwarders": out}
 
     def policy_view(self) -> dict:

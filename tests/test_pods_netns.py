@@ -41,9 +41,10 @@ def _serve(net, pod, name: str) -> None:
                                  check=False).returncode == 0, HANG_S, what=f"{name}'s servers")
 
 
-def _fan(net, servers=("b",), rules_r=()):
+def _fan(net, servers=("b",), rules_r=(), **common):
     """client pod `cli` behind SG a; a - r; r - b and r - c; a server pod behind each
-    SG in `servers`, serving /svc; static routes, /svc at r via b (cost 1) and c (5)."""
+    SG in `servers`, serving /svc; static routes, /svc at r via b (cost 1) and c (5).
+    `common`: configuration every node gets (an SCSC to report to)."""
     for n in ("a", "r", "b", "c"):
         net.add_node(n)
     for l in (("a", "r"), ("r", "b"), ("r", "c")):
@@ -53,16 +54,16 @@ def _fan(net, servers=("b",), rules_r=()):
     pods = {s: net.add_pod(s, f"{s}1", services=["/svc"]) for s in servers}
     mtu = pod_mtu()
     fn = ForwarderNet(net)
-    fn.add("a", pods=[cli.forwarder_config(mtu, _no_identity)],
+    fn.add("a", pods=[cli.forwarder_config(mtu, _no_identity)], **common,
            routes=[{"prefix": "/svc", "face": i("a", "r")}, {"prefix": "/node", "face": i("a", "r")}])
-    fn.add("r", roles=["sr"], rules=list(rules_r), routes=[
+    fn.add("r", roles=["sr"], rules=list(rules_r), **common, routes=[
         {"prefix": "/svc", "face": i("r", "b"), "cost": 1, "instance": "/node/b"},
         {"prefix": "/svc", "face": i("r", "c"), "cost": 5, "instance": "/node/c"},
         {"prefix": "/node/a", "face": i("r", "a")}, {"prefix": "/node/b", "face": i("r", "b")},
         {"prefix": "/node/c", "face": i("r", "c")}])
     for s in ("b", "c"):
         extra = {"pods": [pods[s].forwarder_config(mtu, _no_identity)]} if s in pods else {}
-        fn.add(s, routes=[{"prefix": "/node/a", "face": i(s, "r")}], **extra)
+        fn.add(s, routes=[{"prefix": "/node/a", "face": i(s, "r")}], **extra, **common)
     fn.start_all()
     for s, pod in pods.items():
         _serve(net, pod, f"{s}1")
@@ -320,6 +321,31 @@ def test_state_expires_when_connections_close(netns_net):
             wait_for(lambda: _kernel(fn[n])["kernel_flows"] == 0, HANG_S,
                      what=f"{n}'s kernel entries to go")
     assert _gateway(fn["a"])["conntrack"]["closed"] == 3
+
+
+def test_the_scsc_sees_the_gateways_connections(netns_net):
+    """The gateways report their pods' connections to the SCSC with their telemetry."""
+    from topologies.fwd_net import ScscNode
+    net = netns_net
+    mgmt = net.add_mgmt_network()
+    scsc = ScscNode(net, mgmt).start()
+    fn, cli, _ = _fan(net, scsc=scsc.southbound, telemetry_interval_s=0.2)
+    for n in ("a", "r", "b", "c"):
+        mgmt.attach(n)
+    probe = Probe(net, cli, fn=fn)
+    probe.wait_more(5, "echoes")
+
+    def reported(node: str) -> dict:
+        return scsc.rest.get(f"/telemetry?node=/node/{node}")["forwarders"].get(
+            f"/node/{node}", {}).get("l4") or {}
+    from controller.rest_client import ScscHttpError   # 404 until the node has reported
+    wait_for(lambda: reported("a").get("open", 0) >= 1 and reported("b").get("open", 0) >= 1,
+             HANG_S, what="the SCSC to hear of the open connection from both gateways",
+             retry_on=(ScscHttpError,))
+    assert reported("a")["opened"] >= 1 and reported("b")["packets_to_pods"] >= 1
+    r = wait_for(lambda: scsc.rest.get("/telemetry?node=/node/r")["forwarders"]["/node/r"], HANG_S,
+                 what="r's report", retry_on=(ScscHttpError,))
+    assert "l4" not in r   # a router carries no connection of its own
 
 
 def test_only_authorized_prefixes_get_an_address_and_revoked_ones_lose_it(netns_net, authority,

@@ -400,7 +400,8 @@ class ScscAgent:
                 "nacks_sent": ct.get("nacks_sent") or {}, "flows": st.get("flows"),
                 "rules": st.get("rules"), "fib": fibj,
                 "local_prefixes": st.get("local_prefixes") or [],
-                "policy_version": self.version}
+                "policy_version": self.version,
+                **({"l4": ct["l4"]} if ct.get("l4") else {})}   # a gateway's pods' connections
 
     def _kernel_stats(self, ifnames: Dict[str, str]) -> Dict[str, dict]:
         """Per face: the kernel's tx drops and the root qdisc's drops and backlog
