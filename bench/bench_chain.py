@@ -2,8 +2,9 @@
 """Chain benchmark: what one Service Router hop costs -- Python forwarder, kernel fast
 path (eBPF), kernel IPv4 forwarding -- measured side by side in one run.
 
-Topology (network namespaces, veth, static routes):  a -- r1 -- ... -- rN -- b, N = 2 and 8.
-a and b are Service Gateways, r1..rN Service Routers.
+Topology (network namespaces, veth, static routes):  a -- r1 -- ... -- rN -- b, N = 2 and 8,
+both chains built at once (two sets of namespaces). a and b are Service Gateways, r1..rN
+Service Routers.
 
   * DMSC (dataplane python, then ebpf): a closed loop of calls on one established flow
     from the client library at a to an echo service on the client library at b
@@ -12,28 +13,38 @@ a and b are Service Gateways, r1..rN Service Routers.
   * kernel: the same veths with IPv4 addresses and routes (ip_forward on the routers),
     a UDP echo server in b and a client in a, both plain Python sockets in this process
     (as light as the DMSC echo service, which also runs in this process).
-  * Each sample: one request-response, timed in the client (perf_counter_ns). The first
-    200 are discarded (flow decisions, kernel entries, caches).
-  * hop cost, one way: frames of one established flow sent from a raw socket on a's
-    interface into r1 and taken off b's interface by a busy-polling raw socket, timed
-    in this process (bench_forwarder.measure_latency), through 2 and 8 routers:
-    (p50 with 8 - p50 with 2) / 6 is one router hop, with no SG on the path (DMSC: DATA
-    frames to /node/b/_sink; kernel: UDP frames to b's address).
-  * the same from the closed-loop RTTs: (p50 RTT with 8 routers - with 2) / (2 x 6),
-    where the two SGs' Python and the applications' wake-ups add their noise.
+  * Each call: one request-response, timed in the client (perf_counter_ns), after 200
+    unrecorded ones (flow decisions, kernel entries, caches).
+  * One way: frames of one established flow sent from a raw socket on a's interface into
+    r1 and taken off b's interface by a busy-polling raw socket, timed in this process
+    (bench_forwarder.measure_latency), with no SG on the path (DMSC: DATA frames to
+    /node/b/_sink; kernel: UDP frames to b's address).
+  * Interleaved: per data plane, the samples are taken in rounds (--blocks); each round
+    runs a block of calls and a block of frames on the 2-router chain and on the
+    8-router one, the order alternating, so that the machine's drift (frequency,
+    caches, other load) falls on both lengths alike.
+  * One router hop, one way: (p50 with 8 - p50 with 2) / 6 from the frames, and
+    (p50 RTT with 8 - with 2) / (2 x 6) from the calls (where the SGs' Python and the
+    applications' wake-ups add their noise). Each is also computed round by round; the
+    standard error of those estimates is recorded beside it, and the eBPF/kernel ratio
+    is given only where both hops stand out from zero by two standard errors.
 
 Writes bench/results/chain.json: chain_rtt_us_p50_{python,ebpf,kernel} (8 routers),
 their p99s, the 2-router figures (..._2sr), chain_hop_us_{python,ebpf,kernel} (one way,
-from frames) and chain_hop_us_{python,ebpf,kernel}_rtt (from the RTTs).
+from frames) with _stderr and _rounds, chain_hop_us_{python,ebpf,kernel}_rtt (from the
+calls) with _rtt_stderr, and ebpf_vs_kernel_hop(_rtt) or a note saying why there is none.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import socket
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Dict, List
 
@@ -55,7 +66,6 @@ from forwarder.dataplane.wire import ETHERTYPE, Packet, PacketType  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 PAYLOAD = b"0123456789abcdef"
 WARMUP = 200
-RESOLUTION_US = 0.5   # one-way p50s of the two chain lengths differ by noise below this
 UDP_PORT = 7007
 
 
@@ -68,35 +78,55 @@ def chain(net: NetnsNetwork, n: int) -> List[str]:
     return names
 
 
-def dmsc_rtts(net: NetnsNetwork, names: List[str], mode: str, samples: int) -> dict:
-    fn = ForwarderNet(net)
-    routes = line_routes(names, lambda x, y: intf_between(net, x, y))
-    for x in names:
-        extra = [{"prefix": "/echo", "face": intf_between(net, x, names[names.index(x) + 1])}] \
-            if x != "b" else []
-        fn.add(x, roles=["sg", "sr"] if x in ("a", "b") else ["sr"], log_level="warning",
-               dataplane=mode, routes=routes[x] + extra)
-    fn.start_all()
-    try:
-        with Client(fn["b"].app_socket) as server, Client(fn["a"].app_socket, timeout=2) as cli:
-            server.serve("/echo", lambda payload, req: payload)
-            wait_for(lambda: "/echo" in fn["b"].status()["local_prefixes"], 30, what="registration")
-            out = []
-            clock = time.perf_counter_ns
-            for i in range(samples + WARMUP):
-                t0 = clock()
-                if cli.call("/echo", PAYLOAD) != PAYLOAD:
-                    raise RuntimeError("the echo service answered something else")
-                if i >= WARMUP:
-                    out.append((clock() - t0) / 1000.0)
-        oneway = oneway_dmsc(net, names, samples)
-        routers = [x for x in names if x.startswith("r")]
-        kernel = {x: fn[x].status()["dataplane"] for x in routers}
-        return {"rtts": out, "oneway": oneway, "dataplane": kernel[routers[0]]["reason"],
+class DmscChain:
+    """Forwarders on one chain (data plane `mode`), an echo service on the client library
+    at b, a client at a; blocks of closed-loop calls and of one-way frames on demand."""
+
+    def __init__(self, net: NetnsNetwork, names: List[str], mode: str) -> None:
+        self.net, self.names, self.mode = net, names, mode
+        self.fn = ForwarderNet(net)
+        routes = line_routes(names, lambda x, y: intf_between(net, x, y))
+        for x in names:
+            extra = [{"prefix": "/echo", "face": intf_between(net, x, names[names.index(x) + 1])}] \
+                if x != "b" else []
+            self.fn.add(x, roles=["sg", "sr"] if x in ("a", "b") else ["sr"], log_level="warning",
+                        dataplane=mode, routes=routes[x] + extra)
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "DmscChain":
+        self._stack.callback(self.fn.stop_all)
+        self.fn.start_all()
+        server = self._stack.enter_context(Client(self.fn["b"].app_socket))
+        self.cli = self._stack.enter_context(Client(self.fn["a"].app_socket, timeout=2))
+        server.serve("/echo", lambda payload, req: payload)
+        wait_for(lambda: "/echo" in self.fn["b"].status()["local_prefixes"], 30, what="registration")
+        self.rtt_block(WARMUP)   # flow decisions, kernel entries, caches
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def rtt_block(self, k: int) -> List[float]:
+        out = []
+        clock = time.perf_counter_ns
+        for _ in range(k):
+            t0 = clock()
+            if self.cli.call("/echo", PAYLOAD) != PAYLOAD:
+                raise RuntimeError("the echo service answered something else")
+            out.append((clock() - t0) / 1000.0)
+        return out
+
+    def oneway_block(self, k: int) -> List[float]:
+        a_if, a_mac, r1_mac, b_if = _ends(self.net, self.names)
+        return measure_latency(self.net, "a", a_if, "b", b_if,
+                               lambda i: sink_frame(r1_mac, a_mac, i), ETHERTYPE, k)
+
+    def facts(self) -> dict:
+        routers = [x for x in self.names if x.startswith("r")]
+        kernel = {x: self.fn[x].status()["dataplane"] for x in routers}
+        return {"dataplane": kernel[routers[0]]["reason"],
                 "routers_in_kernel": sum(1 for d in kernel.values()
                                          if d.get("verdicts", {}).get("redirected", 0) > 0)}
-    finally:
-        fn.stop_all()
 
 
 def _ends(net: NetnsNetwork, names: List[str]) -> tuple:
@@ -113,126 +143,176 @@ def sink_frame(dst_mac: bytes, src_mac: bytes, seq: int) -> bytes:
     return (dst_mac + src_mac + ETHERTYPE.to_bytes(2, "big") + pkt).ljust(60, b"\0")
 
 
-def oneway_dmsc(net: NetnsNetwork, names: List[str], samples: int) -> List[float]:
-    a_if, a_mac, r1_mac, b_if = _ends(net, names)
-    return measure_latency(net, "a", a_if, "b", b_if, lambda i: sink_frame(r1_mac, a_mac, i),
-                           ETHERTYPE, samples)
+class KernelChain:
+    """IPv4 on the same veths: a /31 per link, routes both ways, a UDP echo in b (a plain
+    socket in this process, as light as the DMSC echo service) and a client in a."""
 
+    def __init__(self, net: NetnsNetwork, names: List[str]) -> None:
+        self.net, self.names = net, names
+        links = list(zip(names, names[1:]))
+        addr: Dict[tuple, str] = {}
+        for i, (x, y) in enumerate(links):
+            addr[(i, x)], addr[(i, y)] = f"10.88.{i}.0", f"10.88.{i}.1"
+            net.node(x).add_addr(intf_between(net, x, y), f"{addr[(i, x)]}/31")
+            net.node(y).add_addr(intf_between(net, y, x), f"{addr[(i, y)]}/31")
+        self.a_ip, self.b_ip = addr[(0, "a")], addr[(len(links) - 1, "b")]
+        for k, x in enumerate(names):
+            if 0 < k < len(names) - 1:
+                net.node(x).cmd(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+            if k < len(names) - 1:   # towards b
+                net.node(x).cmd(["ip", "route", "replace", f"{self.b_ip}/32", "via", addr[(k, names[k + 1])]])
+            if k > 0:                # towards a
+                net.node(x).cmd(["ip", "route", "replace", f"{self.a_ip}/32", "via", addr[(k - 1, names[k - 1])]])
+        self._stop = threading.Event()
 
-def kernel_rtts(net: NetnsNetwork, names: List[str], samples: int) -> dict:
-    """IPv4 on the same veths: a /31 per link, routes both ways, a UDP echo in b."""
-    links = list(zip(names, names[1:]))
-    addr: Dict[tuple, str] = {}
-    for i, (x, y) in enumerate(links):
-        addr[(i, x)], addr[(i, y)] = f"10.88.{i}.0", f"10.88.{i}.1"
-        net.node(x).add_addr(intf_between(net, x, y), f"{addr[(i, x)]}/31")
-        net.node(y).add_addr(intf_between(net, y, x), f"{addr[(i, y)]}/31")
-    a_ip, b_ip = addr[(0, "a")], addr[(len(links) - 1, "b")]
-    for k, x in enumerate(names):
-        if 0 < k < len(names) - 1:
-            net.node(x).cmd(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        if k < len(names) - 1:   # towards b
-            net.node(x).cmd(["ip", "route", "replace", f"{b_ip}/32", "via", addr[(k, names[k + 1])]])
-        if k > 0:                # towards a
-            net.node(x).cmd(["ip", "route", "replace", f"{a_ip}/32", "via", addr[(k - 1, names[k - 1])]])
-    srv = socket_in(net.node("b").netns, socket.AF_INET, socket.SOCK_DGRAM)
-    srv.bind((b_ip, UDP_PORT))
-    stop = threading.Event()
+    def __enter__(self) -> "KernelChain":
+        self.srv = socket_in(self.net.node("b").netns, socket.AF_INET, socket.SOCK_DGRAM)
+        self.srv.bind((self.b_ip, UDP_PORT))
+        self._thread = threading.Thread(target=self._echo, daemon=True)
+        self._thread.start()
+        self.cli = socket_in(self.net.node("a").netns, socket.AF_INET, socket.SOCK_DGRAM)
+        self.cli.settimeout(2)
+        self.cli.connect((self.b_ip, UDP_PORT))
+        self.rtt_block(WARMUP)
+        return self
 
-    def echo() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
+    def _echo(self) -> None:
+        self.srv.settimeout(0.2)
+        while not self._stop.is_set():
             try:
-                data, peer = srv.recvfrom(2048)
+                data, peer = self.srv.recvfrom(2048)
             except socket.timeout:
                 continue
-            srv.sendto(data, peer)
-    t = threading.Thread(target=echo, daemon=True)
-    t.start()
-    cli = socket_in(net.node("a").netns, socket.AF_INET, socket.SOCK_DGRAM)
-    cli.settimeout(2)
-    cli.connect((b_ip, UDP_PORT))
-    out = []
-    clock = time.perf_counter_ns
-    try:
-        for i in range(samples + WARMUP):
+            self.srv.sendto(data, peer)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.cli.close()
+        self.srv.close()
+
+    def rtt_block(self, k: int) -> List[float]:
+        out = []
+        clock = time.perf_counter_ns
+        for _ in range(k):
             t0 = clock()
-            cli.send(PAYLOAD)
-            if cli.recv(2048) != PAYLOAD:
+            self.cli.send(PAYLOAD)
+            if self.cli.recv(2048) != PAYLOAD:
                 raise RuntimeError("the UDP echo answered something else")
-            if i >= WARMUP:
-                out.append((clock() - t0) / 1000.0)
-    finally:
-        stop.set()
-        t.join(2)
-        cli.close()
-        srv.close()
-    a_if, a_mac, r1_mac, b_if = _ends(net, names)
-    oneway = measure_latency(net, "a", a_if, "b", b_if,
-                             lambda i: udp_frame(r1_mac, a_mac, a_ip, b_ip, len(PAYLOAD)),
-                             0x0800, samples)
-    return {"rtts": out, "oneway": oneway}
+            out.append((clock() - t0) / 1000.0)
+        return out
+
+    def oneway_block(self, k: int) -> List[float]:
+        a_if, a_mac, r1_mac, b_if = _ends(self.net, self.names)
+        return measure_latency(self.net, "a", a_if, "b", b_if,
+                               lambda i: udp_frame(r1_mac, a_mac, self.a_ip, self.b_ip, len(PAYLOAD)),
+                               0x0800, k)
+
+    def facts(self) -> dict:
+        return {}
+
+
+def interleaved(chains: Dict[int, object], samples: int, blocks: int) -> Dict[int, dict]:
+    """`blocks` rounds; in each, a block of calls and one of one-way frames on every chain,
+    the chains' order alternating round by round, so that a drift of the machine's state
+    (frequency, caches, the neighbours' load) falls on every chain length alike."""
+    per = max(1, samples // blocks)
+    out = {n: {"rtts": [], "oneway": [], "block_rtt_p50": [], "block_oneway_p50": []} for n in chains}
+    for rnd in range(blocks):
+        for n in (sorted(chains) if rnd % 2 == 0 else sorted(chains, reverse=True)):
+            r, o = chains[n].rtt_block(per), chains[n].oneway_block(per)
+            out[n]["rtts"] += r
+            out[n]["oneway"] += o
+            out[n]["block_rtt_p50"].append(percentile(r, 50))
+            out[n]["block_oneway_p50"].append(percentile(o, 50))
+    return out
+
+
+def hop_estimate(long: dict, short: dict, hops: int, kind: str) -> dict:
+    """One router hop, one way, from the two chains' p50s (`kind` "oneway": frames; "rtt":
+    calls, halved): pooled, and round by round -- the spread of the rounds' estimates says
+    how far the pooled figure can be trusted."""
+    samples, per_way = ("rtts", 2) if kind == "rtt" else ("oneway", 1)
+    pooled = (percentile(long[samples], 50) - percentile(short[samples], 50)) / (per_way * hops)
+    rounds = [(lg - sh) / (per_way * hops)
+              for lg, sh in zip(long[f"block_{kind}_p50"], short[f"block_{kind}_p50"])]
+    sem = statistics.stdev(rounds) / math.sqrt(len(rounds)) if len(rounds) > 1 else None
+    return {"us": round(pooled, 2), "rounds_us": [round(x, 2) for x in rounds],
+            "stderr_us": round(sem, 2) if sem is not None else None}
+
+
+def hop_ratio(ebpf: dict, kernel: dict) -> tuple:
+    """ebpf / kernel, or None with the reason when the kernel's hop is not resolved from zero
+    (below two standard errors of its rounds' estimates) or the eBPF one is not either."""
+    for name, h in (("kernel", kernel), ("ebpf", ebpf)):
+        if h["stderr_us"] is None or h["us"] <= 2 * h["stderr_us"]:
+            return None, (f"{name} hop {h['us']} us, standard error {h['stderr_us']} us over "
+                          f"{len(h['rounds_us'])} rounds: not resolved from zero")
+    return round(ebpf["us"] / kernel["us"], 2), None
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=3000, help="round trips per path (default 3000)")
-    ap.add_argument("--routers", default="2,8", help="chain lengths (default 2,8)")
+    ap.add_argument("--samples", type=int, default=3000, help="round trips and frames per path (default 3000)")
+    ap.add_argument("--blocks", type=int, default=10,
+                    help="rounds the samples are split into, chains alternating (default 10)")
+    ap.add_argument("--routers", default="2,8", help="two chain lengths (default 2,8)")
     ap.add_argument("--out", type=Path, default=RESULTS / "chain.json")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_chain: needs root (network namespaces)", file=sys.stderr)
         return 2
-    lengths = [int(x) for x in args.routers.split(",")]
+    lengths = sorted(int(x) for x in args.routers.split(","))
+    if len(lengths) != 2 or lengths[0] == lengths[1] or lengths[0] < 1:
+        ap.error("--routers takes two different chain lengths of at least 1, e.g. 2,8")
+    if args.blocks < 2 or args.samples < args.blocks:
+        ap.error("--blocks must be at least 2 and at most --samples")
+    short, long = lengths
     result: dict = {"bench": "chain", "machine": machine_facts(), "method": __doc__.strip(),
-                    "samples": args.samples, "payload_bytes": len(PAYLOAD), "runs": {}}
-    for n in lengths:
-        run = new_run_dir(f"bench-chain-{n}")
-        with NetnsNetwork(run) as net:
-            names = chain(net, n)
-            for mode in ("python", "ebpf"):
-                r = dmsc_rtts(net, names, mode, args.samples)
-                result["runs"][f"{mode}_{n}"] = {k: v for k, v in r.items()
-                                                 if k not in ("rtts", "oneway")}
-                result["runs"][f"{mode}_{n}"].update(p50_us=round(percentile(r["rtts"], 50), 1),
-                                                     p99_us=round(percentile(r["rtts"], 99), 1),
-                                                     oneway_p50_us=round(percentile(r["oneway"], 50), 1))
-                print(f"{n} routers, {mode}: RTT p50 {percentile(r['rtts'], 50):.0f} us, "
-                      f"p99 {percentile(r['rtts'], 99):.0f} us; one way through the routers "
-                      f"p50 {percentile(r['oneway'], 50):.1f} us", flush=True)
-            r = kernel_rtts(net, names, args.samples)
-            result["runs"][f"kernel_{n}"] = {"p50_us": round(percentile(r["rtts"], 50), 1),
-                                             "p99_us": round(percentile(r["rtts"], 99), 1),
-                                             "oneway_p50_us": round(percentile(r["oneway"], 50), 1)}
-            print(f"{n} routers, kernel: RTT p50 {percentile(r['rtts'], 50):.0f} us; one way "
-                  f"p50 {percentile(r['oneway'], 50):.1f} us", flush=True)
-    runs = result["runs"]
-    long, short = max(lengths), min(lengths)
-    for mode in ("python", "ebpf", "kernel"):
-        if f"{mode}_{long}" not in runs:
-            continue
-        result[f"chain_rtt_us_p50_{mode}"] = runs[f"{mode}_{long}"]["p50_us"]
-        result[f"chain_rtt_us_p99_{mode}"] = runs[f"{mode}_{long}"]["p99_us"]
-        result[f"chain_rtt_us_p50_{mode}_{short}sr"] = runs[f"{mode}_{short}"]["p50_us"]
-        if long > short:
-            result[f"chain_hop_us_{mode}"] = round(
-                (runs[f"{mode}_{long}"]["oneway_p50_us"] - runs[f"{mode}_{short}"]["oneway_p50_us"])
-                / (long - short), 2)
-            result[f"chain_hop_us_{mode}_rtt"] = round(
-                (runs[f"{mode}_{long}"]["p50_us"] - runs[f"{mode}_{short}"]["p50_us"])
-                / (2 * (long - short)), 2)
-    # a kernel IPv4 hop adds less than this one-way method resolves (its 2- and 8-router
-    # chains can come out equal): then there is no ratio, only both figures
-    if (result.get("chain_hop_us_kernel") or 0) >= RESOLUTION_US:
-        result["ebpf_vs_kernel_hop"] = round(result["chain_hop_us_ebpf"]
-                                             / result["chain_hop_us_kernel"], 2)
-    else:
-        result["ebpf_vs_kernel_hop"] = None
-        result["ebpf_vs_kernel_hop_note"] = (f"kernel hop {result.get('chain_hop_us_kernel')} us one "
-                                             f"way: below the {RESOLUTION_US} us this method resolves")
-    if result.get("chain_hop_us_kernel_rtt"):
-        result["ebpf_vs_kernel_hop_rtt"] = round(result["chain_hop_us_ebpf_rtt"]
-                                                 / result["chain_hop_us_kernel_rtt"], 2)
+                    "samples": args.samples, "blocks": args.blocks,
+                    "payload_bytes": len(PAYLOAD), "runs": {}}
+    with ExitStack() as stack:
+        nets = {n: stack.enter_context(NetnsNetwork(new_run_dir(f"bench-chain-{n}"))) for n in lengths}
+        names = {n: chain(nets[n], n) for n in lengths}
+        for mode in ("python", "ebpf", "kernel"):
+            with ExitStack() as mstack:
+                chains = {n: mstack.enter_context(DmscChain(nets[n], names[n], mode) if mode != "kernel"
+                                                  else KernelChain(nets[n], names[n]))
+                          for n in lengths}
+                print(f"{mode}: {args.blocks} rounds on the {short}- and {long}-router chains ...",
+                      flush=True)
+                got = interleaved(chains, args.samples, args.blocks)
+                facts = {n: chains[n].facts() for n in lengths}
+            for n in lengths:
+                r = got[n]
+                run = dict(facts[n], p50_us=round(percentile(r["rtts"], 50), 1),
+                           p99_us=round(percentile(r["rtts"], 99), 1),
+                           oneway_p50_us=round(percentile(r["oneway"], 50), 1),
+                           block_rtt_p50_us=[round(x, 1) for x in r["block_rtt_p50"]],
+                           block_oneway_p50_us=[round(x, 1) for x in r["block_oneway_p50"]])
+                result["runs"][f"{mode}_{n}"] = run
+                print(f"  {n} routers, {mode}: RTT p50 {run['p50_us']:.0f} us, p99 {run['p99_us']:.0f} us; "
+                      f"one way through the chain p50 {run['oneway_p50_us']:.1f} us", flush=True)
+            ow = hop_estimate(got[long], got[short], long - short, "oneway")
+            rt = hop_estimate(got[long], got[short], long - short, "rtt")
+            result[f"chain_rtt_us_p50_{mode}"] = result["runs"][f"{mode}_{long}"]["p50_us"]
+            result[f"chain_rtt_us_p99_{mode}"] = result["runs"][f"{mode}_{long}"]["p99_us"]
+            result[f"chain_rtt_us_p50_{mode}_{short}sr"] = result["runs"][f"{mode}_{short}"]["p50_us"]
+            result[f"chain_hop_us_{mode}"] = ow["us"]
+            result[f"chain_hop_us_{mode}_stderr"] = ow["stderr_us"]
+            result[f"chain_hop_us_{mode}_rounds"] = ow["rounds_us"]
+            result[f"chain_hop_us_{mode}_rtt"] = rt["us"]
+            result[f"chain_hop_us_{mode}_rtt_stderr"] = rt["stderr_us"]
+            result[f"_hop_{mode}"] = (ow, rt)
+            print(f"  one {mode} hop: {ow['us']} us one way (standard error {ow['stderr_us']}), "
+                  f"{rt['us']} us from the RTTs (standard error {rt['stderr_us']})", flush=True)
+    (ow_e, rt_e), (ow_k, rt_k) = result.pop("_hop_ebpf"), result.pop("_hop_kernel")
+    result.pop("_hop_python")
+    for suffix, e, k in (("", ow_e, ow_k), ("_rtt", rt_e, rt_k)):
+        ratio, why = hop_ratio(e, k)
+        result[f"ebpf_vs_kernel_hop{suffix}"] = ratio
+        if why:
+            result[f"ebpf_vs_kernel_hop{suffix}_note"] = why
     result["targets"] = {"chain_hop_us_ebpf": "<= 1.5 x chain_hop_us_kernel"}
     result["machine"]["loadavg_at_end"] = loadavg()
     write_result(args.out, result)
