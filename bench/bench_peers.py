@@ -548,6 +548,11 @@ def main() -> int:
         result[f"{mode}_rss_mb_per_node_convergence"] = r.get("cut_window", {}).get("rss_mb_per_node_peak")
         result[f"{mode}_cpu_s_per_node_rest"] = r.get("rest", {}).get("cpu_s_per_node")
         result[f"{mode}_cpu_s_per_node_convergence"] = r.get("cut_window", {}).get("cpu_s_per_node")
+    # what each stream lost at the cut (a lost call costs its 0.5 s timeout, a probe 1 ms)
+    if "dmsc" in modes:
+        result["dmsc_calls_lost_at_cut"] = result["dmsc"].get("calls_failed_around_cut")
+    if "frr" in modes:
+        result["frr_probes_lost_at_cut"] = result["frr"].get("probes", {}).get("lost_after_cut")
     result["machine"]["loadavg_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -6,7 +6,9 @@
     from that moment its forwarding skips the face and uses the ECMP or
     loop-free-alternate next hops already in the FIB.
   * interruption_ms: the longest gap between successful calls of a client
-    stream whose path crosses the cut link (what an application sees).
+    stream whose path crosses the cut link (what an application sees). The
+    stream is closed-loop with a 0.5 s timeout and no retry, so a lost call
+    shows as a 0.5 s gap; calls_failed_around_cut counts them.
   * convergence_ms: link cut to the last FIB change anywhere, once every node's
     link-state database digest agrees again (node timestamps, same clock).
   * control_pps_per_node: hellos + LSAs + ACKs sent per node per second at
@@ -135,7 +137,7 @@ def cut_and_measure(net: NetnsNetwork, fn: ForwarderNet, nodes, links, hosts,
                          if f["dst"] == "/bench/svc")
         peer = next(b if a == edge else a for a, b in links
                     if edge in (a, b) and intf_between(net, edge, b if a == edge else a) == flow_face)
-        ok_times, stop = [], threading.Event()
+        ok_times, failed_times, stop = [], [], threading.Event()
 
         def stream():
             while not stop.is_set():
@@ -143,7 +145,7 @@ def cut_and_measure(net: NetnsNetwork, fn: ForwarderNet, nodes, links, hosts,
                     cli.call("/bench/svc", b"x", retries=0)
                     ok_times.append(time.time())
                 except DmscError:
-                    pass
+                    failed_times.append(time.time())
         th = threading.Thread(target=stream)
         th.start()
         wait_for(lambda: len(ok_times) > 100, 10, what="the stream")
@@ -172,6 +174,8 @@ def cut_and_measure(net: NetnsNetwork, fn: ForwarderNet, nodes, links, hosts,
         gaps = [b - a for a, b in zip(around, around[1:]) if b >= t_cut]
         result["interruption_ms"] = round(max(gaps) * 1000, 1) if gaps else None
         result["calls_in_stream"] = len(ok_times)
+        # a lost call shows as a gap of its timeout: how many there were around the cut
+        result["calls_failed_around_cut"] = sum(1 for t in failed_times if t_cut - 1 <= t <= t_cut + 2)
         result["cut_link"] = f"{edge}-{peer} ({flow_face})"
         result["cut_time"] = t_cut
         result["retries_or_lost_calls_note"] = "stream used retries=0; gaps include any lost call's timeout (0.5 s)"
