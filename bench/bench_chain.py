@@ -78,6 +78,18 @@ def chain(net: NetnsNetwork, n: int) -> List[str]:
     return names
 
 
+def timed(k: int, call) -> List[float]:
+    """k request-responses, each timed in microseconds; the echo must return PAYLOAD."""
+    out = []
+    clock = time.perf_counter_ns
+    for _ in range(k):
+        t0 = clock()
+        if call() != PAYLOAD:
+            raise RuntimeError("the echo answered something else")
+        out.append((clock() - t0) / 1000.0)
+    return out
+
+
 class DmscChain:
     """Forwarders on one chain (data plane `mode`), an echo service on the client library
     at b, a client at a; blocks of closed-loop calls and of one-way frames on demand."""
@@ -107,14 +119,7 @@ class DmscChain:
         self._stack.close()
 
     def rtt_block(self, k: int) -> List[float]:
-        out = []
-        clock = time.perf_counter_ns
-        for _ in range(k):
-            t0 = clock()
-            if self.cli.call("/echo", PAYLOAD) != PAYLOAD:
-                raise RuntimeError("the echo service answered something else")
-            out.append((clock() - t0) / 1000.0)
-        return out
+        return timed(k, lambda: self.cli.call("/echo", PAYLOAD))
 
     def oneway_block(self, k: int) -> List[float]:
         a_if, a_mac, r1_mac, b_if = _ends(self.net, self.names)
@@ -192,15 +197,10 @@ class KernelChain:
         self.srv.close()
 
     def rtt_block(self, k: int) -> List[float]:
-        out = []
-        clock = time.perf_counter_ns
-        for _ in range(k):
-            t0 = clock()
+        def call() -> bytes:
             self.cli.send(PAYLOAD)
-            if self.cli.recv(2048) != PAYLOAD:
-                raise RuntimeError("the UDP echo answered something else")
-            out.append((clock() - t0) / 1000.0)
-        return out
+            return self.cli.recv(2048)
+        return timed(k, call)
 
     def oneway_block(self, k: int) -> List[float]:
         a_if, a_mac, r1_mac, b_if = _ends(self.net, self.names)
