@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -182,6 +183,41 @@ def test_a_face_going_down_moves_established_flows(fan):
              what="r to see the cut")
     assert _served(cli, 20) == {b"C": 20}
     fn.net.link_up("r", "b")
+
+
+def test_a_frame_sent_into_a_link_that_just_went_down_is_routed_around_it(fan):
+    """The window between a cut and the forwarder hearing of it, held open: r's forwarder
+    is stopped (SIGSTOP), its interface to b goes down, and one call (no retry) reaches
+    r's kernel, which redirects its request into the down interface. fp_egress hands the
+    request back to the face it came in on; once r runs again it takes the face down
+    first, then routes the request to c, which answers."""
+    from forwarder.dataplane.fastpath import kernel
+    fn, cli = fan
+    _hit_in_kernel(fn, cli)
+    r = fn["r"]
+    maps = kernel.FastPathMaps.open_pinned(_kernel(r)["pin_dir"])
+    rb = intf_between(fn.net, "r", "b")
+    got: dict = {}
+    try:
+        bounced0 = maps.read_verdicts()["bounced"]
+        os.kill(r.proc.pid, signal.SIGSTOP)
+        try:
+            fn.net.node("r").cmd(["ip", "link", "set", "dev", rb, "down"])
+            # the established flow (the fixture's client), one request, no retry
+            t = threading.Thread(target=lambda: got.update(
+                answer=cli.call("/svc/x", b"w", timeout=HANG_S)))
+            t.start()
+            wait_for(lambda: maps.read_verdicts()["bounced"] > bounced0, HANG_S,
+                     what="r's kernel to hand the request back")
+        finally:
+            os.kill(r.proc.pid, signal.SIGCONT)
+        t.join(HANG_S)
+        assert got.get("answer") == b"Cw", got
+        assert maps.read_verdicts()["bounced"] - bounced0 == 1
+        assert r.counters()["drops"].get("link_down", 0) == 0
+    finally:
+        maps.close_maps()
+        fn.net.link_up("r", "b")
 
 
 def test_deny_and_rate_limit_rules_apply_to_kernel_flows(fan):

@@ -123,6 +123,8 @@ def test_object_and_maps(env, fp):
     assert info.xlated_prog_len > 0 and info.verified_insns > 0
     pod = fp.pod_prog_info()
     assert pod.name == layout.POD_PROG_NAME and pod.type == 3 and pod.verified_insns > 0
+    eg = libbpf.prog_info(fp.egress_prog_fd)
+    assert eg.name == layout.EGRESS_PROG_NAME and eg.type == 3 and eg.verified_insns > 0
     for name, (ks, vs, n, _percpu) in layout.MAPS.items():
         mi = libbpf.map_info(fp.fds[name])
         assert (mi.key_size, mi.value_size, mi.max_entries) == (ks, vs, n), name
@@ -1153,3 +1155,100 @@ def test_end_to_end_pods_through_two_sgs(env):
             with in_netns(nets.made[1] if tag == "a" else nets.made[2]):
                 fp.close()
         nets.cleanup()
+
+
+# ------------------------------------------------------------------ fp_egress
+IN_MAC = bytes.fromhex("0a0000000101")     # in0's own address, as the forwarder wrote it
+IN_PEER = bytes.fromhex("0a0000000202")    # in0's neighbour: the frame's sender
+
+
+def _forwarded(env, fp, hop_limit: int = 9):
+    """A hit through fp_ingress on in0: (the frame as it came, the frame as redirected,
+    skb->cb as fp_ingress left it)."""
+    fp.set_face(env.in_if, IN_SLOT, 0, IN_MAC, IN_PEER)
+    pkt = packet(dst="/s", src="/h", hop_limit=hop_limit, flow_id=77, seq=3)
+    env.install(pkt)
+    came = (IN_MAC + IN_PEER + b"\x88\xb5" + pkt).ljust(60, b"\0")
+    with in_netns(env.ns):
+        r = fp.test_run(came, env.in_if, ingress_ifindex=env.in_if)
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    return came, r.data, libbpf.skb_cb(r.ctx)
+
+
+def _egress(env, fp, data: bytes, cb, ifidx: int = 0) -> libbpf.TestRun:
+    with in_netns(env.ns):
+        return fp.test_run_egress(data, ifidx or env.out_if, ingress_ifindex=env.in_if, cb=cb)
+
+
+def _set_link(env, ifname: str, state: str) -> None:
+    sh("ip", "-n", env.ns, "link", "set", ifname, state)
+
+
+def test_ingress_leaves_what_egress_needs_in_cb(env, fp):
+    came, out, cb = _forwarded(env, fp)
+    assert cb == [layout.CB_FORWARDED, FLOW_SLOT, IN_SLOT | OUT_SLOT << 16, PREFIX_SLOT,
+                  len(came) - 14]
+
+
+def test_egress_leaves_a_frame_alone_when_its_interface_is_up(env, fp):
+    came, out, cb = _forwarded(env, fp)
+    before = fp.read_verdicts()
+    r = _egress(env, fp, out, cb)
+    assert r.retval == libbpf.TC_ACT_OK and r.data == out
+    assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_MARK) == 0
+    assert verdict_delta(before, fp.read_verdicts()) == {}
+
+
+def test_egress_hands_back_a_frame_whose_interface_is_down_as_it_came(env, fp):
+    """out0 down (admin, as `ip link set down`), then its carrier only (the peer down):
+    the frame goes back to in0's ingress, restored byte for byte, marked, and the
+    counts fp_ingress made for it are taken back."""
+    for down, up in (("out0", "out0"), ("out0p", "out0p")):
+        fp.reset_verdicts()
+        fp.reset_face_stats(range(layout.FP_FACES_MAX))
+        fp.reset_flow_stats(range(32))
+        fp.reset_prefix_stats(range(16))
+        came, out, cb = _forwarded(env, fp)
+        assert fp.read_flow_stats([FLOW_SLOT])[FLOW_SLOT].packets == 1
+        _set_link(env, down, "down")
+        try:
+            r = _egress(env, fp, out, cb)
+        finally:
+            _set_link(env, up, "up")
+        assert r.retval == libbpf.TC_ACT_REDIRECT, down
+        total = len(packet(dst="/s", src="/h", hop_limit=9, flow_id=77, seq=3))
+        assert r.data[:14 + total] == came[:14 + total], down   # padding may be trimmed
+        assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_MARK) == layout.MARK_BOUNCED
+        fs = fp.read_flow_stats([FLOW_SLOT])[FLOW_SLOT]
+        assert (fs.packets, fs.bytes) == (0, 0), down
+        assert all(v == layout.FaceStats() for v in fp.read_face_stats().values()), down
+        assert all(v == layout.PrefixStats() for v in fp.read_prefix_stats().values()), down
+        v = fp.read_verdicts()
+        assert (v["redirected"], v["bounced"]) == (0, 1), down
+
+
+def test_a_handed_back_frame_is_passed_up_by_ingress_not_redirected_again(env, fp):
+    came, out, cb = _forwarded(env, fp)
+    before = fp.read_verdicts()
+    with in_netns(env.ns):
+        r = fp.test_run(came, env.in_if, ingress_ifindex=env.in_if, mark=layout.MARK_BOUNCED)
+    assert r.retval == libbpf.TC_ACT_OK and r.data == came
+    assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_MARK) == 0
+    assert verdict_delta(before, fp.read_verdicts()) == {"out_down": 1}
+
+
+def test_egress_leaves_alone_what_ingress_did_not_forward(env, fp):
+    """A frame this host sends (no tag in cb), and a forwarded frame whose in face's
+    neighbour is not known yet: both go on to the down interface's drop, as before."""
+    came, out, cb = _forwarded(env, fp)
+    _set_link(env, "out0", "down")
+    try:
+        before = fp.read_verdicts()
+        r = _egress(env, fp, out, [0, *cb[1:]])
+        assert r.retval == libbpf.TC_ACT_OK and r.data == out
+        fp.set_face(env.in_if, IN_SLOT, 0, IN_MAC, bytes(6))
+        r = _egress(env, fp, out, cb)
+        assert r.retval == libbpf.TC_ACT_OK and r.data == out
+        assert verdict_delta(before, fp.read_verdicts()) == {}
+    finally:
+        _set_link(env, "out0", "up")

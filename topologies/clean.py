@@ -150,25 +150,28 @@ class _Cleaner:
                 self.fail(f"{text}: {res.stderr.strip()}")
 
     def delete_filters(self, entries: list[dict]) -> None:
-        """The fast path's tc filter (clsact ingress, pref 1 handle 1) on interfaces that
-        outlive a crashed forwarder (an interface deleted with its namespace takes it along)."""
+        """The fast path's tc filters (clsact ingress and egress, pref 1 handle 1) on
+        interfaces that outlive a crashed forwarder (an interface deleted with its
+        namespace takes them along)."""
         for e in entries:
             if e.get("kind") != "tc_filter" or not link_exists(e["dev"], e.get("netns")):
                 continue
             ns_args = ["-n", e["netns"]] if e.get("netns") else []
-            shown = _tc([*ns_args, "filter", "show", "dev", e["dev"], "ingress"])
-            if shown.returncode != 0 or " bpf " not in f" {shown.stdout} ":
-                continue
-            text = f"tc filter on {e['dev']}" + (f" in netns {e['netns']}" if e.get("netns") else "")
-            if self.dry_run:
-                self._did("tc_filter", text)
-                continue
-            res = _tc([*ns_args, "filter", "del", "dev", e["dev"], "ingress", "pref", "1",
-                       "handle", "1", "bpf"])
-            if res.returncode == 0:
-                self._did("tc_filter", text)
-            else:
-                self.fail(f"{text}: {res.stderr.strip()}")
+            for hook in ("ingress", "egress"):
+                shown = _tc([*ns_args, "filter", "show", "dev", e["dev"], hook])
+                if shown.returncode != 0 or " bpf " not in f" {shown.stdout} ":
+                    continue
+                text = (f"tc filter on {e['dev']} {hook}"
+                        + (f" in netns {e['netns']}" if e.get("netns") else ""))
+                if self.dry_run:
+                    self._did("tc_filter", text)
+                    continue
+                res = _tc([*ns_args, "filter", "del", "dev", e["dev"], hook, "pref", "1",
+                           "handle", "1", "bpf"])
+                if res.returncode == 0:
+                    self._did("tc_filter", text)
+                else:
+                    self.fail(f"{text}: {res.stderr.strip()}")
 
     def delete_pins(self, entries: list[dict]) -> None:
         """Unlink pinned BPF maps in a recorded pin folder, then the folder (only ours)."""

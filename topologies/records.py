@@ -234,7 +234,7 @@ class Records:
 
     def tc_filter(self, dev: str, netns: Optional[str]) -> None:
         """Record that a process of ours attaches the kernel fast path's tc filter to
-        `dev` (clsact ingress); call before starting it."""
+        `dev` (clsact ingress and egress); call before starting it."""
         self._append({"kind": "tc_filter", "dev": dev, "netns": netns})
 
     def netns_etc(self, path: str) -> None:

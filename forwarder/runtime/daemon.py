@@ -47,6 +47,11 @@ LSA_BATCH = 16
 SLOW_TURN_S = 1.0  # a loop turn longer than this is logged
 
 
+
+def _carrier_first(event) -> bool:
+    """Sort key of a selector event: carrier (link) events first."""
+    return event[0].data[0] != "carrier"
+
 class Daemon:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
@@ -313,6 +318,10 @@ class Daemon:
                 timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
             events = select(timeout)
             t_turn = time.monotonic()
+            if len(events) > 1:
+                # link changes before packets: a frame the kernel handed back because its
+                # out interface went down is then routed with that face already down
+                events.sort(key=_carrier_first)
             for key, mask in events:
                 kind, obj = key.data
                 if mask & selectors.EVENT_WRITE:

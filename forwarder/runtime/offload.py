@@ -188,7 +188,12 @@ class KernelOffload:
         return True
 
     def neighbour_learnt(self, face_id: int, out_io) -> None:
-        """The out face's neighbour address changed: current entries through it take it."""
+        """The face's neighbour address changed: the kernel's face takes it (fp_egress
+        restores a frame handed back to this face with it), current entries through
+        it take it."""
+        ifindex = self._ifindex.get(face_id)
+        if ifindex is not None and getattr(out_io, "mac", None) and out_io.peer_mac != b"\xff" * 6:
+            self.fp.set_face_macs(ifindex, face_id, out_io.mac, out_io.peer_mac)
         for kf in self._flows.values():
             if kf.flow.face_id == face_id:
                 for mkey, (gen, write) in list(kf.keys.items()):

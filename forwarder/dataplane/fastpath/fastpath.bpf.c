@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * DMSC kernel fast path (tc clsact ingress, direct action): two programs.
+ * DMSC kernel fast path (tc clsact, direct action): three programs.
  *
  * fp_ingress (network faces) repeats in the kernel the flow-table hit of the
  * Python forwarder (Forwarder.fast_forward): user space decides everything and
@@ -14,6 +14,12 @@
  * fp_pod_ingress (pod-facing veths) carries a pod's IPv4 packet by name: the
  * 5-tuple's fp_l4 entry gives the DMSC header to put in front (the packet
  * moves back to make room; its source may be rewritten: SNAT) and the out face.
+ *
+ * fp_egress (network faces, egress) catches what fp_ingress redirected into an
+ * interface that went down before user space flagged its face (the few
+ * milliseconds a link notification takes to reach the forwarder): the frame is
+ * restored (hop limit, Ethernet addresses, counters) and handed back to the face
+ * it came in on, marked, for the Python forwarder to route around the failure.
  *
  * Anything a check refuses is passed up unchanged (TC_ACT_OK) to the Python
  * side, with the reason counted in fp_verdicts. Every check is made before the
@@ -33,6 +39,19 @@
 #include "fastpath.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* The two kernel fields fp_egress reads, relocated by libbpf against the
+ * running kernel's BTF (CO-RE): whether the interface is up and has carrier. */
+struct net_device___fp {
+	unsigned int flags;
+	unsigned long state;
+} __attribute__((preserve_access_index));
+
+struct sk_buff___fp {
+	struct net_device___fp *dev;
+} __attribute__((preserve_access_index));
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
 /* ifindex -> face (this forwarder's network faces). */
 struct {
@@ -113,12 +132,17 @@ struct {
 	__type(value, __u64);
 } fp_verdicts SEC(".maps");
 
-static __always_inline void count(__u32 verdict)
+static __always_inline void count_add(__u32 verdict, __u64 n)
 {
 	__u64 *c = bpf_map_lookup_elem(&fp_verdicts, &verdict);
 
 	if (c)
-		*c += 1;
+		*c += n;
+}
+
+static __always_inline void count(__u32 verdict)
+{
+	count_add(verdict, 1);
 }
 
 /* Per-CPU records: plain increments. An out-of-range slot counts nothing. */
@@ -184,6 +208,12 @@ int fp_ingress(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	__u32 zero = 0;
 	__u32 verdict;
+
+	/* 0. A frame fp_egress handed back: the Python forwarder decides. */
+	if (skb->mark == FP_MARK_BOUNCED) {
+		skb->mark = 0;
+		PASS(FP_V_OUT_DOWN);
+	}
 
 	/* 1. EtherType 0x88B5 (no VLAN) and at least 14 + 40 bytes. */
 	if (skb->vlan_present)
@@ -304,6 +334,11 @@ int fp_ingress(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, 0, eth.macs, sizeof(eth.macs), 0) < 0)
 		PASS(FP_V_REWRITE_ERROR);
 	skb->priority = priority;
+	skb->cb[0] = FP_CB_FORWARDED;
+	skb->cb[1] = flow_slot;
+	skb->cb[2] = (in_slot & 0xffff) | (out_slot << 16);
+	skb->cb[3] = prefix_slot;
+	skb->cb[4] = len - FP_ETH_HLEN;
 
 	long rc = bpf_redirect(out_ifindex, 0);
 
@@ -628,4 +663,94 @@ up:
 shot:
 	count(verdict);
 	return TC_ACT_SHOT;
+}
+
+/* Take back what fp_ingress counted for a frame it redirected. Per-CPU records:
+ * fp_egress runs on the CPU fp_ingress ran on, in the same redirect. */
+static __always_inline void uncount(__u32 flow_slot, __u32 in_slot, __u32 rx_bytes,
+				    __u32 out_slot, __u32 prefix_slot, __u32 bytes)
+{
+	struct fp_flow_stats *fs = bpf_map_lookup_elem(&fp_flow_stats, &flow_slot);
+
+	if (fs) {
+		fs->packets -= 1;
+		fs->bytes -= bytes;
+	}
+	struct fp_face_stats *rx = bpf_map_lookup_elem(&fp_face_stats, &in_slot);
+
+	if (rx) {
+		rx->rx_packets -= 1;
+		rx->rx_bytes -= rx_bytes;
+	}
+	struct fp_face_stats *tx = bpf_map_lookup_elem(&fp_face_stats, &out_slot);
+
+	if (tx) {
+		tx->tx_packets -= 1;
+		tx->tx_bytes -= bytes;
+	}
+	if (prefix_slot != FP_NO_PREFIX) {
+		struct fp_prefix_stats *ps = bpf_map_lookup_elem(&fp_prefix_stats, &prefix_slot);
+
+		if (ps) {
+			ps->packets -= 1;
+			ps->bytes -= bytes;
+		}
+	}
+}
+
+SEC("tc")
+int fp_egress(struct __sk_buff *skb)
+{
+	/* Only frames fp_ingress redirected here (FORWARD), nothing this host sends. */
+	if (skb->cb[0] != FP_CB_FORWARDED)
+		return TC_ACT_OK;
+	skb->cb[0] = 0;
+	__u32 in_ifindex = skb->ingress_ifindex;
+
+	if (in_ifindex == 0 || in_ifindex == skb->ifindex)
+		return TC_ACT_OK;
+
+	/* The interface is up with carrier: the frame leaves as fp_ingress decided. */
+	struct sk_buff___fp *kskb = bpf_cast_to_kern_ctx(skb);
+	struct net_device___fp *dev = kskb->dev;
+
+	if (!dev)
+		return TC_ACT_OK;
+	if ((dev->flags & FP_IFF_UP) && !(dev->state & FP_LINK_NOCARRIER))
+		return TC_ACT_OK;
+
+	/* Down: its queue would drop the frame. Restore it as it came in on
+	 * in_ifindex and hand it back there. Without the in face's addresses
+	 * (a neighbour not learnt yet) the frame goes on to its drop, as before. */
+	struct fp_face *in = bpf_map_lookup_elem(&fp_faces, &in_ifindex);
+
+	if (!in)
+		return TC_ACT_OK;
+	struct {
+		__u8 dst[6];
+		__u8 src[6];
+	} macs;
+
+	__builtin_memcpy(macs.dst, in->mac, 6);
+	__builtin_memcpy(macs.src, in->peer_mac, 6);
+	if (!(macs.src[0] | macs.src[1] | macs.src[2] | macs.src[3] | macs.src[4] | macs.src[5]))
+		return TC_ACT_OK;
+	struct fp_wire_head h;
+
+	if (bpf_skb_load_bytes(skb, 12, &h, sizeof(h)) < 0 || h.proto != bpf_htons(FP_ETHERTYPE))
+		return TC_ACT_OK;
+	__u8 hop = h.hop_limit + 1;
+
+	if (bpf_skb_store_bytes(skb, FP_ETH_HLEN + 3, &hop, 1, BPF_F_RECOMPUTE_CSUM) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, &macs, sizeof(macs), 0) < 0)
+		return TC_ACT_OK;
+	__u32 slots = skb->cb[2];
+
+	uncount(skb->cb[1], slots & 0xffff, skb->cb[4], slots >> 16, skb->cb[3],
+		bpf_ntohs(h.total_length));
+	count_add(FP_V_REDIRECTED, -1);
+	count(FP_V_BOUNCED);
+	skb->priority = 0;
+	skb->mark = FP_MARK_BOUNCED;
+	return bpf_redirect(in_ifindex, BPF_F_INGRESS);
 }

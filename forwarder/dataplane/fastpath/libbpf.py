@@ -1,8 +1,8 @@
 """A thin ctypes wrapper over Debian's libbpf.so.1 (libbpf 1.1): what the fast path needs.
 
 No bcc, no compilation at run time, no pyroute2: open an object file, pin its
-maps by our own paths, load it, work on map fds, attach to tc (clsact ingress)
-and run BPF_PROG_TEST_RUN. The ctypes structures below copy libbpf 1.1's
+maps by our own paths, load it, work on map fds, attach to tc (clsact ingress and
+egress) and run BPF_PROG_TEST_RUN. The ctypes structures below copy libbpf 1.1's
 headers (/usr/include/bpf/libbpf.h, bpf.h; every *_opts struct starts with
 ``size_t sz``); tests/test_layout.py compiles a probe against those headers and
 compares sizes and offsets.
@@ -101,6 +101,7 @@ SKB_OFF_MARK = 8
 SKB_OFF_PRIORITY = 32
 SKB_OFF_INGRESS_IFINDEX = 36
 SKB_OFF_IFINDEX = 40
+SKB_OFF_CB = 48
 SKB_OFF_GSO_SEGS = 164
 SKB_OFF_GSO_SIZE = 176
 # struct bpf_prog_info / bpf_map_info offsets (linux/bpf.h)
@@ -113,15 +114,24 @@ MAP_INFO_OFF = {"type": 0, "id": 4, "key_size": 8, "value_size": 12, "max_entrie
 
 
 def skb_ctx(ifindex: int = 0, ingress_ifindex: int = 0, priority: int = 0, mark: int = 0,
-            gso_segs: int = 0, gso_size: int = 0) -> bytes:
+            gso_segs: int = 0, gso_size: int = 0, cb: Sequence[int] = ()) -> bytes:
     """A struct __sk_buff for test_run's ctx_in (other fields must stay 0).
-    gso_segs/gso_size go to the test skb's shared info (a GSO packet's shape)."""
+    gso_segs/gso_size go to the test skb's shared info (a GSO packet's shape);
+    cb: up to five u32, skb->cb[0..4] (what a program left there for a later one)."""
+    if len(cb) > 5:
+        raise ValueError("skb->cb holds five u32")
     buf = bytearray(SKB_CTX_SIZE)
     for off, val in ((SKB_OFF_MARK, mark), (SKB_OFF_PRIORITY, priority),
                      (SKB_OFF_INGRESS_IFINDEX, ingress_ifindex), (SKB_OFF_IFINDEX, ifindex),
-                     (SKB_OFF_GSO_SEGS, gso_segs), (SKB_OFF_GSO_SIZE, gso_size)):
+                     (SKB_OFF_GSO_SEGS, gso_segs), (SKB_OFF_GSO_SIZE, gso_size),
+                     *((SKB_OFF_CB + 4 * i, v) for i, v in enumerate(cb))):
         buf[off:off + 4] = int(val).to_bytes(4, "little")
     return bytes(buf)
+
+
+def skb_cb(ctx: bytes) -> List[int]:
+    """skb->cb[0..4] of a test run's ctx_out."""
+    return [skb_field(ctx, SKB_OFF_CB + 4 * i) for i in range(5)]
 
 
 def skb_field(ctx: bytes, off: int) -> int:
@@ -529,32 +539,35 @@ def tc_hook_destroy(ifindex: int) -> None:
 
 
 def tc_attach(ifindex: int, prog_fd: int, handle: int = 1, priority: int = 1,
-              replace: bool = True) -> int:
-    """Attach a direct-action cls_bpf filter at clsact ingress; returns the prog id."""
+              replace: bool = True, attach_point: int = BPF_TC_INGRESS) -> int:
+    """Attach a direct-action cls_bpf filter at clsact ingress (or egress); returns
+    the prog id."""
     opts = bpf_tc_opts(sz=sizeof(bpf_tc_opts), prog_fd=prog_fd, handle=handle,
                        priority=priority, flags=BPF_TC_F_REPLACE if replace else 0)
     with capture() as lines:
-        rc = lib().bpf_tc_attach(byref(_hook(ifindex)), byref(opts))
+        rc = lib().bpf_tc_attach(byref(_hook(ifindex, attach_point)), byref(opts))
     _check(rc, f"bpf_tc_attach(ifindex {ifindex}, handle {handle}, priority {priority})", lines)
     return opts.prog_id
 
 
-def tc_detach(ifindex: int, handle: int = 1, priority: int = 1) -> bool:
+def tc_detach(ifindex: int, handle: int = 1, priority: int = 1,
+              attach_point: int = BPF_TC_INGRESS) -> bool:
     """Remove our filter; False if it was not there (or the device is gone)."""
     opts = bpf_tc_opts(sz=sizeof(bpf_tc_opts), handle=handle, priority=priority)
     with capture() as lines:
-        rc = lib().bpf_tc_detach(byref(_hook(ifindex)), byref(opts))
+        rc = lib().bpf_tc_detach(byref(_hook(ifindex, attach_point)), byref(opts))
     if rc in (-2, -19, -22):  # ENOENT; ENODEV (device gone); EINVAL (no clsact qdisc)
         return False
     _check(rc, f"bpf_tc_detach(ifindex {ifindex}, handle {handle}, priority {priority})", lines)
     return True
 
 
-def tc_query(ifindex: int, handle: int = 1, priority: int = 1) -> Optional[int]:
+def tc_query(ifindex: int, handle: int = 1, priority: int = 1,
+             attach_point: int = BPF_TC_INGRESS) -> Optional[int]:
     """The prog id attached at (handle, priority), or None."""
     opts = bpf_tc_opts(sz=sizeof(bpf_tc_opts), handle=handle, priority=priority)
     with capture():
-        rc = lib().bpf_tc_query(byref(_hook(ifindex)), byref(opts))
+        rc = lib().bpf_tc_query(byref(_hook(ifindex, attach_point)), byref(opts))
     if rc < 0:
         if -rc in (2, 19, 22):
             return None
