@@ -103,7 +103,11 @@ def test_converges_and_routes_every_node(netns_net):
 
 
 def test_link_cut_costs_at_most_one_retried_request(netns_net):
-    fn = _build(netns_net)
+    # The cut is found by carrier (asserted below), never by the dead interval: a long one
+    # keeps a forwarder that a loaded machine leaves unscheduled for a few hundred ms from
+    # losing its adjacencies, whose flap would cost calls that the cut did not.
+    fn = _build(netns_net, extra={n: {"routing": {"enabled": True, "dead_ms": 5000}}
+                                  for n in NODES})
     wait_for(lambda: _converged(fn), HANG_S, what="convergence")
     # A call is retried after 5 s without an answer: only a lost request or answer
     # is retried, not one that a busy machine was slow to carry (calls take milliseconds).
