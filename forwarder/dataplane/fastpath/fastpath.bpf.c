@@ -158,33 +158,44 @@ static __always_inline void count_flow(__u32 slot, __u32 bytes, __u64 tcp_flags)
 	}
 }
 
-static __always_inline void count_faces(__u32 in_slot, __u32 rx_bytes, __u32 out_slot,
-					__u32 tx_bytes)
+static __always_inline void add_faces(__u32 in_slot, __u32 rx_bytes, __u32 out_slot,
+				      __u32 tx_bytes, __s64 n)
 {
 	struct fp_face_stats *rx = bpf_map_lookup_elem(&fp_face_stats, &in_slot);
 
 	if (rx) {
-		rx->rx_packets += 1;
-		rx->rx_bytes += rx_bytes;
+		rx->rx_packets += n;
+		rx->rx_bytes += n * rx_bytes;
 	}
 	struct fp_face_stats *tx = bpf_map_lookup_elem(&fp_face_stats, &out_slot);
 
 	if (tx) {
-		tx->tx_packets += 1;
-		tx->tx_bytes += tx_bytes;
+		tx->tx_packets += n;
+		tx->tx_bytes += n * tx_bytes;
 	}
 }
 
-static __always_inline void count_prefix(__u32 prefix_slot, __u32 bytes)
+static __always_inline void count_faces(__u32 in_slot, __u32 rx_bytes, __u32 out_slot,
+					__u32 tx_bytes)
+{
+	add_faces(in_slot, rx_bytes, out_slot, tx_bytes, 1);
+}
+
+static __always_inline void add_prefix(__u32 prefix_slot, __u32 bytes, __s64 n)
 {
 	if (prefix_slot == FP_NO_PREFIX)
 		return;
 	struct fp_prefix_stats *ps = bpf_map_lookup_elem(&fp_prefix_stats, &prefix_slot);
 
 	if (ps) {
-		ps->packets += 1;
-		ps->bytes += bytes;
+		ps->packets += n;
+		ps->bytes += n * bytes;
 	}
+}
+
+static __always_inline void count_prefix(__u32 prefix_slot, __u32 bytes)
+{
+	add_prefix(prefix_slot, bytes, 1);
 }
 
 /* The out face must be one of ours and not down. */
@@ -676,26 +687,8 @@ static __always_inline void uncount(__u32 flow_slot, __u32 in_slot, __u32 rx_byt
 		fs->packets -= 1;
 		fs->bytes -= bytes;
 	}
-	struct fp_face_stats *rx = bpf_map_lookup_elem(&fp_face_stats, &in_slot);
-
-	if (rx) {
-		rx->rx_packets -= 1;
-		rx->rx_bytes -= rx_bytes;
-	}
-	struct fp_face_stats *tx = bpf_map_lookup_elem(&fp_face_stats, &out_slot);
-
-	if (tx) {
-		tx->tx_packets -= 1;
-		tx->tx_bytes -= bytes;
-	}
-	if (prefix_slot != FP_NO_PREFIX) {
-		struct fp_prefix_stats *ps = bpf_map_lookup_elem(&fp_prefix_stats, &prefix_slot);
-
-		if (ps) {
-			ps->packets -= 1;
-			ps->bytes -= bytes;
-		}
-	}
+	add_faces(in_slot, rx_bytes, out_slot, bytes, -1);
+	add_prefix(prefix_slot, bytes, -1);
 }
 
 SEC("tc")
