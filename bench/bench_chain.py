@@ -20,9 +20,10 @@ Service Routers.
     (bench_forwarder.measure_latency), with no SG on the path (DMSC: DATA frames to
     /node/b/_sink; kernel: UDP frames to b's address).
   * Interleaved: per data plane, the samples are taken in rounds (--blocks); each round
-    runs a block of calls and a block of frames on the 2-router chain and on the
-    8-router one, the order alternating, so that the machine's drift (frequency,
-    caches, other load) falls on both lengths alike.
+    makes calls on the 2-router chain and the 8-router one in turn, call by call, then
+    sends frames into the two chains in turn, frame by frame (the order alternating
+    round by round), so that the machine's drift (frequency, caches, other load) falls
+    on both lengths alike.
   * One router hop, one way: (p50 with 8 - p50 with 2) / 6 from the frames, and
     (p50 RTT with 8 - with 2) / (2 x 6) from the calls (where the SGs' Python and the
     applications' wake-ups add their noise). Each is also computed round by round; the
@@ -59,13 +60,14 @@ from topologies.nsenter import socket_in  # noqa: E402
 from topologies.records import new_run_dir  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
-from bench_forwarder import mac_bytes, measure_latency, udp_frame  # noqa: E402
+from bench_forwarder import OneWayProbe, mac_bytes, udp_frame  # noqa: E402
 from forwarder.dataplane.names import Name  # noqa: E402
 from forwarder.dataplane.wire import ETHERTYPE, Packet, PacketType  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PAYLOAD = b"0123456789abcdef"
 WARMUP = 200
+ONEWAY_WARMUP = 50
 UDP_PORT = 7007
 
 
@@ -121,17 +123,20 @@ class DmscChain:
     def rtt_block(self, k: int) -> List[float]:
         return timed(k, lambda: self.cli.call("/echo", PAYLOAD))
 
-    def oneway_block(self, k: int) -> List[float]:
+    def oneway_probe(self) -> tuple:
+        """(a probe from a's interface to b's, the i-th frame of one flow)."""
         a_if, a_mac, r1_mac, b_if = _ends(self.net, self.names)
-        return measure_latency(self.net, "a", a_if, "b", b_if,
-                               lambda i: sink_frame(r1_mac, a_mac, i), ETHERTYPE, k)
+        return (OneWayProbe(self.net, "a", a_if, "b", b_if, ETHERTYPE),
+                lambda i: sink_frame(r1_mac, a_mac, i))
 
     def facts(self) -> dict:
         routers = [x for x in self.names if x.startswith("r")]
         kernel = {x: self.fn[x].status()["dataplane"] for x in routers}
         return {"dataplane": kernel[routers[0]]["reason"],
                 "routers_in_kernel": sum(1 for d in kernel.values()
-                                         if d.get("verdicts", {}).get("redirected", 0) > 0)}
+                                         if d.get("verdicts", {}).get("redirected", 0) > 0),
+                "routers_redirecting_to_peer": sum(1 for d in kernel.values()
+                                                   if d.get("redirected_to_peer", 0) > 0)}
 
 
 def _ends(net: NetnsNetwork, names: List[str]) -> tuple:
@@ -202,29 +207,55 @@ class KernelChain:
             return self.cli.recv(2048)
         return timed(k, call)
 
-    def oneway_block(self, k: int) -> List[float]:
+    def oneway_probe(self) -> tuple:
         a_if, a_mac, r1_mac, b_if = _ends(self.net, self.names)
-        return measure_latency(self.net, "a", a_if, "b", b_if,
-                               lambda i: udp_frame(r1_mac, a_mac, self.a_ip, self.b_ip, len(PAYLOAD)),
-                               0x0800, k)
+        frame = udp_frame(r1_mac, a_mac, self.a_ip, self.b_ip, len(PAYLOAD))
+        return OneWayProbe(self.net, "a", a_if, "b", b_if, 0x0800), lambda i: frame
 
     def facts(self) -> dict:
         return {}
 
 
 def interleaved(chains: Dict[int, object], samples: int, blocks: int) -> Dict[int, dict]:
-    """`blocks` rounds; in each, a block of calls and one of one-way frames on every chain,
-    the chains' order alternating round by round, so that a drift of the machine's state
+    """`blocks` rounds; in each, a block of calls made on the chains in turn, call by call,
+    then a block of one-way frames sent into the chains in turn, frame by frame, 2 ms
+    apart (the chains' order alternating round by round): a drift of the machine's state
     (frequency, caches, the neighbours' load) falls on every chain length alike."""
     per = max(1, samples // blocks)
     out = {n: {"rtts": [], "oneway": [], "block_rtt_p50": [], "block_oneway_p50": []} for n in chains}
-    for rnd in range(blocks):
-        for n in (sorted(chains) if rnd % 2 == 0 else sorted(chains, reverse=True)):
-            r, o = chains[n].rtt_block(per), chains[n].oneway_block(per)
-            out[n]["rtts"] += r
-            out[n]["oneway"] += o
-            out[n]["block_rtt_p50"].append(percentile(r, 50))
-            out[n]["block_oneway_p50"].append(percentile(o, 50))
+    probes = {n: chains[n].oneway_probe() for n in chains}
+    try:
+        seq = 0
+        for probe, make in probes.values():   # unrecorded: caches and flow tables
+            for _ in range(ONEWAY_WARMUP):
+                probe.sample(make(seq))
+                seq += 1
+        for rnd in range(blocks):
+            order = sorted(chains) if rnd % 2 == 0 else sorted(chains, reverse=True)
+            calls: Dict[int, List[float]] = {n: [] for n in chains}
+            for _ in range(per):
+                for n in order:
+                    calls[n] += chains[n].rtt_block(1)
+            for n in chains:
+                out[n]["rtts"] += calls[n]
+                out[n]["block_rtt_p50"].append(percentile(calls[n], 50))
+            got: Dict[int, List[float]] = {n: [] for n in chains}
+            for _ in range(per):
+                for n in order:
+                    probe, make = probes[n]
+                    us = probe.sample(make(seq))
+                    seq += 1
+                    if us is not None:
+                        got[n].append(us)
+                    time.sleep(0.002)
+            for n in chains:
+                if not got[n]:
+                    raise RuntimeError(f"no frame crossed the {n}-router chain in round {rnd}")
+                out[n]["oneway"] += got[n]
+                out[n]["block_oneway_p50"].append(percentile(got[n], 50))
+    finally:
+        for probe, _ in probes.values():
+            probe.close()
     return out
 
 
@@ -257,6 +288,9 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=10,
                     help="rounds the samples are split into, chains alternating (default 10)")
     ap.add_argument("--routers", default="2,8", help="two chain lengths (default 2,8)")
+    ap.add_argument("--dataplanes", default="python,ebpf,kernel",
+                    help="which paths to measure, in this order (default python,ebpf,kernel); "
+                         "the eBPF/kernel ratio needs both")
     ap.add_argument("--out", type=Path, default=RESULTS / "chain.json")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -267,14 +301,18 @@ def main() -> int:
         ap.error("--routers takes two different chain lengths of at least 1, e.g. 2,8")
     if args.blocks < 2 or args.samples < args.blocks:
         ap.error("--blocks must be at least 2 and at most --samples")
+    modes = [m.strip() for m in args.dataplanes.split(",") if m.strip()]
+    if not modes or any(m not in ("python", "ebpf", "kernel") for m in modes) or len(set(modes)) != len(modes):
+        ap.error("--dataplanes takes distinct names among python, ebpf, kernel, e.g. ebpf,kernel")
     short, long = lengths
     result: dict = {"bench": "chain", "machine": machine_facts(), "method": __doc__.strip(),
+                    "dataplanes": modes,
                     "samples": args.samples, "blocks": args.blocks,
                     "payload_bytes": len(PAYLOAD), "runs": {}}
     with ExitStack() as stack:
         nets = {n: stack.enter_context(NetnsNetwork(new_run_dir(f"bench-chain-{n}"))) for n in lengths}
         names = {n: chain(nets[n], n) for n in lengths}
-        for mode in ("python", "ebpf", "kernel"):
+        for mode in modes:
             with ExitStack() as mstack:
                 chains = {n: mstack.enter_context(DmscChain(nets[n], names[n], mode) if mode != "kernel"
                                                   else KernelChain(nets[n], names[n]))
@@ -306,13 +344,14 @@ def main() -> int:
             result[f"_hop_{mode}"] = (ow, rt)
             print(f"  one {mode} hop: {ow['us']} us one way (standard error {ow['stderr_us']}), "
                   f"{rt['us']} us from the RTTs (standard error {rt['stderr_us']})", flush=True)
-    (ow_e, rt_e), (ow_k, rt_k) = result.pop("_hop_ebpf"), result.pop("_hop_kernel")
-    result.pop("_hop_python")
-    for suffix, e, k in (("", ow_e, ow_k), ("_rtt", rt_e, rt_k)):
-        ratio, why = hop_ratio(e, k)
-        result[f"ebpf_vs_kernel_hop{suffix}"] = ratio
-        if why:
-            result[f"ebpf_vs_kernel_hop{suffix}_note"] = why
+    hops = {m: result.pop(f"_hop_{m}") for m in modes}
+    if "ebpf" in hops and "kernel" in hops:
+        (ow_e, rt_e), (ow_k, rt_k) = hops["ebpf"], hops["kernel"]
+        for suffix, e, k in (("", ow_e, ow_k), ("_rtt", rt_e, rt_k)):
+            ratio, why = hop_ratio(e, k)
+            result[f"ebpf_vs_kernel_hop{suffix}"] = ratio
+            if why:
+                result[f"ebpf_vs_kernel_hop{suffix}_note"] = why
     result["targets"] = {"chain_hop_us_ebpf": "<= 1.5 x chain_hop_us_kernel"}
     result["machine"]["loadavg_at_end"] = loadavg()
     write_result(args.out, result)

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -117,41 +118,57 @@ def stop_generator(gen: subprocess.Popen) -> None:
         gen.wait(5)
 
 
-def measure_latency(net: NetnsNetwork, src: str, src_intf: str, dst: str, dst_intf: str,
-                    make_frame, proto: int, samples: int) -> list:
-    """One-way latency samples (us) between two raw sockets held by this process.
+class OneWayProbe:
+    """Two raw sockets held by this process: one sends a frame on src's interface, the
+    other takes it off dst's interface; `sample` gives the one-way time in us.
 
     The receiver busy-polls (non-blocking recv in a loop), so the measuring
     process's own wake-up is not part of the sample; the same method is used
     for every path compared."""
-    tx = socket_in(net.node(src).netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.bind((src_intf, 0))
-    rx = socket_in(net.node(dst).netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
-    rx.bind((dst_intf, proto))
-    rx.setblocking(False)
+
+    def __init__(self, net: NetnsNetwork, src: str, src_intf: str, dst: str, dst_intf: str,
+                 proto: int) -> None:
+        self.tx = socket_in(net.node(src).netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self.tx.bind((src_intf, 0))
+        self.rx = socket_in(net.node(dst).netns, socket.AF_PACKET, socket.SOCK_RAW,
+                            socket.htons(proto))
+        self.rx.bind((dst_intf, proto))
+        self.rx.setblocking(False)
+
+    def sample(self, frame: bytes) -> Optional[float]:
+        """us from send to receipt; None if nothing came within a second."""
+        clock = time.perf_counter_ns
+        t0 = clock()
+        self.tx.send(frame)
+        deadline = t0 + 1_000_000_000
+        while clock() < deadline:
+            try:
+                _, addr = self.rx.recvfrom(65536)
+            except BlockingIOError:
+                continue
+            if addr[2] != socket.PACKET_OUTGOING:
+                return (clock() - t0) / 1000.0
+        return None
+
+    def close(self) -> None:
+        self.tx.close()
+        self.rx.close()
+
+
+def measure_latency(net: NetnsNetwork, src: str, src_intf: str, dst: str, dst_intf: str,
+                    make_frame, proto: int, samples: int) -> list:
+    """`samples` one-way latencies (us) through OneWayProbe, 2 ms apart, after 50
+    unrecorded ones (the first warm caches and flow tables)."""
+    probe = OneWayProbe(net, src, src_intf, dst, dst_intf, proto)
     out = []
-    clock = time.perf_counter_ns
     try:
         for i in range(samples + 50):
-            frame = make_frame(i)
-            t0 = clock()
-            tx.send(frame)
-            deadline = t0 + 1_000_000_000
-            got = None
-            while clock() < deadline:
-                try:
-                    _, addr = rx.recvfrom(65536)
-                except BlockingIOError:
-                    continue
-                if addr[2] != socket.PACKET_OUTGOING:
-                    got = clock()
-                    break
-            if got is not None and i >= 50:  # the first 50 warm caches and flow tables
-                out.append((got - t0) / 1000.0)
+            got = probe.sample(make_frame(i))
+            if got is not None and i >= 50:
+                out.append(got)
             time.sleep(0.002)
     finally:
-        tx.close()
-        rx.close()
+        probe.close()
     return out
 
 

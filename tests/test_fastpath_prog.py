@@ -123,8 +123,6 @@ def test_object_and_maps(env, fp):
     assert info.xlated_prog_len > 0 and info.verified_insns > 0
     pod = fp.pod_prog_info()
     assert pod.name == layout.POD_PROG_NAME and pod.type == 3 and pod.verified_insns > 0
-    eg = libbpf.prog_info(fp.egress_prog_fd)
-    assert eg.name == layout.EGRESS_PROG_NAME and eg.type == 3 and eg.verified_insns > 0
     for name, (ks, vs, n, _percpu) in layout.MAPS.items():
         mi = libbpf.map_info(fp.fds[name])
         assert (mi.key_size, mi.value_size, mi.max_entries) == (ks, vs, n), name
@@ -1157,98 +1155,105 @@ def test_end_to_end_pods_through_two_sgs(env):
         nets.cleanup()
 
 
-# ------------------------------------------------------------------ fp_egress
-IN_MAC = bytes.fromhex("0a0000000101")     # in0's own address, as the forwarder wrote it
-IN_PEER = bytes.fromhex("0a0000000202")    # in0's neighbour: the frame's sender
+# ------------------------------------------------------------------ the out interface
+def _set_link(env, ifname: str, state: str, ns: str = "") -> None:
+    sh("ip", "-n", ns or env.ns, "link", "set", ifname, state)
 
 
-def _forwarded(env, fp, hop_limit: int = 9):
-    """A hit through fp_ingress on in0: (the frame as it came, the frame as redirected,
-    skb->cb as fp_ingress left it)."""
-    fp.set_face(env.in_if, IN_SLOT, 0, IN_MAC, IN_PEER)
-    pkt = packet(dst="/s", src="/h", hop_limit=hop_limit, flow_id=77, seq=3)
+def test_an_out_interface_down_in_the_kernel_passes_the_frame_up_untouched(env, fp):
+    """The face is not flagged down (user space has not heard of the cut yet), but its
+    interface is down (admin, as `ip link set down`) or has lost its carrier (the
+    peer down): nothing is rewritten, nothing counted but the verdict."""
+    pkt = packet(dst="/s", src="/h", hop_limit=9, flow_id=77, seq=3)
     env.install(pkt)
-    came = (IN_MAC + IN_PEER + b"\x88\xb5" + pkt).ljust(60, b"\0")
-    with in_netns(env.ns):
-        r = fp.test_run(came, env.in_if, ingress_ifindex=env.in_if)
-    assert r.retval == libbpf.TC_ACT_REDIRECT
-    return came, r.data, libbpf.skb_cb(r.ctx)
-
-
-def _egress(env, fp, data: bytes, cb, ifidx: int = 0) -> libbpf.TestRun:
-    with in_netns(env.ns):
-        return fp.test_run_egress(data, ifidx or env.out_if, ingress_ifindex=env.in_if, cb=cb)
-
-
-def _set_link(env, ifname: str, state: str) -> None:
-    sh("ip", "-n", env.ns, "link", "set", ifname, state)
-
-
-def test_ingress_leaves_what_egress_needs_in_cb(env, fp):
-    came, out, cb = _forwarded(env, fp)
-    assert cb == [layout.CB_FORWARDED, FLOW_SLOT, IN_SLOT | OUT_SLOT << 16, PREFIX_SLOT,
-                  len(came) - 14]
-
-
-def test_egress_leaves_a_frame_alone_when_its_interface_is_up(env, fp):
-    came, out, cb = _forwarded(env, fp)
-    before = fp.read_verdicts()
-    r = _egress(env, fp, out, cb)
-    assert r.retval == libbpf.TC_ACT_OK and r.data == out
-    assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_MARK) == 0
-    assert verdict_delta(before, fp.read_verdicts()) == {}
-
-
-def test_egress_hands_back_a_frame_whose_interface_is_down_as_it_came(env, fp):
-    """out0 down (admin, as `ip link set down`), then its carrier only (the peer down):
-    the frame goes back to in0's ingress, restored byte for byte, marked, and the
-    counts fp_ingress made for it are taken back."""
-    for down, up in (("out0", "out0"), ("out0p", "out0p")):
+    data = frame(pkt)
+    for down in ("out0", "out0p"):
         fp.reset_verdicts()
-        fp.reset_face_stats(range(layout.FP_FACES_MAX))
-        fp.reset_flow_stats(range(32))
-        fp.reset_prefix_stats(range(16))
-        came, out, cb = _forwarded(env, fp)
-        assert fp.read_flow_stats([FLOW_SLOT])[FLOW_SLOT].packets == 1
         _set_link(env, down, "down")
         try:
-            r = _egress(env, fp, out, cb)
+            r = env.run(data)
         finally:
-            _set_link(env, up, "up")
-        assert r.retval == libbpf.TC_ACT_REDIRECT, down
-        total = len(packet(dst="/s", src="/h", hop_limit=9, flow_id=77, seq=3))
-        assert r.data[:14 + total] == came[:14 + total], down   # padding may be trimmed
-        assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_MARK) == layout.MARK_BOUNCED
-        fs = fp.read_flow_stats([FLOW_SLOT])[FLOW_SLOT]
-        assert (fs.packets, fs.bytes) == (0, 0), down
+            _set_link(env, down, "up")
+        assert r.retval == libbpf.TC_ACT_OK and r.data == data, down
+        assert verdict_delta({k: 0 for k in layout.VERDICTS}, fp.read_verdicts()) == \
+            {"out_down": 1}, down
+        assert fp.read_flow_stats([FLOW_SLOT])[FLOW_SLOT].packets == 0
         assert all(v == layout.FaceStats() for v in fp.read_face_stats().values()), down
-        assert all(v == layout.PrefixStats() for v in fp.read_prefix_stats().values()), down
-        v = fp.read_verdicts()
-        assert (v["redirected"], v["bounced"]) == (0, 1), down
+    r = env.run(data)                                  # up again: a hit
+    assert r.retval == libbpf.TC_ACT_REDIRECT
 
 
-def test_a_handed_back_frame_is_passed_up_by_ingress_not_redirected_again(env, fp):
-    came, out, cb = _forwarded(env, fp)
-    before = fp.read_verdicts()
-    with in_netns(env.ns):
-        r = fp.test_run(came, env.in_if, ingress_ifindex=env.in_if, mark=layout.MARK_BOUNCED)
-    assert r.retval == libbpf.TC_ACT_OK and r.data == came
-    assert libbpf.skb_field(r.ctx, libbpf.SKB_OFF_MARK) == 0
-    assert verdict_delta(before, fp.read_verdicts()) == {"out_down": 1}
-
-
-def test_egress_leaves_alone_what_ingress_did_not_forward(env, fp):
-    """A frame this host sends (no tag in cb), and a forwarded frame whose in face's
-    neighbour is not known yet: both go on to the down interface's drop, as before."""
-    came, out, cb = _forwarded(env, fp)
+def test_a_carried_packet_is_not_sent_into_a_down_interface_either(env, pod_fp):
+    """The pod program's out face (a network face) down in the kernel: passed up."""
+    fp = pod_fp
+    pkt = tcp_packet(POD_ADDR, PEER_ADDR, 40000, 80, flags=0x10)
+    install_l4_for(env, pkt)
     _set_link(env, "out0", "down")
     try:
-        before = fp.read_verdicts()
-        r = _egress(env, fp, out, [0, *cb[1:]])
-        assert r.retval == libbpf.TC_ACT_OK and r.data == out
-        fp.set_face(env.in_if, IN_SLOT, 0, IN_MAC, bytes(6))
-        r = _egress(env, fp, out, cb)
-        assert r.retval == libbpf.TC_ACT_OK and r.data == out
-        assert verdict_delta(before, fp.read_verdicts()) == {}
+        r = env.run_pod(eth_ipv4(pkt))
     finally:
         _set_link(env, "out0", "up")
+    assert r.retval == libbpf.TC_ACT_OK and r.data == eth_ipv4(pkt)
+    assert fp.read_verdicts()["out_down"] == 1
+
+
+@pytest.fixture
+def peer_face(env, fp):
+    """x0: a veth of the test namespace whose peer x0p lives in a second namespace,
+    registered as a face that may redirect to its peer; a flow towards it."""
+    if not getattr(env, "peer_if", None):
+        ns2 = env.nets.add("u")
+        env.nets.veth(env.ns, "x0", ns2, "x0p")
+        env.peer_if, env.ns2 = ifindex(env.ns, "x0"), ns2
+    fp.set_face(env.peer_if, OUT_SLOT, layout.FACE_PEER)
+    pkt = packet(dst="/s", src="/h", hop_limit=9, flow_id=77, seq=3)
+    env.install(pkt, out_ifindex=env.peer_if)
+    return frame(pkt)
+
+
+def _via_peer(env, fp, data: bytes) -> int:
+    """Run one hit; 1 if it went to the peer's ingress, 0 if through the interface."""
+    before = fp.read_via_peer()
+    r = env.run(data)
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    return fp.read_via_peer() - before
+
+
+def test_a_forwarded_frame_goes_to_the_peer_only_where_nothing_would_see_it_leave(env, fp,
+                                                                                   peer_face):
+    assert _via_peer(env, fp, peer_face) == 1          # noqueue, no capture: straight there
+    fp.set_face(env.peer_if, OUT_SLOT, 0)               # not known as a veth with a peer
+    assert _via_peer(env, fp, peer_face) == 0
+    fp.set_face(env.peer_if, OUT_SLOT, layout.FACE_PEER)
+    # a shaper (tbf) on the out interface: through it, so that it shapes
+    sh("ip", "netns", "exec", env.ns, "tc", "qdisc", "replace", "dev", "x0", "root", "tbf",
+       "rate", "100mbit", "burst", "32kbit", "latency", "50ms")
+    try:
+        assert _via_peer(env, fp, peer_face) == 0
+    finally:
+        sh("ip", "netns", "exec", env.ns, "tc", "qdisc", "del", "dev", "x0", "root")
+    assert _via_peer(env, fp, peer_face) == 1
+    # a capture on the out interface, then on every interface of the namespace
+    for bind_to in ("x0", ""):
+        with in_netns(env.ns):
+            cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        try:
+            if bind_to:
+                cap.bind((bind_to, 0))
+            assert _via_peer(env, fp, peer_face) == 0, bind_to or "any"
+        finally:
+            cap.close()
+        assert _via_peer(env, fp, peer_face) == 1
+    assert fp.read_verdicts()["redirected"] == 8
+
+
+def test_a_decapsulated_packet_never_goes_to_the_peer(env, fp, peer_face):
+    """The EtherType changes: the receiving side must parse the frame again, which only
+    the interface's transmit path does."""
+    fp.set_face(env.peer_if, POD_SLOT, layout.FACE_PEER)
+    pkt = carried(tcp_of_len(PEER_ADDR, POD_ADDR, CPORT, SPORT, 40))
+    install_decap(env, pkt, out_ifindex=env.peer_if)
+    before = fp.read_via_peer()
+    r = env.run(frame(pkt))
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    assert fp.read_verdicts()["decapsulated"] == 1 and fp.read_via_peer() == before

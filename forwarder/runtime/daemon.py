@@ -319,8 +319,8 @@ class Daemon:
             events = select(timeout)
             t_turn = time.monotonic()
             if len(events) > 1:
-                # link changes before packets: a frame the kernel handed back because its
-                # out interface went down is then routed with that face already down
+                # link changes before packets: a frame the kernel passed up because its
+                # out interface had just gone down is then routed with that face down
                 events.sort(key=_carrier_first)
             for key, mask in events:
                 kind, obj = key.data

@@ -23,7 +23,9 @@ reason in the log and in GET /status.
 """
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
@@ -103,7 +105,9 @@ class KernelOffload:
         """Attach the program to a network face's interface (this process's netns)."""
         ifindex = _ifindex(interface)
         self.fp.attach([ifindex])
-        self.fp.set_face(ifindex, face_id, 0 if up else self.layout.FACE_DOWN)
+        flags = (0 if up else self.layout.FACE_DOWN) | \
+            (self.layout.FACE_PEER if peer_in_other_netns(interface) else 0)
+        self.fp.set_face(ifindex, face_id, flags)
         self._ifindex[face_id] = ifindex
 
     def add_pod(self, face_id: int, interface: str, address: str) -> None:
@@ -188,12 +192,7 @@ class KernelOffload:
         return True
 
     def neighbour_learnt(self, face_id: int, out_io) -> None:
-        """The face's neighbour address changed: the kernel's face takes it (fp_egress
-        restores a frame handed back to this face with it), current entries through
-        it take it."""
-        ifindex = self._ifindex.get(face_id)
-        if ifindex is not None and getattr(out_io, "mac", None) and out_io.peer_mac != b"\xff" * 6:
-            self.fp.set_face_macs(ifindex, face_id, out_io.mac, out_io.peer_mac)
+        """The out face's neighbour address changed: current entries through it take it."""
         for kf in self._flows.values():
             if kf.flow.face_id == face_id:
                 for mkey, (gen, write) in list(kf.keys.items()):
@@ -291,7 +290,8 @@ class KernelOffload:
                 "flow_slots": self.flows_max, "pin_dir": self.pin_dir,
                 "attached": {fid: ifx for fid, ifx in sorted(self._ifindex.items())},
                 "served_ports": len(self.served),
-                "offload": dict(self.stats), "verdicts": self.fp.read_verdicts()}
+                "offload": dict(self.stats), "verdicts": self.fp.read_verdicts(),
+                "redirected_to_peer": self.fp.read_via_peer()}
 
     def close(self) -> None:
         """Detach from every interface, unpin, free the maps."""
@@ -308,6 +308,21 @@ def _ifindex(interface: str) -> int:
 def _socket_ifindex(interface: str) -> int:
     import socket
     return socket.if_nametoindex(interface)
+
+
+def peer_in_other_netns(interface: str) -> bool:
+    """Whether `interface` is a veth whose peer lives in another network namespace:
+    then the kernel may hand a forwarded frame straight to the peer's ingress
+    (bpf_redirect_peer; it checks the interface's queue and captures itself). Read
+    once, when the face is attached: a veth keeps its peer for life."""
+    try:
+        res = subprocess.run(["ip", "-d", "-j", "link", "show", "dev", interface],
+                             capture_output=True, text=True, timeout=10)
+        link = json.loads(res.stdout)[0] if res.returncode == 0 else {}
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        link = {}
+    return (link.get("linkinfo", {}).get("info_kind") == "veth"
+            and "link_netnsid" in link)
 
 
 def choose(mode: str, core: Forwarder, pin_dir: str, faces: List[Tuple[int, str, bool, str]],

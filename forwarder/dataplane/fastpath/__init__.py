@@ -1,9 +1,8 @@
 """The in-kernel half of the data plane: tc (clsact) eBPF programs that
 repeat the pipeline's flow-table decisions (fp_ingress, network faces: forward
-by name, or decapsulate an IPv4 packet carried by name), hand back to the
-forwarder what they redirected into a link that just failed (fp_egress, network
-faces' egress), and carry a pod's IPv4 packets by name (fp_pod_ingress,
-pod-facing veths), and the code that loads and feeds them.
+by name, or decapsulate an IPv4 packet carried by name) and carry a pod's IPv4
+packets by name (fp_pod_ingress, pod-facing veths), and the code that loads and
+feeds them.
 
 The pipeline decides, the kernel repeats: `forwarder.dataplane.pipeline` says
 which decisions may be repeated (its Offload action); the runtime

@@ -15,11 +15,16 @@
  * 5-tuple's fp_l4 entry gives the DMSC header to put in front (the packet
  * moves back to make room; its source may be rewritten: SNAT) and the out face.
  *
- * fp_egress (network faces, egress) catches what fp_ingress redirected into an
- * interface that went down before user space flagged its face (the few
- * milliseconds a link notification takes to reach the forwarder): the frame is
- * restored (hop limit, Ethernet addresses, counters) and handed back to the face
- * it came in on, marked, for the Python forwarder to route around the failure.
+ * Before a redirect, the out interface's own state is read from the kernel
+ * (struct net_device, through CO-RE): an interface that is down or has no carrier
+ * gets nothing, the frame is passed up for the Python forwarder to route around
+ * it, even in the milliseconds before user space hears of the cut and flags the
+ * face. A FORWARD frame goes straight to the neighbour's ingress
+ * (bpf_redirect_peer) where the out face is a veth whose peer is in another
+ * namespace and nothing on the out interface would see the frame leave: no queue
+ * (noqueue, the veth default), no packet capture on it or on the namespace.
+ * Otherwise, and always for encap/decap (the EtherType changes, and the receiving
+ * side must parse it again), it goes through the out interface (bpf_redirect).
  *
  * Anything a check refuses is passed up unchanged (TC_ACT_OK) to the Python
  * side, with the reason counted in fp_verdicts. Every check is made before the
@@ -35,16 +40,46 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 #include "fastpath.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* The two kernel fields fp_egress reads, relocated by libbpf against the
- * running kernel's BTF (CO-RE): whether the interface is up and has carrier. */
+/* What fp_ingress reads of the kernel's own objects, relocated by libbpf against
+ * the running kernel's BTF (CO-RE): the namespace's devices by index (the table
+ * dev_get_by_index_rcu walks), an interface's state, its queue and its captures. */
+struct list_head___fp {
+	struct list_head___fp *next;
+} __attribute__((preserve_access_index));
+
+struct hlist_node___fp {
+	struct hlist_node___fp *next;
+} __attribute__((preserve_access_index));
+
+struct hlist_head___fp {
+	struct hlist_node___fp *first;
+} __attribute__((preserve_access_index));
+
+struct net___fp {
+	struct list_head___fp ptype_all;            /* captures on every interface */
+	struct hlist_head___fp *dev_index_head;     /* FP_DEV_HASH_SIZE buckets */
+} __attribute__((preserve_access_index));
+
+struct Qdisc___fp {
+	void *enqueue;                              /* NULL: noqueue */
+} __attribute__((preserve_access_index));
+
 struct net_device___fp {
 	unsigned int flags;
 	unsigned long state;
+	int ifindex;
+	struct Qdisc___fp *qdisc;                   /* the root qdisc */
+	struct list_head___fp ptype_all;            /* captures on this interface */
+	struct hlist_node___fp index_hlist;
+	struct {
+		struct net___fp *net;
+	} nd_net;
 } __attribute__((preserve_access_index));
 
 struct sk_buff___fp {
@@ -52,6 +87,7 @@ struct sk_buff___fp {
 } __attribute__((preserve_access_index));
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
 /* ifindex -> face (this forwarder's network faces). */
 struct {
@@ -132,17 +168,12 @@ struct {
 	__type(value, __u64);
 } fp_verdicts SEC(".maps");
 
-static __always_inline void count_add(__u32 verdict, __u64 n)
+static __always_inline void count(__u32 verdict)
 {
 	__u64 *c = bpf_map_lookup_elem(&fp_verdicts, &verdict);
 
 	if (c)
-		*c += n;
-}
-
-static __always_inline void count(__u32 verdict)
-{
-	count_add(verdict, 1);
+		*c += 1;
 }
 
 /* Per-CPU records: plain increments. An out-of-range slot counts nothing. */
@@ -158,52 +189,104 @@ static __always_inline void count_flow(__u32 slot, __u32 bytes, __u64 tcp_flags)
 	}
 }
 
-static __always_inline void add_faces(__u32 in_slot, __u32 rx_bytes, __u32 out_slot,
-				      __u32 tx_bytes, __s64 n)
+static __always_inline void count_faces(__u32 in_slot, __u32 rx_bytes, __u32 out_slot,
+					__u32 tx_bytes)
 {
 	struct fp_face_stats *rx = bpf_map_lookup_elem(&fp_face_stats, &in_slot);
 
 	if (rx) {
-		rx->rx_packets += n;
-		rx->rx_bytes += n * rx_bytes;
+		rx->rx_packets += 1;
+		rx->rx_bytes += rx_bytes;
 	}
 	struct fp_face_stats *tx = bpf_map_lookup_elem(&fp_face_stats, &out_slot);
 
 	if (tx) {
-		tx->tx_packets += n;
-		tx->tx_bytes += n * tx_bytes;
+		tx->tx_packets += 1;
+		tx->tx_bytes += tx_bytes;
 	}
 }
 
-static __always_inline void count_faces(__u32 in_slot, __u32 rx_bytes, __u32 out_slot,
-					__u32 tx_bytes)
-{
-	add_faces(in_slot, rx_bytes, out_slot, tx_bytes, 1);
-}
-
-static __always_inline void add_prefix(__u32 prefix_slot, __u32 bytes, __s64 n)
+static __always_inline void count_prefix(__u32 prefix_slot, __u32 bytes)
 {
 	if (prefix_slot == FP_NO_PREFIX)
 		return;
 	struct fp_prefix_stats *ps = bpf_map_lookup_elem(&fp_prefix_stats, &prefix_slot);
 
 	if (ps) {
-		ps->packets += n;
-		ps->bytes += n * bytes;
+		ps->packets += 1;
+		ps->bytes += bytes;
 	}
 }
 
-static __always_inline void count_prefix(__u32 prefix_slot, __u32 bytes)
-{
-	add_prefix(prefix_slot, bytes, 1);
-}
-
-/* The out face must be one of ours and not down. */
-static __always_inline int out_face_up(__u32 out_ifindex)
+/* The out face's flags (FP_FACE_*); FP_FACE_DOWN if it is not one of ours. */
+static __always_inline __u32 out_face_flags(__u32 out_ifindex)
 {
 	struct fp_face *out = bpf_map_lookup_elem(&fp_faces, &out_ifindex);
 
-	return out && !(out->flags & FP_FACE_DOWN);
+	return out ? out->flags : FP_FACE_DOWN;
+}
+
+/* The interface `ifindex` of the namespace the frame came in on, found the way
+ * dev_get_by_index_rcu finds it; NULL if it is not there (or past a bucket's
+ * first FP_DEV_CHAIN_MAX devices). Plain loads through the kernel's BTF (the JIT
+ * guards each against a fault), not a probe_read helper call per field. */
+static __always_inline struct net_device___fp *out_dev(struct __sk_buff *skb, __u32 ifindex)
+{
+	struct sk_buff___fp *kskb = bpf_cast_to_kern_ctx(skb);
+	struct net___fp *net = kskb->dev->nd_net.net;
+	__u64 at = (__u64)net->dev_index_head;
+
+	if (!at)
+		return NULL;
+	at += (ifindex & (FP_DEV_HASH_SIZE - 1)) * sizeof(struct hlist_head___fp);
+	struct hlist_head___fp *head =
+		bpf_rdonly_cast((void *)at, bpf_core_type_id_kernel(struct hlist_head___fp));
+	struct hlist_node___fp *node = head->first;
+
+	for (int i = 0; i < FP_DEV_CHAIN_MAX && node; i++) {
+		struct net_device___fp *dev = bpf_rdonly_cast(
+			(void *)((__u64)node - bpf_core_field_offset(struct net_device___fp, index_hlist)),
+			bpf_core_type_id_kernel(struct net_device___fp));
+
+		if (dev->ifindex == (int)ifindex)
+			return dev;
+		node = node->next;
+	}
+	return NULL;
+}
+
+static __always_inline int list_empty___fp(struct list_head___fp *head, __u64 at)
+{
+	return (__u64)head->next == at;
+}
+
+/* How a frame may leave by `out_ifindex`. */
+enum fp_out { FP_OUT_DOWN, FP_OUT_XMIT, FP_OUT_PEER };
+
+static __always_inline enum fp_out out_path(struct __sk_buff *skb, __u32 out_ifindex,
+					    __u32 face_flags, int may_peer)
+{
+	if (face_flags & FP_FACE_DOWN)
+		return FP_OUT_DOWN;
+	struct net_device___fp *dev = out_dev(skb, out_ifindex);
+
+	if (!dev)
+		return FP_OUT_DOWN;
+	if (!(dev->flags & FP_IFF_UP) || (dev->state & FP_LINK_NOCARRIER))
+		return FP_OUT_DOWN;
+	if (!may_peer || !(face_flags & FP_FACE_PEER))
+		return FP_OUT_XMIT;
+	/* Straight to the peer would skip the out interface's queue (a shaper, the
+	 * priority classes) and its captures: only where it has neither. */
+	struct net___fp *net = dev->nd_net.net;
+
+	if (dev->qdisc->enqueue ||
+	    !list_empty___fp(&dev->ptype_all,
+			     (__u64)dev + bpf_core_field_offset(struct net_device___fp, ptype_all)) ||
+	    !list_empty___fp(&net->ptype_all,
+			     (__u64)net + bpf_core_field_offset(struct net___fp, ptype_all)))
+		return FP_OUT_XMIT;
+	return FP_OUT_PEER;
 }
 
 /* Every pass-up goes through one exit: count the reason, return TC_ACT_OK. */
@@ -219,12 +302,6 @@ int fp_ingress(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	__u32 zero = 0;
 	__u32 verdict;
-
-	/* 0. A frame fp_egress handed back: the Python forwarder decides. */
-	if (skb->mark == FP_MARK_BOUNCED) {
-		skb->mark = 0;
-		PASS(FP_V_OUT_DOWN);
-	}
 
 	/* 1. EtherType 0x88B5 (no VLAN) and at least 14 + 40 bytes. */
 	if (skb->vlan_present)
@@ -318,15 +395,21 @@ int fp_ingress(struct __sk_buff *skb)
 	if (action != FP_ACT_FORWARD)
 		PASS(FP_V_MISS);     /* an action this program does not know: no usable entry */
 
-	/* 6. Out face, hop limit, MTU. */
+	/* 6. Out face, hop limit, MTU, and the out interface as the kernel has it now. */
 	if (out_ifindex == ifindex)
 		PASS(FP_V_SAME_FACE);
-	if (!out_face_up(out_ifindex))
+	__u32 out_flags = out_face_flags(out_ifindex);
+
+	if (out_flags & FP_FACE_DOWN)
 		PASS(FP_V_OUT_DOWN);
 	if (h.hop_limit <= 1)
 		PASS(FP_V_HOP_LIMIT);
 	if (total > mtu)
 		PASS(FP_V_TOO_BIG);
+	enum fp_out path = out_path(skb, out_ifindex, out_flags, 1);
+
+	if (path == FP_OUT_DOWN)
+		PASS(FP_V_OUT_DOWN);
 
 	/* Rewrite. Trim first: on failure the frame is still untouched. */
 	__u32 want = FP_ETH_HLEN + total;
@@ -345,13 +428,9 @@ int fp_ingress(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, 0, eth.macs, sizeof(eth.macs), 0) < 0)
 		PASS(FP_V_REWRITE_ERROR);
 	skb->priority = priority;
-	skb->cb[0] = FP_CB_FORWARDED;
-	skb->cb[1] = flow_slot;
-	skb->cb[2] = (in_slot & 0xffff) | (out_slot << 16);
-	skb->cb[3] = prefix_slot;
-	skb->cb[4] = len - FP_ETH_HLEN;
 
-	long rc = bpf_redirect(out_ifindex, 0);
+	long rc = path == FP_OUT_PEER ? bpf_redirect_peer(out_ifindex, 0)
+				      : bpf_redirect(out_ifindex, 0);
 
 	if (rc != TC_ACT_REDIRECT)
 		PASS(FP_V_REDIRECT_ERROR);
@@ -360,6 +439,8 @@ int fp_ingress(struct __sk_buff *skb)
 	count_faces(in_slot, len - FP_ETH_HLEN, out_slot, total);
 	count_prefix(prefix_slot, total);
 	count(FP_V_REDIRECTED);
+	if (path == FP_OUT_PEER)
+		count(FP_C_VIA_PEER);
 	return TC_ACT_REDIRECT;
 
 decap:
@@ -400,7 +481,7 @@ decap:
 			csum_flags |= BPF_F_MARK_MANGLED_0;   /* a UDP checksum of 0 stays 0 */
 		}
 	}
-	if (!out_face_up(out_ifindex))
+	if (out_path(skb, out_ifindex, out_face_flags(out_ifindex), 0) == FP_OUT_DOWN)
 		PASS(FP_V_OUT_DOWN);
 	if (ip_len > mtu)
 		PASS(FP_V_TOO_BIG);
@@ -593,7 +674,7 @@ int fp_pod_ingress(struct __sk_buff *skb)
 
 	if (!cur || *cur != gen)
 		PASS(FP_V_STALE);
-	if (!out_face_up(out_ifindex))
+	if (out_path(skb, out_ifindex, out_face_flags(out_ifindex), 0) == FP_OUT_DOWN)
 		PASS(FP_V_OUT_DOWN);
 	if (hdr_len < FP_HDR_LEN || hdr_len > FP_L4_HDR_MAX || hdr_len + ip_len > mtu)
 		PASS(FP_V_TOO_BIG);
@@ -674,76 +755,4 @@ up:
 shot:
 	count(verdict);
 	return TC_ACT_SHOT;
-}
-
-/* Take back what fp_ingress counted for a frame it redirected. Per-CPU records:
- * fp_egress runs on the CPU fp_ingress ran on, in the same redirect. */
-static __always_inline void uncount(__u32 flow_slot, __u32 in_slot, __u32 rx_bytes,
-				    __u32 out_slot, __u32 prefix_slot, __u32 bytes)
-{
-	struct fp_flow_stats *fs = bpf_map_lookup_elem(&fp_flow_stats, &flow_slot);
-
-	if (fs) {
-		fs->packets -= 1;
-		fs->bytes -= bytes;
-	}
-	add_faces(in_slot, rx_bytes, out_slot, bytes, -1);
-	add_prefix(prefix_slot, bytes, -1);
-}
-
-SEC("tc")
-int fp_egress(struct __sk_buff *skb)
-{
-	/* Only frames fp_ingress redirected here (FORWARD), nothing this host sends. */
-	if (skb->cb[0] != FP_CB_FORWARDED)
-		return TC_ACT_OK;
-	skb->cb[0] = 0;
-	__u32 in_ifindex = skb->ingress_ifindex;
-
-	if (in_ifindex == 0 || in_ifindex == skb->ifindex)
-		return TC_ACT_OK;
-
-	/* The interface is up with carrier: the frame leaves as fp_ingress decided. */
-	struct sk_buff___fp *kskb = bpf_cast_to_kern_ctx(skb);
-	struct net_device___fp *dev = kskb->dev;
-
-	if (!dev)
-		return TC_ACT_OK;
-	if ((dev->flags & FP_IFF_UP) && !(dev->state & FP_LINK_NOCARRIER))
-		return TC_ACT_OK;
-
-	/* Down: its queue would drop the frame. Restore it as it came in on
-	 * in_ifindex and hand it back there. Without the in face's addresses
-	 * (a neighbour not learnt yet) the frame goes on to its drop, as before. */
-	struct fp_face *in = bpf_map_lookup_elem(&fp_faces, &in_ifindex);
-
-	if (!in)
-		return TC_ACT_OK;
-	struct {
-		__u8 dst[6];
-		__u8 src[6];
-	} macs;
-
-	__builtin_memcpy(macs.dst, in->mac, 6);
-	__builtin_memcpy(macs.src, in->peer_mac, 6);
-	if (!(macs.src[0] | macs.src[1] | macs.src[2] | macs.src[3] | macs.src[4] | macs.src[5]))
-		return TC_ACT_OK;
-	struct fp_wire_head h;
-
-	if (bpf_skb_load_bytes(skb, 12, &h, sizeof(h)) < 0 || h.proto != bpf_htons(FP_ETHERTYPE))
-		return TC_ACT_OK;
-	__u8 hop = h.hop_limit + 1;
-
-	if (bpf_skb_store_bytes(skb, FP_ETH_HLEN + 3, &hop, 1, BPF_F_RECOMPUTE_CSUM) < 0 ||
-	    bpf_skb_store_bytes(skb, 0, &macs, sizeof(macs), 0) < 0)
-		return TC_ACT_OK;
-	__u32 slots = skb->cb[2];
-
-	uncount(skb->cb[1], slots & 0xffff, skb->cb[4], slots >> 16, skb->cb[3],
-		bpf_ntohs(h.total_length));
-	count_add(FP_V_REDIRECTED, -1);
-	count(FP_V_BOUNCED);
-	skb->priority = 0;
-	skb->mark = FP_MARK_BOUNCED;
-	return bpf_redirect(in_ifindex, BPF_F_INGRESS);
 }

@@ -45,17 +45,11 @@
  * gateway's packet socket can leave alone what is not for it: traffic between pods'
  * own addresses that is not a new connection (direct IP routing through the node). */
 #define FP_MARK_GATEWAY   0xD35C0001u
-/* fp_egress hands a frame it cannot send (its interface went down before user space
- * flagged the face) back to the face it came in on, marked so that fp_ingress passes
- * it up to the Python forwarder instead of redirecting it again. */
-#define FP_MARK_BOUNCED   0xD35C0002u
-/* fp_ingress leaves in skb->cb (qdisc_skb_cb data, which the redirect to the out
- * face's egress hook does not touch) what fp_egress needs to take the frame back:
- * cb[0] this tag, cb[1] the flow slot, cb[2] in face slot | out face slot << 16,
- * cb[3] the prefix slot, cb[4] the bytes counted as received. */
-#define FP_CB_FORWARDED   0xD35CCB01u
+/* The out interface's state as fp_ingress reads it (CO-RE, struct net_device). */
 #define FP_IFF_UP         0x1        /* net_device.flags */
 #define FP_LINK_NOCARRIER 0x4        /* net_device.state: 1 << __LINK_STATE_NOCARRIER */
+#define FP_DEV_HASH_SIZE  256        /* struct net.dev_index_head: 1 << NETDEV_HASHBITS buckets */
+#define FP_DEV_CHAIN_MAX  8          /* devices looked at in one bucket (then: not found) */
 #define FP_VIP_NET        0x0A600000u /* 10.96.0.0/12: service addresses (forwarder.gateway) */
 #define FP_VIP_MASK       0xFFF00000u
 #define FP_TCP_SYN_RST    0x06
@@ -65,6 +59,8 @@
 
 /* fp_face.flags */
 #define FP_FACE_DOWN      0x1        /* not usable as an output face (carrier down) */
+#define FP_FACE_PEER      0x2        /* a veth whose peer is in another network namespace:
+				      * bpf_redirect_peer may hand a frame straight to it */
 
 /* Verdicts: index into fp_verdicts; names in layout.VERDICTS, same order. */
 enum fp_verdict {
@@ -91,9 +87,13 @@ enum fp_verdict {
 	FP_V_NOT_L4,             /* fp_pod_ingress: not TCP/UDP, or its header past the packet */
 	FP_V_GSO,                /* fp_pod_ingress: skb->gso_segs > 1 */
 	FP_V_BAD_INNER,          /* not IPv4 v4/IHL >= 5, or lengths inconsistent; DECAP of a non-6 type */
-	FP_V_BOUNCED,            /* fp_egress: redirected into an interface that is down, handed back */
 	FP_V__COUNT
 };
+
+/* Not a verdict: a second count in fp_verdicts, of the frames counted "redirected" that
+ * went straight to the neighbour's ingress (bpf_redirect_peer) rather than through the
+ * out interface's transmit path (bpf_redirect). */
+#define FP_C_VIA_PEER     (FP_VERDICTS_MAX - 1)
 
 /* fp_flows key: the packet bytes [20, header_length), zero padded. */
 struct fp_key {
@@ -106,10 +106,7 @@ struct fp_key {
 struct fp_face {
 	__u32 face_slot;             /*  0: index into fp_face_stats */
 	__u32 flags;                 /*  4: FP_FACE_* */
-	__u8  mac[6];                /*  8: the face's own address */
-	__u8  peer_mac[6];           /* 14: its neighbour's; all zero while unknown */
-	__u32 pad;                   /* 20: 0 */
-};                                   /* 24 bytes */
+};                                   /* 8 bytes */
 
 /* fp_flows value. */
 struct fp_flow {
@@ -244,7 +241,7 @@ struct fp_ip_head {
 _Static_assert(sizeof(struct fp_ipv4) == FP_IP_HLEN, "fp_ipv4 size");
 _Static_assert(sizeof(struct fp_ip_head) == 2 + FP_IP_HLEN, "fp_ip_head size");
 _Static_assert(sizeof(struct fp_key) == 260, "fp_key size");
-_Static_assert(sizeof(struct fp_face) == 24, "fp_face size");
+_Static_assert(sizeof(struct fp_face) == 8, "fp_face size");
 _Static_assert(sizeof(struct fp_flow) == 48, "fp_flow size");
 _Static_assert(sizeof(struct fp_flow_stats) == 32, "fp_flow_stats size");
 _Static_assert(sizeof(struct fp_pod) == 8, "fp_pod size");
@@ -253,6 +250,6 @@ _Static_assert(sizeof(struct fp_l4) == 48 + FP_L4_HDR_MAX, "fp_l4 size");
 _Static_assert(sizeof(struct fp_face_stats) == 32, "fp_face_stats size");
 _Static_assert(sizeof(struct fp_prefix_stats) == 16, "fp_prefix_stats size");
 _Static_assert(sizeof(struct fp_wire_head) == 2 + FP_HDR_LEN, "fp_wire_head size");
-_Static_assert(FP_V__COUNT <= FP_VERDICTS_MAX, "too many verdicts");
+_Static_assert(FP_V__COUNT < FP_C_VIA_PEER, "too many verdicts");
 
 #endif /* DMSC_FASTPATH_H */

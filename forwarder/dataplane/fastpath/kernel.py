@@ -81,12 +81,11 @@ class FastPathMaps:
         self.fds = {}
 
     # -- faces ---------------------------------------------------------------
-    def set_face(self, ifindex: int, face_slot: int, flags: int = 0, mac: bytes = bytes(6),
-                 peer_mac: bytes = bytes(6)) -> None:
-        """Make `ifindex` one of this forwarder's faces (counted in `face_slot`), with
-        its own and its neighbour's addresses (fp_egress restores a frame with them)."""
+    def set_face(self, ifindex: int, face_slot: int, flags: int = 0) -> None:
+        """Make `ifindex` one of this forwarder's faces (counted in `face_slot`);
+        flags: layout.FACE_DOWN, layout.FACE_PEER."""
         libbpf.map_update(self.fds["fp_faces"], layout.U32.pack(ifindex),
-                          layout.face_value(face_slot, flags, mac, peer_mac), what="fp_faces")
+                          layout.face_value(face_slot, flags), what="fp_faces")
 
     def face(self, ifindex: int) -> Optional[layout.Face]:
         v = libbpf.map_lookup(self.fds["fp_faces"], layout.U32.pack(ifindex), layout.FACE.size,
@@ -94,16 +93,11 @@ class FastPathMaps:
         return layout.decode_face(v) if v is not None else None
 
     def set_face_down(self, ifindex: int, face_slot: int, down: bool) -> None:
-        """Flag a face unusable as output (hits towards it are passed up); its
-        addresses stay."""
+        """Flag a face unusable as output (hits towards it are passed up); its other
+        flags stay."""
         cur = self.face(ifindex)
-        macs = (cur.mac, cur.peer_mac) if cur is not None else (bytes(6), bytes(6))
-        self.set_face(ifindex, face_slot, layout.FACE_DOWN if down else 0, *macs)
-
-    def set_face_macs(self, ifindex: int, face_slot: int, mac: bytes, peer_mac: bytes) -> None:
-        """The face's addresses as the forwarder now knows them; its flags stay."""
-        cur = self.face(ifindex)
-        self.set_face(ifindex, face_slot, cur.flags if cur is not None else 0, mac, peer_mac)
+        flags = (cur.flags if cur is not None else 0) & ~layout.FACE_DOWN
+        self.set_face(ifindex, face_slot, flags | (layout.FACE_DOWN if down else 0))
 
     def remove_face(self, ifindex: int) -> bool:
         return libbpf.map_delete(self.fds["fp_faces"], layout.U32.pack(ifindex), what="fp_faces")
@@ -276,6 +270,11 @@ class FastPathMaps:
             counts[i] = layout.decode_u64_sum(self._percpu("fp_verdicts", i))
         return layout.verdict_dict(counts)
 
+    def read_via_peer(self) -> int:
+        """Of the frames counted "redirected", those handed straight to the neighbour's
+        ingress (bpf_redirect_peer) rather than sent through the out interface."""
+        return layout.decode_u64_sum(self._percpu("fp_verdicts", layout.C_VIA_PEER))
+
 
 class FastPath(FastPathMaps):
     """The program loaded once per forwarder process, its maps pinned under pin_dir."""
@@ -325,7 +324,6 @@ class FastPath(FastPathMaps):
             self._pins = [os.path.join(self.pin_dir, n) for n in layout.MAP_NAMES]
             self.prog_fd = obj.prog_fd(layout.PROG_NAME)
             self.pod_prog_fd = obj.prog_fd(layout.POD_PROG_NAME)
-            self.egress_prog_fd = obj.prog_fd(layout.EGRESS_PROG_NAME)
             super().__init__({n: obj.map_fd(n) for n in layout.MAP_NAMES}, owns_fds=False)
             self._obj = obj
         except BaseException:
@@ -365,13 +363,9 @@ class FastPath(FastPathMaps):
 
     # -- tc ------------------------------------------------------------------
     def attach(self, ifindexes: Iterable[int]) -> None:
-        """Attach fp_ingress at clsact ingress of each ifindex, fp_egress at its
-        egress (network faces; this thread's netns)."""
-        ifindexes = list(ifindexes)
+        """Attach fp_ingress at clsact ingress of each ifindex (network faces; this
+        thread's netns)."""
         self._attach(ifindexes, self.prog_fd)
-        for ifindex in ifindexes:
-            libbpf.tc_attach(ifindex, self.egress_prog_fd, self.handle, self.priority,
-                             replace=True, attach_point=libbpf.BPF_TC_EGRESS)
 
     def attach_pods(self, ifindexes: Iterable[int]) -> None:
         """Attach fp_pod_ingress at clsact ingress of each pod-facing veth (this
@@ -396,7 +390,6 @@ class FastPath(FastPathMaps):
     def detach(self, ifindex: int) -> bool:
         """Remove our filter (and the clsact qdisc if we created it)."""
         created = self._attached.pop(ifindex, False)
-        libbpf.tc_detach(ifindex, self.handle, self.priority, attach_point=libbpf.BPF_TC_EGRESS)
         found = libbpf.tc_detach(ifindex, self.handle, self.priority)
         if created and found:
             try:
@@ -429,12 +422,6 @@ class FastPath(FastPathMaps):
         thread's netns); other ctx fields as libbpf.skb_ctx takes them."""
         return libbpf.test_run(self.prog_fd, frame, libbpf.skb_ctx(ifindex=ifindex, **ctx),
                                repeat)
-
-    def test_run_egress(self, frame: bytes, ifindex: int = 0, repeat: int = 1,
-                        **ctx) -> libbpf.TestRun:
-        """fp_egress under BPF_PROG_TEST_RUN (as test_run; `cb` as libbpf.skb_ctx takes it)."""
-        return libbpf.test_run(self.egress_prog_fd, frame,
-                               libbpf.skb_ctx(ifindex=ifindex, **ctx), repeat)
 
     def test_run_pod(self, frame: bytes, ifindex: int = 0, repeat: int = 1,
                      **ctx) -> libbpf.TestRun:

@@ -22,6 +22,7 @@ FP_PODS_MAX = 256
 FP_L4_HDR_MAX = 128        # longest DMSC header an fp_l4 entry carries
 NO_PREFIX = 0xFFFFFFFF
 FACE_DOWN = 0x1            # fp_face.flags: not usable as an output face
+FACE_PEER = 0x2            # fp_face.flags: a veth whose peer is in another namespace
 
 ETHERTYPE = 0x88B5
 ETH_HLEN = 14
@@ -39,13 +40,10 @@ IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 
 MARK_GATEWAY = 0xD35C0001  # skb->mark of what fp_pod_ingress passes up for the gateway
-MARK_BOUNCED = 0xD35C0002  # skb->mark of a frame fp_egress hands back to its in face
-CB_FORWARDED = 0xD35CCB01  # skb->cb[0] of a frame fp_ingress redirected (FORWARD)
 VIP_NET, VIP_MASK = 0x0A600000, 0xFFF00000   # 10.96.0.0/12 (forwarder.gateway.addresses)
 PROG_NAME = "fp_ingress"          # SEC("tc") program for network faces
 POD_PROG_NAME = "fp_pod_ingress"  # SEC("tc") program for pod-facing veths
-EGRESS_PROG_NAME = "fp_egress"    # SEC("tc") program for network faces' egress
-PROG_NAMES = (PROG_NAME, POD_PROG_NAME, EGRESS_PROG_NAME)
+PROG_NAMES = (PROG_NAME, POD_PROG_NAME)
 MAP_NAMES = ("fp_faces", "fp_flows", "fp_gen", "fp_flow_stats", "fp_face_stats",
              "fp_prefix_stats", "fp_verdicts", "fp_pods", "fp_l4")
 
@@ -74,22 +72,24 @@ VERDICTS = (
     "not_l4",          # fp_pod_ingress: not TCP/UDP, or its header (20/8 bytes) past the packet
     "gso",             # fp_pod_ingress: skb->gso_segs > 1
     "bad_inner",       # not IPv4 (version, IHL >= 5), lengths inconsistent; DECAP of a type != 6
-    "bounced",         # fp_egress: redirected into an interface that is down, handed back
 )
 VERDICT = {name: i for i, name in enumerate(VERDICTS)}
 # Frames the programs hand on (redirect) and frames they drop; the rest is passed up
 # unchanged. rewrite_error/redirect_error: passed up by the FORWARD rewrite,
 # dropped (TC_ACT_SHOT) after an encap/decap's first write.
-HANDLED = ("redirected", "encapsulated", "decapsulated", "bounced")
+HANDLED = ("redirected", "encapsulated", "decapsulated")
 DROPPED = ("spoofed",)
 PASSED_UP = tuple(v for v in VERDICTS if v not in HANDLED and v not in DROPPED)
-assert len(VERDICTS) <= FP_VERDICTS_MAX
+# Not a verdict: fp_verdicts slot FP_C_VIA_PEER counts which of the "redirected" frames
+# went straight to the neighbour's ingress (bpf_redirect_peer).
+C_VIA_PEER = FP_VERDICTS_MAX - 1
+assert len(VERDICTS) < C_VIA_PEER
 
 # ---------------------------------------------------------------- structs
 U32 = struct.Struct("=I")                       # array/hash keys: slot, ifindex
 U64 = struct.Struct("=Q")                       # fp_gen value, fp_verdicts value
 KEY = struct.Struct(f"=HH{FP_KEY_MAX}s")        # struct fp_key
-FACE = struct.Struct("=II6s6sI")                # struct fp_face
+FACE = struct.Struct("=II")                     # struct fp_face
 FLOW = struct.Struct("=IIQ6s6sHHIII4s")        # struct fp_flow
 FLOW_STATS = struct.Struct("=QQQQ")             # struct fp_flow_stats
 FACE_STATS = struct.Struct("=QQQQ")             # struct fp_face_stats
@@ -99,12 +99,12 @@ L4_KEY = struct.Struct("!4s4sHHB3x")            # struct fp_l4_key (all network 
 L4_VALUE = struct.Struct(f"=IIQ6s6sHHII4sHH{FP_L4_HDR_MAX}s")  # struct fp_l4
 
 # What test_layout checks against the compiled header.
-SIZES = {"fp_key": 260, "fp_face": 24, "fp_flow": 48, "fp_flow_stats": 32,
+SIZES = {"fp_key": 260, "fp_face": 8, "fp_flow": 48, "fp_flow_stats": 32,
          "fp_face_stats": 32, "fp_prefix_stats": 16, "fp_pod": 8, "fp_l4_key": 16,
          "fp_l4": 176}
 OFFSETS = {
     "fp_key": {"len": 0, "pad": 2, "bytes": 4},
-    "fp_face": {"face_slot": 0, "flags": 4, "mac": 8, "peer_mac": 14, "pad": 20},
+    "fp_face": {"face_slot": 0, "flags": 4},
     "fp_flow": {"out_ifindex": 0, "flow_slot": 4, "gen": 8, "dst_mac": 16, "src_mac": 22,
                 "mtu": 28, "out_face_slot": 30, "prefix_slot": 32, "priority": 36,
                 "action": 40, "nat_addr": 44},
@@ -353,30 +353,23 @@ def decode_l4(value: bytes) -> L4Flow:
 
 class Face(NamedTuple):
     face_slot: int
-    flags: int
-    mac: bytes = bytes(6)        # the face's own address
-    peer_mac: bytes = bytes(6)   # its neighbour's; zero while unknown (fp_egress then leaves frames be)
+    flags: int                   # FACE_DOWN, FACE_PEER
 
 
-def face_value(face_slot: int, flags: int = 0, mac: bytes = bytes(6),
-               peer_mac: bytes = bytes(6)) -> bytes:
+def face_value(face_slot: int, flags: int = 0) -> bytes:
     if not 0 <= face_slot < FP_FACES_MAX:
         raise ValueError(f"face_slot {face_slot} outside 0..{FP_FACES_MAX - 1}")
-    for name, m in (("mac", mac), ("peer_mac", peer_mac)):
-        if len(m) != 6:
-            raise ValueError(f"{name} must be 6 bytes, not {len(m)}")
-    return FACE.pack(face_slot, flags, bytes(mac), bytes(peer_mac), 0)
+    if flags & ~(FACE_DOWN | FACE_PEER):
+        raise ValueError(f"unknown face flags {flags:#x}")
+    return FACE.pack(face_slot, flags)
 
 
 def decode_face(value: bytes) -> Face:
-    slot, flags, mac, peer, _pad = FACE.unpack(value)
-    return Face(slot, flags, mac, peer)
+    return Face(*FACE.unpack(value))
 
 
 # ---------------------------------------------------------------- per-CPU stats
-# Per-CPU counters are summed modulo 2^64: fp_egress takes back what fp_ingress counted
-# for a frame it hands back, on the same CPU in the kernel, but a test run's two
-# programs may run on two CPUs (one slot then holds -1 as a u64).
+# Per-CPU counters are summed modulo 2^64, as the kernel's u64 counters wrap.
 M64 = (1 << 64) - 1
 
 class FlowStats(NamedTuple):
