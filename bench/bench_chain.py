@@ -24,16 +24,25 @@ Service Routers.
     sends frames into the two chains in turn, frame by frame (the order alternating
     round by round), so that the machine's drift (frequency, caches, other load) falls
     on both lengths alike.
-  * One router hop, one way: (p50 with 8 - p50 with 2) / 6 from the frames, and
-    (p50 RTT with 8 - with 2) / (2 x 6) from the calls (where the SGs' Python and the
-    applications' wake-ups add their noise). Each is also computed round by round; the
+  * One router hop, one way: (p50 RTT with 8 - with 2) / (2 x 6) from the calls, the
+    issue's measure (the SGs' Python and the applications' wake-ups add their noise,
+    and run between calls: the routers' caches are as the rest of the machine leaves
+    them); and (p50 with 8 - p50 with 2) / 6 from the single frames, each 2 ms after the
+    last (caches cold for every path). Each is also computed round by round; the
     standard error of those estimates is recorded beside it, and the eBPF/kernel ratio
     is given only where both hops stand out from zero by two standard errors.
 
+  * Repetitions (--repeat, default 3): the whole measurement again on chains built
+    afresh (where the kernel puts the maps, programs and queues moves the eBPF figures
+    between builds more than within one); each figure below is the median of the
+    repetitions', every repetition's is kept beside it.
+
 Writes bench/results/chain.json: chain_rtt_us_p50_{python,ebpf,kernel} (8 routers),
 their p99s, the 2-router figures (..._2sr), chain_hop_us_{python,ebpf,kernel} (one way,
-from frames) with _stderr and _rounds, chain_hop_us_{python,ebpf,kernel}_rtt (from the
-calls) with _rtt_stderr, and ebpf_vs_kernel_hop(_rtt) or a note saying why there is none.
+from the calls) and chain_hop_us_{python,ebpf,kernel}_frames (from the frames), each
+with _repetitions and _stderr_within (each repetition's standard error over its
+rounds), ebpf_vs_kernel_hop(_frames) (the median of the repetitions' ratios) or a note
+saying why there is none, and every repetition's runs under "repetitions".
 """
 from __future__ import annotations
 
@@ -68,6 +77,7 @@ RESULTS = REPO / "bench" / "results"
 PAYLOAD = b"0123456789abcdef"
 WARMUP = 200
 ONEWAY_WARMUP = 50
+SEQ_AT = slice(26, 30)   # the frame one-way probes match on: a DMSC seq (14 + 12), an IPv4 source
 UDP_PORT = 7007
 
 
@@ -243,7 +253,8 @@ def interleaved(chains: Dict[int, object], samples: int, blocks: int) -> Dict[in
             for _ in range(per):
                 for n in order:
                     probe, make = probes[n]
-                    us = probe.sample(make(seq))
+                    frame = make(seq)
+                    us = probe.sample(frame, lambda got: got[SEQ_AT] == frame[SEQ_AT])
                     seq += 1
                     if us is not None:
                         got[n].append(us)
@@ -282,11 +293,59 @@ def hop_ratio(ebpf: dict, kernel: dict) -> tuple:
     return round(ebpf["us"] / kernel["us"], 2), None
 
 
+def repetition(lengths: List[int], modes: List[str], samples: int, blocks: int,
+               rep: int) -> dict:
+    """One repetition: both chains built afresh, every data plane measured on them in
+    turn. {"runs": per mode and length, "hops": per mode (calls, frames) estimates}."""
+    short, long = lengths
+    out: dict = {"runs": {}, "hops": {}}
+    with ExitStack() as stack:
+        nets = {n: stack.enter_context(NetnsNetwork(new_run_dir(f"bench-chain-{n}"))) for n in lengths}
+        names = {n: chain(nets[n], n) for n in lengths}
+        for mode in modes:
+            with ExitStack() as mstack:
+                chains = {n: mstack.enter_context(DmscChain(nets[n], names[n], mode) if mode != "kernel"
+                                                  else KernelChain(nets[n], names[n]))
+                          for n in lengths}
+                print(f"[{rep}] {mode}: {blocks} rounds on the {short}- and {long}-router chains ...",
+                      flush=True)
+                got = interleaved(chains, samples, blocks)
+                facts = {n: chains[n].facts() for n in lengths}
+            for n in lengths:
+                r = got[n]
+                run = dict(facts[n], p50_us=round(percentile(r["rtts"], 50), 1),
+                           p99_us=round(percentile(r["rtts"], 99), 1),
+                           oneway_p50_us=round(percentile(r["oneway"], 50), 1),
+                           block_rtt_p50_us=[round(x, 1) for x in r["block_rtt_p50"]],
+                           block_oneway_p50_us=[round(x, 1) for x in r["block_oneway_p50"]])
+                out["runs"][f"{mode}_{n}"] = run
+                print(f"  {n} routers, {mode}: RTT p50 {run['p50_us']:.0f} us, p99 {run['p99_us']:.0f} us; "
+                      f"one way through the chain p50 {run['oneway_p50_us']:.1f} us", flush=True)
+            rt = hop_estimate(got[long], got[short], long - short, "rtt")
+            ow = hop_estimate(got[long], got[short], long - short, "oneway")
+            out["hops"][mode] = {"calls": rt, "frames": ow}
+            print(f"  one {mode} hop, one way: {rt['us']} us from the calls (standard error "
+                  f"{rt['stderr_us']}), {ow['us']} us from single frames 2 ms apart "
+                  f"(standard error {ow['stderr_us']})", flush=True)
+    if "ebpf" in out["hops"] and "kernel" in out["hops"]:
+        for kind in ("calls", "frames"):
+            ratio, why = hop_ratio(out["hops"]["ebpf"][kind], out["hops"]["kernel"][kind])
+            out[f"ebpf_vs_kernel_hop_{kind}"] = ratio if ratio is not None else why
+    return out
+
+
+def median_of(values: List[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=3000, help="round trips and frames per path (default 3000)")
     ap.add_argument("--blocks", type=int, default=10,
                     help="rounds the samples are split into, chains alternating (default 10)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="repetitions, each on chains built afresh; the keys are their medians "
+                         "(default 3)")
     ap.add_argument("--routers", default="2,8", help="two chain lengths (default 2,8)")
     ap.add_argument("--dataplanes", default="python,ebpf,kernel",
                     help="which paths to measure, in this order (default python,ebpf,kernel); "
@@ -301,57 +360,39 @@ def main() -> int:
         ap.error("--routers takes two different chain lengths of at least 1, e.g. 2,8")
     if args.blocks < 2 or args.samples < args.blocks:
         ap.error("--blocks must be at least 2 and at most --samples")
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     modes = [m.strip() for m in args.dataplanes.split(",") if m.strip()]
     if not modes or any(m not in ("python", "ebpf", "kernel") for m in modes) or len(set(modes)) != len(modes):
         ap.error("--dataplanes takes distinct names among python, ebpf, kernel, e.g. ebpf,kernel")
     short, long = lengths
     result: dict = {"bench": "chain", "machine": machine_facts(), "method": __doc__.strip(),
-                    "dataplanes": modes,
-                    "samples": args.samples, "blocks": args.blocks,
-                    "payload_bytes": len(PAYLOAD), "runs": {}}
-    with ExitStack() as stack:
-        nets = {n: stack.enter_context(NetnsNetwork(new_run_dir(f"bench-chain-{n}"))) for n in lengths}
-        names = {n: chain(nets[n], n) for n in lengths}
-        for mode in modes:
-            with ExitStack() as mstack:
-                chains = {n: mstack.enter_context(DmscChain(nets[n], names[n], mode) if mode != "kernel"
-                                                  else KernelChain(nets[n], names[n]))
-                          for n in lengths}
-                print(f"{mode}: {args.blocks} rounds on the {short}- and {long}-router chains ...",
-                      flush=True)
-                got = interleaved(chains, args.samples, args.blocks)
-                facts = {n: chains[n].facts() for n in lengths}
-            for n in lengths:
-                r = got[n]
-                run = dict(facts[n], p50_us=round(percentile(r["rtts"], 50), 1),
-                           p99_us=round(percentile(r["rtts"], 99), 1),
-                           oneway_p50_us=round(percentile(r["oneway"], 50), 1),
-                           block_rtt_p50_us=[round(x, 1) for x in r["block_rtt_p50"]],
-                           block_oneway_p50_us=[round(x, 1) for x in r["block_oneway_p50"]])
-                result["runs"][f"{mode}_{n}"] = run
-                print(f"  {n} routers, {mode}: RTT p50 {run['p50_us']:.0f} us, p99 {run['p99_us']:.0f} us; "
-                      f"one way through the chain p50 {run['oneway_p50_us']:.1f} us", flush=True)
-            ow = hop_estimate(got[long], got[short], long - short, "oneway")
-            rt = hop_estimate(got[long], got[short], long - short, "rtt")
-            result[f"chain_rtt_us_p50_{mode}"] = result["runs"][f"{mode}_{long}"]["p50_us"]
-            result[f"chain_rtt_us_p99_{mode}"] = result["runs"][f"{mode}_{long}"]["p99_us"]
-            result[f"chain_rtt_us_p50_{mode}_{short}sr"] = result["runs"][f"{mode}_{short}"]["p50_us"]
-            result[f"chain_hop_us_{mode}"] = ow["us"]
-            result[f"chain_hop_us_{mode}_stderr"] = ow["stderr_us"]
-            result[f"chain_hop_us_{mode}_rounds"] = ow["rounds_us"]
-            result[f"chain_hop_us_{mode}_rtt"] = rt["us"]
-            result[f"chain_hop_us_{mode}_rtt_stderr"] = rt["stderr_us"]
-            result[f"_hop_{mode}"] = (ow, rt)
-            print(f"  one {mode} hop: {ow['us']} us one way (standard error {ow['stderr_us']}), "
-                  f"{rt['us']} us from the RTTs (standard error {rt['stderr_us']})", flush=True)
-    hops = {m: result.pop(f"_hop_{m}") for m in modes}
-    if "ebpf" in hops and "kernel" in hops:
-        (ow_e, rt_e), (ow_k, rt_k) = hops["ebpf"], hops["kernel"]
-        for suffix, e, k in (("", ow_e, ow_k), ("_rtt", rt_e, rt_k)):
-            ratio, why = hop_ratio(e, k)
-            result[f"ebpf_vs_kernel_hop{suffix}"] = ratio
-            if why:
-                result[f"ebpf_vs_kernel_hop{suffix}_note"] = why
+                    "dataplanes": modes, "samples": args.samples, "blocks": args.blocks,
+                    "repeat": args.repeat, "payload_bytes": len(PAYLOAD)}
+    reps = [repetition(lengths, modes, args.samples, args.blocks, r + 1) for r in range(args.repeat)]
+    result["repetitions"] = reps
+    for mode in modes:
+        for key, n in ((f"chain_rtt_us_p50_{mode}", long), (f"chain_rtt_us_p50_{mode}_{short}sr", short)):
+            result[key] = median_of([r["runs"][f"{mode}_{n}"]["p50_us"] for r in reps])
+        result[f"chain_rtt_us_p99_{mode}"] = median_of([r["runs"][f"{mode}_{long}"]["p99_us"] for r in reps])
+        for kind, suffix in (("calls", ""), ("frames", "_frames")):
+            each = [r["hops"][mode][kind]["us"] for r in reps]
+            result[f"chain_hop_us_{mode}{suffix}"] = median_of(each)
+            result[f"chain_hop_us_{mode}{suffix}_repetitions"] = each
+            result[f"chain_hop_us_{mode}{suffix}_stderr_within"] = \
+                [r["hops"][mode][kind]["stderr_us"] for r in reps]
+    if "ebpf" in modes and "kernel" in modes:
+        for kind, suffix in (("calls", ""), ("frames", "_frames")):
+            each = [r[f"ebpf_vs_kernel_hop_{kind}"] for r in reps]
+            result[f"ebpf_vs_kernel_hop{suffix}_repetitions"] = each
+            nums = [x for x in each if isinstance(x, (int, float))]
+            result[f"ebpf_vs_kernel_hop{suffix}"] = median_of(nums) if len(nums) == len(each) else None
+            if len(nums) != len(each):
+                result[f"ebpf_vs_kernel_hop{suffix}_note"] = \
+                    "a repetition's hops were not resolved from zero (see _repetitions)"
+        print(f"eBPF / kernel hop, median of {args.repeat}: {result['ebpf_vs_kernel_hop']} from the "
+              f"calls {result['ebpf_vs_kernel_hop_repetitions']}, {result['ebpf_vs_kernel_hop_frames']} "
+              f"from the frames {result['ebpf_vs_kernel_hop_frames_repetitions']}", flush=True)
     result["targets"] = {"chain_hop_us_ebpf": "<= 1.5 x chain_hop_us_kernel"}
     result["machine"]["loadavg_at_end"] = loadavg()
     write_result(args.out, result)

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -135,18 +135,27 @@ class OneWayProbe:
         self.rx.bind((dst_intf, proto))
         self.rx.setblocking(False)
 
-    def sample(self, frame: bytes) -> Optional[float]:
-        """us from send to receipt; None if nothing came within a second."""
+    def sample(self, frame: bytes, match: Optional[Callable[[bytes], bool]] = None
+               ) -> Optional[float]:
+        """us from send to receipt of the frame `match` recognises (default: any frame
+        that arrives); None if none came within a second. Whatever waited on the
+        receiving socket before the send (a late frame, a neighbour's hello) is
+        dropped first."""
+        while True:
+            try:
+                self.rx.recv(65536)
+            except BlockingIOError:
+                break
         clock = time.perf_counter_ns
         t0 = clock()
         self.tx.send(frame)
         deadline = t0 + 1_000_000_000
         while clock() < deadline:
             try:
-                _, addr = self.rx.recvfrom(65536)
+                data, addr = self.rx.recvfrom(65536)
             except BlockingIOError:
                 continue
-            if addr[2] != socket.PACKET_OUTGOING:
+            if addr[2] != socket.PACKET_OUTGOING and (match is None or match(data)):
                 return (clock() - t0) / 1000.0
         return None
 

@@ -225,6 +225,27 @@ def test_key_with_tlvs_and_at_the_limit(env, fp):
     assert verdict_delta(before, fp.read_verdicts()) == {"key_too_long": 1}
 
 
+@pytest.mark.parametrize("klen", [layout.FP_KEY_SHORT, layout.FP_KEY_SHORT + 1])
+def test_short_and_long_keys_each_in_their_map(env, fp, klen):
+    """A block of at most FP_KEY_SHORT bytes is looked up in fp_flows_short, a longer one
+    in fp_flows: either way a hit, and the entry where the program looks for it."""
+    src = "/" + "s" * (klen - 20 - 2 - 1)            # 20 fixed bytes + "/d" + src
+    pkt = packet(dst="/d", src=src)
+    key = layout.flow_key(pkt)
+    assert len(layout.key_block(key)) == klen
+    env.install(pkt)
+    r = env.run(frame(pkt))
+    assert r.retval == libbpf.TC_ACT_REDIRECT
+    want = "fp_flows_short" if klen <= layout.FP_KEY_SHORT else "fp_flows"
+    assert layout.kernel_key(key)[0] == want
+    assert libbpf.map_lookup(fp.fds[want], layout.kernel_key(key)[1], layout.FLOW.size,
+                             want) is not None
+    assert fp.flow_keys() == [key]
+    assert fp.delete(key) and fp.flow_keys() == []
+    r = env.run(frame(pkt))
+    assert r.retval == libbpf.TC_ACT_OK
+
+
 # ------------------------------------------------------------------ passed up
 # Two different 6-byte components whose names /svc/<c> have the same FNV-1a 32 hash
 # (0x01b8519a). Found by brute force: random 6-character components (random.Random(1),

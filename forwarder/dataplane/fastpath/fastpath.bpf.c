@@ -107,6 +107,15 @@ struct {
 	__type(value, struct fp_flow);
 } fp_flows SEC(".maps");
 
+/* The same for keys of at most FP_KEY_SHORT bytes (a key lives in one of the two). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_FLOWS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fp_key_short);
+	__type(value, struct fp_flow);
+} fp_flows_short SEC(".maps");
+
 /* ifindex of a pod-facing veth -> the pod (its address, its face slot). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -348,22 +357,37 @@ int fp_ingress(struct __sk_buff *skb)
 		PASS(FP_V_UNKNOWN_FACE);
 	__u32 in_slot = in->face_slot;
 
-	/* 4. Exact match on the whole name block [20, header_length). */
-	struct fp_scratch *scr = bpf_map_lookup_elem(&fp_scratch, &zero);
+	/* 4. Exact match on the whole name block [20, header_length): a short block
+	 * in fp_flows_short (its key on the stack), a longer one in fp_flows (its key
+	 * in per-CPU scratch memory: too big for the stack beside the rest). */
+	struct fp_flow *fl;
 
-	if (!scr)
-		PASS(FP_V_REWRITE_ERROR);            /* cannot happen (an array); nothing written */
-	struct fp_key *key = &scr->key;
+	if (klen <= FP_KEY_SHORT) {
+		struct fp_key_short sk;
 
-	__builtin_memset(key, 0, sizeof(*key));
-	key->len = klen;
-	/* klen >= 20 here (hlen >= 40); the bounds are restated for the verifier. */
-	if (klen < 1 || klen > FP_KEY_MAX)
-		PASS(FP_V_KEY_TOO_LONG);
-	if (bpf_skb_load_bytes(skb, FP_ETH_HLEN + FP_KEY_OFF, key->bytes, klen) < 0)
-		PASS(FP_V_BAD_LENGTH);
+		__builtin_memset(&sk, 0, sizeof(sk));
+		sk.len = klen;
+		/* klen >= 20 here (hlen >= 40); the bounds are restated for the verifier. */
+		if (klen < 1 || klen > FP_KEY_SHORT)
+			PASS(FP_V_KEY_TOO_LONG);
+		if (bpf_skb_load_bytes(skb, FP_ETH_HLEN + FP_KEY_OFF, sk.bytes, klen) < 0)
+			PASS(FP_V_BAD_LENGTH);
+		fl = bpf_map_lookup_elem(&fp_flows_short, &sk);
+	} else {
+		struct fp_scratch *scr = bpf_map_lookup_elem(&fp_scratch, &zero);
 
-	struct fp_flow *fl = bpf_map_lookup_elem(&fp_flows, key);
+		if (!scr)
+			PASS(FP_V_REWRITE_ERROR);    /* cannot happen (an array); nothing written */
+		struct fp_key *key = &scr->key;
+
+		__builtin_memset(key, 0, sizeof(*key));
+		key->len = klen;
+		if (klen < 1 || klen > FP_KEY_MAX)
+			PASS(FP_V_KEY_TOO_LONG);
+		if (bpf_skb_load_bytes(skb, FP_ETH_HLEN + FP_KEY_OFF, key->bytes, klen) < 0)
+			PASS(FP_V_BAD_LENGTH);
+		fl = bpf_map_lookup_elem(&fp_flows, key);
+	}
 
 	if (!fl)
 		PASS(FP_V_MISS);
@@ -485,6 +509,10 @@ decap:
 		PASS(FP_V_OUT_DOWN);
 	if (ip_len > mtu)
 		PASS(FP_V_TOO_BIG);
+	struct fp_scratch *scr = bpf_map_lookup_elem(&fp_scratch, &zero);
+
+	if (!scr)
+		PASS(FP_V_REWRITE_ERROR);            /* cannot happen (an array); nothing written */
 
 	/* Decap: move the IPv4 packet to offset 14 (front to back: each chunk is
 	 * read before anything at or after its source is written), whole chunks

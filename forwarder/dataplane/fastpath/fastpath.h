@@ -14,6 +14,7 @@
 #include <linux/types.h>
 
 #define FP_KEY_MAX        256        /* longest flow key (header_length - 20) handled */
+#define FP_KEY_SHORT      60         /* flow keys this long or shorter live in fp_flows_short */
 #define FP_FLOWS_MAX      65536      /* fp_flows entries and fp_flow_stats slots */
 #define FP_FACES_MAX      256        /* fp_faces entries and fp_face_stats slots */
 #define FP_PREFIXES_MAX   4096       /* fp_prefix_stats slots */
@@ -101,6 +102,14 @@ struct fp_key {
 	__u16 pad;                   /* 0 */
 	__u8  bytes[FP_KEY_MAX];     /* bytes past len are 0 */
 };                                   /* 260 bytes */
+
+/* fp_flows_short key: the same for a block of at most FP_KEY_SHORT bytes (most
+ * names): built on the stack, hashed and compared in 64 bytes rather than 260. */
+struct fp_key_short {
+	__u16 len;
+	__u16 pad;
+	__u8  bytes[FP_KEY_SHORT];
+};                                   /* 64 bytes */
 
 /* fp_faces value, keyed by ifindex (__u32). */
 struct fp_face {
@@ -241,6 +250,7 @@ struct fp_ip_head {
 _Static_assert(sizeof(struct fp_ipv4) == FP_IP_HLEN, "fp_ipv4 size");
 _Static_assert(sizeof(struct fp_ip_head) == 2 + FP_IP_HLEN, "fp_ip_head size");
 _Static_assert(sizeof(struct fp_key) == 260, "fp_key size");
+_Static_assert(sizeof(struct fp_key_short) == 64, "fp_key_short size");
 _Static_assert(sizeof(struct fp_face) == 8, "fp_face size");
 _Static_assert(sizeof(struct fp_flow) == 48, "fp_flow size");
 _Static_assert(sizeof(struct fp_flow_stats) == 32, "fp_flow_stats size");

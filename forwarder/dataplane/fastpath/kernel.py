@@ -127,18 +127,25 @@ class FastPathMaps:
         slot = layout.decode_flow(value).flow_slot
         if slot >= self.flows_max:
             raise ValueError(f"flow_slot {slot} >= flows_max {self.flows_max}")
-        libbpf.map_update(self.fds["fp_flows"], self._key(key), value, what="fp_flows")
+        name, k = layout.kernel_key(self._key(key))
+        libbpf.map_update(self.fds[name], k, value, what=name)
 
     def delete(self, key: bytes) -> bool:
         """Remove one flow; False if it was not installed."""
-        return libbpf.map_delete(self.fds["fp_flows"], self._key(key), what="fp_flows")
+        name, k = layout.kernel_key(self._key(key))
+        return libbpf.map_delete(self.fds[name], k, what=name)
 
     def lookup(self, key: bytes) -> Optional[layout.Flow]:
-        v = libbpf.map_lookup(self.fds["fp_flows"], self._key(key), layout.FLOW.size, "fp_flows")
+        name, k = layout.kernel_key(self._key(key))
+        v = libbpf.map_lookup(self.fds[name], k, layout.FLOW.size, name)
         return None if v is None else layout.decode_flow(v)
 
     def flow_keys(self) -> List[bytes]:
-        return list(libbpf.map_keys(self.fds["fp_flows"], layout.KEY.size, "fp_flows"))
+        """Every installed flow's fp_key, from both maps."""
+        short = libbpf.map_keys(self.fds["fp_flows_short"], layout.KEY_SHORT.size,
+                                "fp_flows_short")
+        return [layout.key_from_short(k) for k in short] + \
+            list(libbpf.map_keys(self.fds["fp_flows"], layout.KEY.size, "fp_flows"))
 
     def clear_flows(self) -> int:
         n = 0

@@ -14,6 +14,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Tuple, Union
 
 # ---------------------------------------------------------------- constants (fastpath.h)
 FP_KEY_MAX = 256
+FP_KEY_SHORT = 60          # keys of at most this many bytes live in fp_flows_short
 FP_FLOWS_MAX = 65536
 FP_FACES_MAX = 256
 FP_PREFIXES_MAX = 4096
@@ -44,7 +45,7 @@ VIP_NET, VIP_MASK = 0x0A600000, 0xFFF00000   # 10.96.0.0/12 (forwarder.gateway.a
 PROG_NAME = "fp_ingress"          # SEC("tc") program for network faces
 POD_PROG_NAME = "fp_pod_ingress"  # SEC("tc") program for pod-facing veths
 PROG_NAMES = (PROG_NAME, POD_PROG_NAME)
-MAP_NAMES = ("fp_faces", "fp_flows", "fp_gen", "fp_flow_stats", "fp_face_stats",
+MAP_NAMES = ("fp_faces", "fp_flows", "fp_flows_short", "fp_gen", "fp_flow_stats", "fp_face_stats",
              "fp_prefix_stats", "fp_verdicts", "fp_pods", "fp_l4")
 
 # fp_verdicts slots, in index order (enum fp_verdict).
@@ -89,6 +90,7 @@ assert len(VERDICTS) < C_VIA_PEER
 U32 = struct.Struct("=I")                       # array/hash keys: slot, ifindex
 U64 = struct.Struct("=Q")                       # fp_gen value, fp_verdicts value
 KEY = struct.Struct(f"=HH{FP_KEY_MAX}s")        # struct fp_key
+KEY_SHORT = struct.Struct(f"=HH{FP_KEY_SHORT}s")  # struct fp_key_short
 FACE = struct.Struct("=II")                     # struct fp_face
 FLOW = struct.Struct("=IIQ6s6sHHIII4s")        # struct fp_flow
 FLOW_STATS = struct.Struct("=QQQQ")             # struct fp_flow_stats
@@ -99,11 +101,12 @@ L4_KEY = struct.Struct("!4s4sHHB3x")            # struct fp_l4_key (all network 
 L4_VALUE = struct.Struct(f"=IIQ6s6sHHII4sHH{FP_L4_HDR_MAX}s")  # struct fp_l4
 
 # What test_layout checks against the compiled header.
-SIZES = {"fp_key": 260, "fp_face": 8, "fp_flow": 48, "fp_flow_stats": 32,
+SIZES = {"fp_key": 260, "fp_key_short": 64, "fp_face": 8, "fp_flow": 48, "fp_flow_stats": 32,
          "fp_face_stats": 32, "fp_prefix_stats": 16, "fp_pod": 8, "fp_l4_key": 16,
          "fp_l4": 176}
 OFFSETS = {
     "fp_key": {"len": 0, "pad": 2, "bytes": 4},
+    "fp_key_short": {"len": 0, "pad": 2, "bytes": 4},
     "fp_face": {"face_slot": 0, "flags": 4},
     "fp_flow": {"out_ifindex": 0, "flow_slot": 4, "gen": 8, "dst_mac": 16, "src_mac": 22,
                 "mtu": 28, "out_face_slot": 30, "prefix_slot": 32, "priority": 36,
@@ -117,7 +120,7 @@ OFFSETS = {
               "mtu": 28, "out_face_slot": 30, "prefix_slot": 32, "priority": 36,
               "snat_addr": 40, "hdr_len": 44, "pad": 46, "hdr": 48},
 }
-for _name, _st in (("fp_key", KEY), ("fp_face", FACE), ("fp_flow", FLOW),
+for _name, _st in (("fp_key", KEY), ("fp_key_short", KEY_SHORT), ("fp_face", FACE), ("fp_flow", FLOW),
                    ("fp_flow_stats", FLOW_STATS), ("fp_face_stats", FACE_STATS),
                    ("fp_prefix_stats", PREFIX_STATS), ("fp_pod", POD),
                    ("fp_l4_key", L4_KEY), ("fp_l4", L4_VALUE)):
@@ -127,6 +130,7 @@ for _name, _st in (("fp_key", KEY), ("fp_face", FACE), ("fp_flow", FLOW),
 MAPS = {
     "fp_faces": (U32.size, FACE.size, FP_FACES_MAX, False),
     "fp_flows": (KEY.size, FLOW.size, FP_FLOWS_MAX, False),
+    "fp_flows_short": (KEY_SHORT.size, FLOW.size, FP_FLOWS_MAX, False),
     "fp_gen": (U32.size, U64.size, 1, False),
     "fp_flow_stats": (U32.size, FLOW_STATS.size, FP_FLOWS_MAX, True),
     "fp_face_stats": (U32.size, FACE_STATS.size, FP_FACES_MAX, True),
@@ -136,7 +140,7 @@ MAPS = {
     "fp_l4": (L4_KEY.size, L4_VALUE.size, FP_FLOWS_MAX, False),
 }
 # the maps whose size follows FastPath(flows_max=...)
-FLOW_SIZED_MAPS = ("fp_flows", "fp_flow_stats", "fp_l4")
+FLOW_SIZED_MAPS = ("fp_flows", "fp_flows_short", "fp_flow_stats", "fp_l4")
 
 
 # ---------------------------------------------------------------- keys and values
@@ -168,6 +172,21 @@ def key_block(key: bytes) -> bytes:
     """The name block inside an fp_key (inverse of key_from_block)."""
     ln, _, raw = KEY.unpack(key)
     return raw[:ln]
+
+
+def kernel_key(key: bytes) -> Tuple[str, bytes]:
+    """Where the program looks an fp_key up: (map name, the key as that map holds it).
+    A block of at most FP_KEY_SHORT bytes is in fp_flows_short, as an fp_key_short."""
+    ln, _, raw = KEY.unpack(key)
+    if ln <= FP_KEY_SHORT:
+        return "fp_flows_short", KEY_SHORT.pack(ln, 0, raw[:FP_KEY_SHORT])
+    return "fp_flows", bytes(key)
+
+
+def key_from_short(short: bytes) -> bytes:
+    """The fp_key of an fp_flows_short key (inverse of kernel_key)."""
+    ln, _, raw = KEY_SHORT.unpack(short)
+    return KEY.pack(ln, 0, raw[:ln])
 
 
 MacLike = Union[bytes, bytearray, str]
