@@ -238,9 +238,10 @@ def test_flow_value_roundtrip_and_checks():
             layout.flow_value(**args)
 
 
-def test_percpu_decoders():
-    fs = [layout.FLOW_STATS.pack(1, 10, 500, 0x02), layout.FLOW_STATS.pack(2, 20, 900, 0x11)]
-    assert layout.decode_flow_stats(fs) == layout.FlowStats(3, 30, 900, 0x13)
+def test_stats_decoders():
+    # a flow's record is one for all CPUs; the others are summed over CPUs
+    assert layout.decode_flow_stats(layout.FLOW_STATS.pack(3, 30, 900, 0x13)) == \
+        layout.FlowStats(3, 30, 900, 0x13)
     ff = [layout.FACE_STATS.pack(1, 2, 3, 4), layout.FACE_STATS.pack(10, 20, 30, 40)]
     assert layout.decode_face_stats(ff) == layout.FaceStats(11, 22, 33, 44)
     assert layout.decode_prefix_stats([layout.PREFIX_STATS.pack(1, 7)] * 3) == \

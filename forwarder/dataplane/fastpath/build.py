@@ -40,7 +40,7 @@ def multiarch_include() -> str:
 
 
 def compile_command(source: Path, out: Path, clang: str = "clang") -> List[str]:
-    return [clang, "-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
+    return [clang, "-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3",
             f"-I{multiarch_include()}", "-c", str(source), "-o", str(out)]
 
 

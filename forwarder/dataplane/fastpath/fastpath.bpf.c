@@ -141,8 +141,12 @@ struct {
 	__type(value, __u64);
 } fp_gen SEC(".maps");
 
+/* Per-flow counters: one record per flow slot, shared by the CPUs and counted with
+ * atomic adds. A flow's packets arrive on one CPU at a time, so the record's line
+ * stays where it is used; a per-CPU record would cost one more cold line per packet
+ * (the slot's pointer to its per-CPU copies). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, FP_FLOWS_MAX);
 	__type(key, __u32);
 	__type(value, struct fp_flow_stats);
@@ -185,16 +189,19 @@ static __always_inline void count(__u32 verdict)
 		*c += 1;
 }
 
-/* Per-CPU records: plain increments. An out-of-range slot counts nothing. */
+/* Counters: the flow's record with atomic adds (its last_ns and tcp_flags too: an
+ * OR only when it adds a bit); the others per-CPU records with plain increments.
+ * An out-of-range slot counts nothing. */
 static __always_inline void count_flow(__u32 slot, __u32 bytes, __u64 tcp_flags)
 {
 	struct fp_flow_stats *fs = bpf_map_lookup_elem(&fp_flow_stats, &slot);
 
 	if (fs) {
-		fs->packets += 1;
-		fs->bytes += bytes;
+		__sync_fetch_and_add(&fs->packets, 1);
+		__sync_fetch_and_add(&fs->bytes, bytes);
 		fs->last_ns = bpf_ktime_get_ns();
-		fs->tcp_flags |= tcp_flags;
+		if ((fs->tcp_flags & tcp_flags) != tcp_flags)
+			__sync_fetch_and_or(&fs->tcp_flags, tcp_flags);
 	}
 }
 

@@ -236,12 +236,18 @@ class FastPathMaps:
             libbpf.map_update(self.fds[name], layout.U32.pack(s), zero, what=name)
 
     def read_flow_stats(self, slots: Iterable[int]) -> Dict[int, layout.FlowStats]:
-        """{slot: FlowStats} for the given slots (summed over CPUs, last_ns = max)."""
-        return {s: layout.decode_flow_stats(self._percpu("fp_flow_stats", s)) for s in slots}
+        """{slot: FlowStats} for the given slots."""
+        fd, size, out = self.fds["fp_flow_stats"], layout.FLOW_STATS.size, {}
+        for s in slots:
+            v = libbpf.map_lookup(fd, layout.U32.pack(s), size, "fp_flow_stats")
+            out[s] = layout.decode_flow_stats(v) if v else layout.FlowStats()
+        return out
 
     def reset_flow_stats(self, slots: Iterable[int]) -> None:
         """Zero flow slots (do it before giving a slot to a new flow)."""
-        self._zero("fp_flow_stats", slots)
+        fd, zero = self.fds["fp_flow_stats"], bytes(layout.FLOW_STATS.size)
+        for s in slots:
+            libbpf.map_update(fd, layout.U32.pack(s), zero, what="fp_flow_stats")
 
     def read_face_stats(self) -> Dict[int, layout.FaceStats]:
         """{face slot: FaceStats} for the slots with any count."""

@@ -132,7 +132,7 @@ MAPS = {
     "fp_flows": (KEY.size, FLOW.size, FP_FLOWS_MAX, False),
     "fp_flows_short": (KEY_SHORT.size, FLOW.size, FP_FLOWS_MAX, False),
     "fp_gen": (U32.size, U64.size, 1, False),
-    "fp_flow_stats": (U32.size, FLOW_STATS.size, FP_FLOWS_MAX, True),
+    "fp_flow_stats": (U32.size, FLOW_STATS.size, FP_FLOWS_MAX, False),
     "fp_face_stats": (U32.size, FACE_STATS.size, FP_FACES_MAX, True),
     "fp_prefix_stats": (U32.size, PREFIX_STATS.size, FP_PREFIXES_MAX, True),
     "fp_verdicts": (U32.size, U64.size, FP_VERDICTS_MAX, True),
@@ -410,16 +410,9 @@ class PrefixStats(NamedTuple):
     bytes: int = 0
 
 
-def decode_flow_stats(per_cpu: Iterable[bytes]) -> FlowStats:
-    """Sum packets and bytes over CPUs; last_ns is the latest of them; tcp_flags ORed."""
-    p = b = t = f = 0
-    for raw in per_cpu:
-        cp, cb, ct, cf = FLOW_STATS.unpack_from(raw)
-        p += cp
-        b += cb
-        t = max(t, ct)
-        f |= cf
-    return FlowStats(p & M64, b & M64, t, f)
+def decode_flow_stats(raw: bytes) -> FlowStats:
+    """A flow slot's record (one for every CPU: the program counts it atomically)."""
+    return FlowStats(*FLOW_STATS.unpack_from(raw))
 
 
 def decode_face_stats(per_cpu: Iterable[bytes]) -> FaceStats:
