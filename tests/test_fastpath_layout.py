@@ -242,11 +242,17 @@ def test_stats_decoders():
     # a flow's record is one for all CPUs; the others are summed over CPUs
     assert layout.decode_flow_stats(layout.FLOW_STATS.pack(3, 30, 900, 0x13)) == \
         layout.FlowStats(3, 30, 900, 0x13)
-    ff = [layout.FACE_STATS.pack(1, 2, 3, 4), layout.FACE_STATS.pack(10, 20, 30, 40)]
-    assert layout.decode_face_stats(ff) == layout.FaceStats(11, 22, 33, 44)
+    one = [0] * (layout.FP_VERDICTS_MAX + 4 * layout.FP_FACES_MAX)
+    one[0], one[layout.C_VIA_PEER] = 5, 2                  # redirected, via peer
+    one[layout.FP_VERDICTS_MAX + 4 * 3:layout.FP_VERDICTS_MAX + 4 * 4] = [1, 2, 3, 4]  # face 3
+    other = list(one)
+    other[layout.FP_VERDICTS_MAX + 4 * 3] = 10
+    verdicts, faces = layout.decode_cpu_stats([layout.CPU_STATS.pack(*one),
+                                               layout.CPU_STATS.pack(*other)])
+    assert verdicts[0] == 10 and verdicts[layout.C_VIA_PEER] == 4
+    assert faces[3] == layout.FaceStats(11, 4, 6, 8) and faces[2] == layout.FaceStats()
     assert layout.decode_prefix_stats([layout.PREFIX_STATS.pack(1, 7)] * 3) == \
         layout.PrefixStats(3, 21)
-    assert layout.decode_u64_sum([layout.U64.pack(5), layout.U64.pack(6)]) == 11
     d = layout.verdict_dict([1, 2])
     assert d["redirected"] == 1 and d["not_dmsc"] == 2 and d["miss"] == 0
     assert list(d) == list(layout.VERDICTS)

@@ -152,12 +152,13 @@ struct {
 	__type(value, struct fp_flow_stats);
 } fp_flow_stats SEC(".maps");
 
+/* Verdicts and faces: one record per CPU, plain increments. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, FP_FACES_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct fp_face_stats);
-} fp_face_stats SEC(".maps");
+	__type(value, struct fp_cpu_stats);
+} fp_cpu_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -174,19 +175,19 @@ struct {
 	__type(value, struct fp_scratch);
 } fp_scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, FP_VERDICTS_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} fp_verdicts SEC(".maps");
+static __always_inline struct fp_cpu_stats *cpu_stats(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&fp_cpu_stats, &zero);
+}
 
 static __always_inline void count(__u32 verdict)
 {
-	__u64 *c = bpf_map_lookup_elem(&fp_verdicts, &verdict);
+	struct fp_cpu_stats *cs = cpu_stats();
 
-	if (c)
-		*c += 1;
+	if (cs && verdict < FP_VERDICTS_MAX)
+		cs->verdicts[verdict] += 1;
 }
 
 /* Counters: the flow's record with atomic adds (its last_ns and tcp_flags too: an
@@ -208,17 +209,17 @@ static __always_inline void count_flow(__u32 slot, __u32 bytes, __u64 tcp_flags)
 static __always_inline void count_faces(__u32 in_slot, __u32 rx_bytes, __u32 out_slot,
 					__u32 tx_bytes)
 {
-	struct fp_face_stats *rx = bpf_map_lookup_elem(&fp_face_stats, &in_slot);
+	struct fp_cpu_stats *cs = cpu_stats();
 
-	if (rx) {
-		rx->rx_packets += 1;
-		rx->rx_bytes += rx_bytes;
+	if (!cs)
+		return;
+	if (in_slot < FP_FACES_MAX) {
+		cs->faces[in_slot].rx_packets += 1;
+		cs->faces[in_slot].rx_bytes += rx_bytes;
 	}
-	struct fp_face_stats *tx = bpf_map_lookup_elem(&fp_face_stats, &out_slot);
-
-	if (tx) {
-		tx->tx_packets += 1;
-		tx->tx_bytes += tx_bytes;
+	if (out_slot < FP_FACES_MAX) {
+		cs->faces[out_slot].tx_packets += 1;
+		cs->faces[out_slot].tx_bytes += tx_bytes;
 	}
 }
 

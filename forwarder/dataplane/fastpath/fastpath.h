@@ -182,6 +182,13 @@ struct fp_face_stats {
 	__u64 tx_bytes;              /* total_length */
 };                                   /* 32 bytes */
 
+/* fp_cpu_stats value (one per CPU): every verdict's count and every face's. One
+ * record, so that the program finds them all through one pointer. */
+struct fp_cpu_stats {
+	__u64 verdicts[FP_VERDICTS_MAX];         /*   0: enum fp_verdict, FP_C_VIA_PEER */
+	struct fp_face_stats faces[FP_FACES_MAX]; /* 256: by face slot */
+};                                   /* 8448 bytes */
+
 struct fp_prefix_stats {
 	__u64 packets;
 	__u64 bytes;                 /* sum of total_length */
@@ -259,6 +266,8 @@ _Static_assert(sizeof(struct fp_l4_key) == 16, "fp_l4_key size");
 _Static_assert(sizeof(struct fp_l4) == 48 + FP_L4_HDR_MAX, "fp_l4 size");
 _Static_assert(sizeof(struct fp_face_stats) == 32, "fp_face_stats size");
 _Static_assert(sizeof(struct fp_prefix_stats) == 16, "fp_prefix_stats size");
+_Static_assert(sizeof(struct fp_cpu_stats) == 8 * FP_VERDICTS_MAX + 32 * FP_FACES_MAX,
+	       "fp_cpu_stats size");
 _Static_assert(sizeof(struct fp_wire_head) == 2 + FP_HDR_LEN, "fp_wire_head size");
 _Static_assert(FP_V__COUNT < FP_C_VIA_PEER, "too many verdicts");
 

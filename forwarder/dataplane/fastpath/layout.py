@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Iterable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 # ---------------------------------------------------------------- constants (fastpath.h)
 FP_KEY_MAX = 256
@@ -45,10 +45,10 @@ VIP_NET, VIP_MASK = 0x0A600000, 0xFFF00000   # 10.96.0.0/12 (forwarder.gateway.a
 PROG_NAME = "fp_ingress"          # SEC("tc") program for network faces
 POD_PROG_NAME = "fp_pod_ingress"  # SEC("tc") program for pod-facing veths
 PROG_NAMES = (PROG_NAME, POD_PROG_NAME)
-MAP_NAMES = ("fp_faces", "fp_flows", "fp_flows_short", "fp_gen", "fp_flow_stats", "fp_face_stats",
-             "fp_prefix_stats", "fp_verdicts", "fp_pods", "fp_l4")
+MAP_NAMES = ("fp_faces", "fp_flows", "fp_flows_short", "fp_gen", "fp_flow_stats",
+             "fp_cpu_stats", "fp_prefix_stats", "fp_pods", "fp_l4")
 
-# fp_verdicts slots, in index order (enum fp_verdict).
+# fp_cpu_stats.verdicts slots, in index order (enum fp_verdict).
 VERDICTS = (
     "redirected",      # 0: rewritten and redirected
     "not_dmsc",        # EtherType not 0x88B5, or a VLAN tag present
@@ -81,14 +81,14 @@ VERDICT = {name: i for i, name in enumerate(VERDICTS)}
 HANDLED = ("redirected", "encapsulated", "decapsulated")
 DROPPED = ("spoofed",)
 PASSED_UP = tuple(v for v in VERDICTS if v not in HANDLED and v not in DROPPED)
-# Not a verdict: fp_verdicts slot FP_C_VIA_PEER counts which of the "redirected" frames
+# Not a verdict: fp_cpu_stats.verdicts slot FP_C_VIA_PEER counts which of the "redirected" frames
 # went straight to the neighbour's ingress (bpf_redirect_peer).
 C_VIA_PEER = FP_VERDICTS_MAX - 1
 assert len(VERDICTS) < C_VIA_PEER
 
 # ---------------------------------------------------------------- structs
 U32 = struct.Struct("=I")                       # array/hash keys: slot, ifindex
-U64 = struct.Struct("=Q")                       # fp_gen value, fp_verdicts value
+U64 = struct.Struct("=Q")                       # fp_gen value
 KEY = struct.Struct(f"=HH{FP_KEY_MAX}s")        # struct fp_key
 KEY_SHORT = struct.Struct(f"=HH{FP_KEY_SHORT}s")  # struct fp_key_short
 FACE = struct.Struct("=II")                     # struct fp_face
@@ -96,13 +96,14 @@ FLOW = struct.Struct("=IIQ6s6sHHIII4s")        # struct fp_flow
 FLOW_STATS = struct.Struct("=QQQQ")             # struct fp_flow_stats
 FACE_STATS = struct.Struct("=QQQQ")             # struct fp_face_stats
 PREFIX_STATS = struct.Struct("=QQ")             # struct fp_prefix_stats
+CPU_STATS = struct.Struct(f"={FP_VERDICTS_MAX}Q{4 * FP_FACES_MAX}Q")  # struct fp_cpu_stats
 POD = struct.Struct("=4sI")                     # struct fp_pod
 L4_KEY = struct.Struct("!4s4sHHB3x")            # struct fp_l4_key (all network order)
 L4_VALUE = struct.Struct(f"=IIQ6s6sHHII4sHH{FP_L4_HDR_MAX}s")  # struct fp_l4
 
 # What test_layout checks against the compiled header.
 SIZES = {"fp_key": 260, "fp_key_short": 64, "fp_face": 8, "fp_flow": 48, "fp_flow_stats": 32,
-         "fp_face_stats": 32, "fp_prefix_stats": 16, "fp_pod": 8, "fp_l4_key": 16,
+         "fp_face_stats": 32, "fp_prefix_stats": 16, "fp_cpu_stats": 8448, "fp_pod": 8, "fp_l4_key": 16,
          "fp_l4": 176}
 OFFSETS = {
     "fp_key": {"len": 0, "pad": 2, "bytes": 4},
@@ -114,6 +115,7 @@ OFFSETS = {
     "fp_flow_stats": {"packets": 0, "bytes": 8, "last_ns": 16, "tcp_flags": 24},
     "fp_face_stats": {"rx_packets": 0, "rx_bytes": 8, "tx_packets": 16, "tx_bytes": 24},
     "fp_prefix_stats": {"packets": 0, "bytes": 8},
+    "fp_cpu_stats": {"verdicts": 0, "faces": 256},
     "fp_pod": {"addr": 0, "face_slot": 4},
     "fp_l4_key": {"saddr": 0, "daddr": 4, "sport": 8, "dport": 10, "proto": 12, "pad": 13},
     "fp_l4": {"out_ifindex": 0, "flow_slot": 4, "gen": 8, "dst_mac": 16, "src_mac": 22,
@@ -122,7 +124,7 @@ OFFSETS = {
 }
 for _name, _st in (("fp_key", KEY), ("fp_key_short", KEY_SHORT), ("fp_face", FACE), ("fp_flow", FLOW),
                    ("fp_flow_stats", FLOW_STATS), ("fp_face_stats", FACE_STATS),
-                   ("fp_prefix_stats", PREFIX_STATS), ("fp_pod", POD),
+                   ("fp_prefix_stats", PREFIX_STATS), ("fp_cpu_stats", CPU_STATS), ("fp_pod", POD),
                    ("fp_l4_key", L4_KEY), ("fp_l4", L4_VALUE)):
     assert _st.size == SIZES[_name], _name
 
@@ -133,9 +135,8 @@ MAPS = {
     "fp_flows_short": (KEY_SHORT.size, FLOW.size, FP_FLOWS_MAX, False),
     "fp_gen": (U32.size, U64.size, 1, False),
     "fp_flow_stats": (U32.size, FLOW_STATS.size, FP_FLOWS_MAX, False),
-    "fp_face_stats": (U32.size, FACE_STATS.size, FP_FACES_MAX, True),
+    "fp_cpu_stats": (U32.size, CPU_STATS.size, 1, True),
     "fp_prefix_stats": (U32.size, PREFIX_STATS.size, FP_PREFIXES_MAX, True),
-    "fp_verdicts": (U32.size, U64.size, FP_VERDICTS_MAX, True),
     "fp_pods": (U32.size, POD.size, FP_PODS_MAX, False),
     "fp_l4": (L4_KEY.size, L4_VALUE.size, FP_FLOWS_MAX, False),
 }
@@ -415,14 +416,6 @@ def decode_flow_stats(raw: bytes) -> FlowStats:
     return FlowStats(*FLOW_STATS.unpack_from(raw))
 
 
-def decode_face_stats(per_cpu: Iterable[bytes]) -> FaceStats:
-    tot = [0, 0, 0, 0]
-    for raw in per_cpu:
-        for i, v in enumerate(FACE_STATS.unpack_from(raw)):
-            tot[i] += v
-    return FaceStats(*(v & M64 for v in tot))
-
-
 def decode_prefix_stats(per_cpu: Iterable[bytes]) -> PrefixStats:
     p = b = 0
     for raw in per_cpu:
@@ -432,10 +425,17 @@ def decode_prefix_stats(per_cpu: Iterable[bytes]) -> PrefixStats:
     return PrefixStats(p & M64, b & M64)
 
 
-def decode_u64_sum(per_cpu: Iterable[bytes]) -> int:
-    return sum(U64.unpack_from(raw)[0] for raw in per_cpu) & M64
+def decode_cpu_stats(per_cpu: Iterable[bytes]) -> Tuple[List[int], List[FaceStats]]:
+    """fp_cpu_stats summed over CPUs: (verdict slots, FaceStats by face slot)."""
+    tot = [0] * (FP_VERDICTS_MAX + 4 * FP_FACES_MAX)
+    for raw in per_cpu:
+        for i, v in enumerate(CPU_STATS.unpack_from(raw)):
+            tot[i] += v
+    tot = [v & M64 for v in tot]
+    faces = tot[FP_VERDICTS_MAX:]
+    return tot[:FP_VERDICTS_MAX], [FaceStats(*faces[4 * i:4 * i + 4]) for i in range(FP_FACES_MAX)]
 
 
 def verdict_dict(counts: Sequence[int]) -> dict:
-    """{verdict name: count} from the fp_verdicts slots in index order."""
+    """{verdict name: count} from the verdict slots in index order."""
     return {name: int(counts[i]) if i < len(counts) else 0 for i, name in enumerate(VERDICTS)}
