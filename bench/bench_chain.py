@@ -42,7 +42,8 @@ their p99s, the 2-router figures (..._2sr), chain_hop_us_{python,ebpf,kernel} (o
 from the calls) and chain_hop_us_{python,ebpf,kernel}_frames (from the frames), each
 with _repetitions and _stderr_within (each repetition's standard error over its
 rounds), ebpf_vs_kernel_hop(_frames) (the median of the repetitions' ratios) or a note
-saying why there is none, and every repetition's runs under "repetitions".
+saying why there is none, ebpf_vs_kernel_hop(_frames)_of_medians (the ratio of the two
+medians), and every repetition's runs under "repetitions".
 """
 from __future__ import annotations
 
@@ -387,6 +388,10 @@ def main() -> int:
             result[f"ebpf_vs_kernel_hop{suffix}_repetitions"] = each
             nums = [x for x in each if isinstance(x, (int, float))]
             result[f"ebpf_vs_kernel_hop{suffix}"] = median_of(nums) if len(nums) == len(each) else None
+            # the same question asked of the two medians above (not paired by repetition)
+            result[f"ebpf_vs_kernel_hop{suffix}_of_medians"] = round(
+                result[f"chain_hop_us_ebpf{suffix}"] / result[f"chain_hop_us_kernel{suffix}"], 2) \
+                if result[f"chain_hop_us_kernel{suffix}"] > 0 else None
             if len(nums) != len(each):
                 result[f"ebpf_vs_kernel_hop{suffix}_note"] = \
                     "a repetition's hops were not resolved from zero (see _repetitions)"
