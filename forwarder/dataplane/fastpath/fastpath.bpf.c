@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * DMSC kernel fast path (tc clsact, direct action): three programs.
+ * DMSC kernel fast path (tc clsact, direct action): two programs.
  *
  * fp_ingress (network faces) repeats in the kernel the flow-table hit of the
  * Python forwarder (Forwarder.fast_forward): user space decides everything and
@@ -27,13 +27,13 @@
  * side must parse it again), it goes through the out interface (bpf_redirect).
  *
  * Anything a check refuses is passed up unchanged (TC_ACT_OK) to the Python
- * side, with the reason counted in fp_verdicts. Every check is made before the
+ * side, with the reason counted in fp_cpu_stats. Every check is made before the
  * first write; a helper failing after it drops the frame (TC_ACT_SHOT, counted)
  * rather than passing up a half rewritten one (the FORWARD rewrite keeps its
  * older rule: its writes cannot fail half way). The one deliberate drop:
  * fp_pod_ingress refuses a pod's packet with a source address not its own.
  *
- * Build: clang -O2 -g -target bpf -I/usr/include/x86_64-linux-gnu \
+ * Build (build.py): clang -O2 -g -target bpf -mcpu=v3 -I/usr/include/x86_64-linux-gnu \
  *            -c fastpath.bpf.c -o fastpath.bpf.o
  */
 #include <linux/bpf.h>
