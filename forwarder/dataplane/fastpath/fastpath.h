@@ -16,9 +16,9 @@
 #define FP_KEY_MAX        256        /* longest flow key (header_length - 20) handled */
 #define FP_KEY_SHORT      60         /* flow keys this long or shorter live in fp_flows_short */
 #define FP_FLOWS_MAX      65536      /* fp_flows entries and fp_flow_stats slots */
-#define FP_FACES_MAX      256        /* fp_faces entries and fp_face_stats slots */
+#define FP_FACES_MAX      256        /* fp_faces entries and fp_cpu_stats.faces slots */
 #define FP_PREFIXES_MAX   4096       /* fp_prefix_stats slots */
-#define FP_VERDICTS_MAX   32         /* fp_verdicts slots */
+#define FP_VERDICTS_MAX   32         /* fp_cpu_stats.verdicts slots */
 #define FP_PODS_MAX       256        /* fp_pods entries (pod-facing veths) */
 #define FP_L4_HDR_MAX     128        /* longest DMSC header an fp_l4 entry puts in front */
 #define FP_NO_PREFIX      0xFFFFFFFFu/* fp_flow.prefix_slot: no prefix counters */
@@ -63,7 +63,7 @@
 #define FP_FACE_PEER      0x2        /* a veth whose peer is in another network namespace:
 				      * bpf_redirect_peer may hand a frame straight to it */
 
-/* Verdicts: index into fp_verdicts; names in layout.VERDICTS, same order. */
+/* Verdicts: index into fp_cpu_stats.verdicts; names in layout.VERDICTS, same order. */
 enum fp_verdict {
 	FP_V_REDIRECTED = 0,     /* rewritten and redirected */
 	FP_V_NOT_DMSC,           /* EtherType is not 0x88B5, or a VLAN tag is present */
@@ -91,7 +91,7 @@ enum fp_verdict {
 	FP_V__COUNT
 };
 
-/* Not a verdict: a second count in fp_verdicts, of the frames counted "redirected" that
+/* Not a verdict: a second count in fp_cpu_stats.verdicts, of the frames counted "redirected" that
  * went straight to the neighbour's ingress (bpf_redirect_peer) rather than through the
  * out interface's transmit path (bpf_redirect). */
 #define FP_C_VIA_PEER     (FP_VERDICTS_MAX - 1)
@@ -113,7 +113,7 @@ struct fp_key_short {
 
 /* fp_faces value, keyed by ifindex (__u32). */
 struct fp_face {
-	__u32 face_slot;             /*  0: index into fp_face_stats */
+	__u32 face_slot;             /*  0: index into fp_cpu_stats.faces */
 	__u32 flags;                 /*  4: FP_FACE_* */
 };                                   /* 8 bytes */
 
@@ -125,7 +125,7 @@ struct fp_flow {
 	__u8  dst_mac[6];            /* 16: written to the Ethernet header as is */
 	__u8  src_mac[6];            /* 22 */
 	__u16 mtu;                   /* 28: total_length must be <= mtu */
-	__u16 out_face_slot;         /* 30: index into fp_face_stats (tx) */
+	__u16 out_face_slot;         /* 30: index into fp_cpu_stats.faces (tx) */
 	__u32 prefix_slot;           /* 32: index into fp_prefix_stats, FP_NO_PREFIX for none */
 	__u32 priority;              /* 36: written to skb->priority */
 	__u32 action;                /* 40: FP_ACT_FORWARD, FP_ACT_DECAP */
@@ -142,7 +142,7 @@ struct fp_flow_stats {
 /* fp_pods value, keyed by the ifindex (__u32) of a pod-facing veth. */
 struct fp_pod {
 	__be32 addr;                 /* the one source address the pod may use */
-	__u32 face_slot;             /* index into fp_face_stats (rx) */
+	__u32 face_slot;             /* index into fp_cpu_stats.faces (rx) */
 };                                   /* 8 bytes */
 
 /* fp_l4 key: the inner 5-tuple as the packet arrives from the pod (before SNAT).
@@ -166,7 +166,7 @@ struct fp_l4 {
 	__u8  dst_mac[6];            /* 16 */
 	__u8  src_mac[6];            /* 22 */
 	__u16 mtu;                   /* 28: hdr_len + IPv4 total length must be <= mtu */
-	__u16 out_face_slot;         /* 30: index into fp_face_stats (tx) */
+	__u16 out_face_slot;         /* 30: index into fp_cpu_stats.faces (tx) */
 	__u32 prefix_slot;           /* 32: index into fp_prefix_stats, FP_NO_PREFIX for none */
 	__u32 priority;              /* 36: written to skb->priority */
 	__be32 snat_addr;            /* 40: new inner source address, 0: keep */
