@@ -101,12 +101,17 @@ class KernelOffload:
         self.sync_generation()
 
     # ------------------------------------------------------------------ faces
-    def add_face(self, face_id: int, interface: str, up: bool) -> None:
-        """Attach the program to a network face's interface (this process's netns)."""
+    def add_face(self, face_id: int, interface: str, up: bool,
+                 peer_elsewhere: Optional[bool] = None) -> None:
+        """Attach the program to a network face's interface (this process's netns).
+        `peer_elsewhere`: whether it is a veth with its peer in another namespace
+        (veths_with_peer_elsewhere says, for every interface at once); None: ask."""
         ifindex = _ifindex(interface)
         self.fp.attach([ifindex])
+        if peer_elsewhere is None:
+            peer_elsewhere = interface in veths_with_peer_elsewhere()
         flags = (0 if up else self.layout.FACE_DOWN) | \
-            (self.layout.FACE_PEER if peer_in_other_netns(interface) else 0)
+            (self.layout.FACE_PEER if peer_elsewhere else 0)
         self.fp.set_face(ifindex, face_id, flags)
         self._ifindex[face_id] = ifindex
 
@@ -310,19 +315,21 @@ def _socket_ifindex(interface: str) -> int:
     return socket.if_nametoindex(interface)
 
 
-def peer_in_other_netns(interface: str) -> bool:
-    """Whether `interface` is a veth whose peer lives in another network namespace:
-    then the kernel may hand a forwarded frame straight to the peer's ingress
-    (bpf_redirect_peer; it checks the interface's queue and captures itself). Read
-    once, when the face is attached: a veth keeps its peer for life."""
+def veths_with_peer_elsewhere() -> set:
+    """The interfaces of this network namespace that are veths whose peer lives in
+    another one: the kernel may hand a frame forwarded there straight to the peer's
+    ingress (bpf_redirect_peer; the program checks the interface's queue and captures
+    itself). Read when faces are attached, one `ip` call for all of them: a veth
+    keeps its peer for life. Empty if `ip` cannot say (frames then go through the
+    interface, which is never wrong)."""
     try:
-        res = subprocess.run(["ip", "-d", "-j", "link", "show", "dev", interface],
-                             capture_output=True, text=True, timeout=10)
-        link = json.loads(res.stdout)[0] if res.returncode == 0 else {}
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-        link = {}
-    return (link.get("linkinfo", {}).get("info_kind") == "veth"
-            and "link_netnsid" in link)
+        res = subprocess.run(["ip", "-d", "-j", "link", "show"], capture_output=True,
+                             text=True, timeout=10)
+        links = json.loads(res.stdout) if res.returncode == 0 else []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        links = []
+    return {link.get("ifname") for link in links
+            if link.get("linkinfo", {}).get("info_kind") == "veth" and "link_netnsid" in link}
 
 
 def choose(mode: str, core: Forwarder, pin_dir: str, faces: List[Tuple[int, str, bool, str]],
@@ -341,9 +348,10 @@ def choose(mode: str, core: Forwarder, pin_dir: str, faces: List[Tuple[int, str,
     if ok:
         try:
             off = KernelOffload(core, pin_dir)
+            peers = veths_with_peer_elsewhere()
             for face_id, interface, up, kind in faces:
                 if kind == ETHER:
-                    off.add_face(face_id, interface, up)
+                    off.add_face(face_id, interface, up, interface in peers)
             for face_id, interface, address in pods:
                 off.add_pod(face_id, interface, address)
         except (OSError, ValueError) as exc:  # libbpf's BpfError is an OSError
