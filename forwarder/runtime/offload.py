@@ -258,7 +258,7 @@ class KernelOffload:
                     if kf.conn is not None:   # a carried connection's idle time and state
                         kf.conn.kernel_saw(st.tcp_flags, kf.from_pod, dp, db, last)
         by_slot = {slot: pc for slot, pc in self._prefix_slots.values()}
-        for slot, st in self.fp.read_prefix_stats().items():
+        for slot, st in self.fp.read_prefix_stats(by_slot).items():
             pc = by_slot.get(slot)
             seen = self._prefix_seen.get(slot, (0, 0))
             if pc is not None and (st.packets, st.bytes) != seen:

@@ -265,10 +265,15 @@ class FastPathMaps:
         """{face slot: FaceStats} for the slots with any count."""
         return {slot: st for slot, st in enumerate(self._cpu_stats()[1]) if any(st)}
 
-    def read_prefix_stats(self) -> Dict[int, layout.PrefixStats]:
-        """{prefix slot: PrefixStats} for the slots with any count."""
+    def read_prefix_stats(self, slots: Optional[Iterable[int]] = None
+                          ) -> Dict[int, layout.PrefixStats]:
+        """{prefix slot: PrefixStats} for the slots with any count: among `slots` (one
+        lookup each: what a forwarder merging the few slots it handed out wants), or
+        all FP_PREFIXES_MAX of them (one batch)."""
+        rows = self._percpu_all("fp_prefix_stats") if slots is None else \
+            [(s, self._percpu("fp_prefix_stats", s)) for s in slots]
         out = {}
-        for slot, vals in self._percpu_all("fp_prefix_stats"):
+        for slot, vals in rows:
             st = layout.decode_prefix_stats(vals)
             if any(st):
                 out[slot] = st

@@ -427,11 +427,10 @@ def decode_prefix_stats(per_cpu: Iterable[bytes]) -> PrefixStats:
 
 def decode_cpu_stats(per_cpu: Iterable[bytes]) -> Tuple[List[int], List[FaceStats]]:
     """fp_cpu_stats summed over CPUs: (verdict slots, FaceStats by face slot)."""
-    tot = [0] * (FP_VERDICTS_MAX + 4 * FP_FACES_MAX)
-    for raw in per_cpu:
-        for i, v in enumerate(CPU_STATS.unpack_from(raw)):
-            tot[i] += v
-    tot = [v & M64 for v in tot]
+    copies = [CPU_STATS.unpack_from(raw) for raw in per_cpu]
+    if not copies:
+        copies = [(0,) * (FP_VERDICTS_MAX + 4 * FP_FACES_MAX)]
+    tot = [sum(v) & M64 for v in zip(*copies)]
     faces = tot[FP_VERDICTS_MAX:]
     return tot[:FP_VERDICTS_MAX], [FaceStats(*faces[4 * i:4 * i + 4]) for i in range(FP_FACES_MAX)]
 
