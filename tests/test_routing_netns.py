@@ -114,7 +114,10 @@ def test_link_cut_costs_at_most_one_retried_request(netns_net):
     with Client(fn["s2"].app_socket) as server, \
             Client(fn["s1"].app_socket, timeout=5, retries=2) as cli:
         server.serve("/svc", _echo)
-        wait_for(lambda: "/svc" in _fib_prefixes(fn["s1"]), HANG_S, what="/svc to reach s1")
+        # every node on the way, not only s1: a router in its SPF back-off computes later
+        # than s1 (CI saw a NO_ROUTE from a for the first call)
+        wait_for(lambda: all("/svc" in _fib_prefixes(fn[n]) for n in NODES if n != "s2"),
+                 HANG_S, what="/svc to reach every node")
         assert cli.call("/svc", b"0") == b"echo:0"
         # which of a's links carries the flow?
         flows = fn["a"].api("GET", "/flows")["flows"]
