@@ -101,7 +101,6 @@ SKB_OFF_MARK = 8
 SKB_OFF_PRIORITY = 32
 SKB_OFF_INGRESS_IFINDEX = 36
 SKB_OFF_IFINDEX = 40
-SKB_OFF_CB = 48
 SKB_OFF_GSO_SEGS = 164
 SKB_OFF_GSO_SIZE = 176
 # struct bpf_prog_info / bpf_map_info offsets (linux/bpf.h)
@@ -114,24 +113,15 @@ MAP_INFO_OFF = {"type": 0, "id": 4, "key_size": 8, "value_size": 12, "max_entrie
 
 
 def skb_ctx(ifindex: int = 0, ingress_ifindex: int = 0, priority: int = 0, mark: int = 0,
-            gso_segs: int = 0, gso_size: int = 0, cb: Sequence[int] = ()) -> bytes:
+            gso_segs: int = 0, gso_size: int = 0) -> bytes:
     """A struct __sk_buff for test_run's ctx_in (other fields must stay 0).
-    gso_segs/gso_size go to the test skb's shared info (a GSO packet's shape);
-    cb: up to five u32, skb->cb[0..4] (what a program left there for a later one)."""
-    if len(cb) > 5:
-        raise ValueError("skb->cb holds five u32")
+    gso_segs/gso_size go to the test skb's shared info (a GSO packet's shape)."""
     buf = bytearray(SKB_CTX_SIZE)
     for off, val in ((SKB_OFF_MARK, mark), (SKB_OFF_PRIORITY, priority),
                      (SKB_OFF_INGRESS_IFINDEX, ingress_ifindex), (SKB_OFF_IFINDEX, ifindex),
-                     (SKB_OFF_GSO_SEGS, gso_segs), (SKB_OFF_GSO_SIZE, gso_size),
-                     *((SKB_OFF_CB + 4 * i, v) for i, v in enumerate(cb))):
+                     (SKB_OFF_GSO_SEGS, gso_segs), (SKB_OFF_GSO_SIZE, gso_size)):
         buf[off:off + 4] = int(val).to_bytes(4, "little")
     return bytes(buf)
-
-
-def skb_cb(ctx: bytes) -> List[int]:
-    """skb->cb[0..4] of a test run's ctx_out."""
-    return [skb_field(ctx, SKB_OFF_CB + 4 * i) for i in range(5)]
 
 
 def skb_field(ctx: bytes, off: int) -> int:
