@@ -17,8 +17,7 @@ import pytest
 from fastpath_helpers import build, layout, libbpf, packet, wire
 
 HEADER = build.HERE / "fastpath.h"
-CTYPES = (libbpf.bpf_tc_hook, libbpf.bpf_tc_opts, libbpf.bpf_test_run_opts,
-          libbpf.bpf_map_batch_opts, libbpf.bpf_map_create_opts)
+CTYPES = (libbpf.bpf_test_run_opts, libbpf.bpf_map_batch_opts, libbpf.bpf_map_create_opts)
 
 PROBE = r"""
 #include <stdio.h>
@@ -40,11 +39,9 @@ int main(void) {
   S(bpf_map_info); O(bpf_map_info, type); O(bpf_map_info, id); O(bpf_map_info, key_size);
   O(bpf_map_info, value_size); O(bpf_map_info, max_entries); O(bpf_map_info, map_flags);
   O(bpf_map_info, name);
-  printf("const FP_KEY_MAX %d\nconst FP_FLOWS_MAX %d\nconst FP_FACES_MAX %d\n"
-         "const FP_PREFIXES_MAX %d\nconst FP_VERDICTS_MAX %d\nconst FP_NO_PREFIX %u\n"
-         "const FP_FACE_DOWN %d\nconst FP_V__COUNT %d\n",
-         FP_KEY_MAX, FP_FLOWS_MAX, FP_FACES_MAX, FP_PREFIXES_MAX, FP_VERDICTS_MAX,
-         FP_NO_PREFIX, FP_FACE_DOWN, FP_V__COUNT);
+  printf("const FP_KEY_MAX %d\nconst FP_FLOWS_MAX %d\nconst FP_VERDICTS_MAX %d\n"
+         "const FP_FLOW_PEER %d\nconst FP_V__COUNT %d\n",
+         FP_KEY_MAX, FP_FLOWS_MAX, FP_VERDICTS_MAX, FP_FLOW_PEER, FP_V__COUNT);
   printf("const FP_PODS_MAX %d\nconst FP_L4_HDR_MAX %d\nconst FP_ACT_FORWARD %d\n"
          "const FP_ACT_DECAP %d\nconst FP_TYPE_IPV4 %d\nconst FP_HDR_LEN %d\n",
          FP_PODS_MAX, FP_L4_HDR_MAX, FP_ACT_FORWARD, FP_ACT_DECAP, FP_TYPE_IPV4, FP_HDR_LEN);
@@ -92,8 +89,10 @@ def test_fp_structs_match_header(probe):
             assert offs[f"{name}.{field}"] == off, f"{name}.{field}"
     # the struct formats pack fields at those offsets
     v = layout.flow_value(0x11111111, 0x2222, 0x3333333333, b"\xaa" * 6, b"\xbb" * 6, 0x4444,
-                          0x55, 0x666, 0x77777777)
+                          0x55555555, layout.FLOW_PEER, 0x77777777)
     o = layout.OFFSETS["fp_flow"]
+    assert int.from_bytes(v[o["in_ifindex"]:o["in_ifindex"] + 4], "little") == 0x55555555
+    assert int.from_bytes(v[o["flags"]:o["flags"] + 2], "little") == layout.FLOW_PEER
     assert v[o["dst_mac"]:o["dst_mac"] + 6] == b"\xaa" * 6
     assert v[o["src_mac"]:o["src_mac"] + 6] == b"\xbb" * 6
     assert int.from_bytes(v[o["mtu"]:o["mtu"] + 2], "little") == 0x4444
@@ -112,7 +111,7 @@ def test_l4_structs_pack_at_the_header_offsets(probe):
     o = layout.OFFSETS["fp_l4"]
     hdr = bytes(range(1, 61))
     v = layout.l4_value(0x11111111, 0x2222, 0x3333333333, b"\xaa" * 6, b"\xbb" * 6, 0x4444,
-                        0x55, 0x666, 0x77777777, "192.0.2.9", hdr)
+                        0x77777777, "192.0.2.9", hdr)
     assert len(v) == sizes["fp_l4"] == layout.L4_VALUE.size
     assert int.from_bytes(v[o["out_ifindex"]:o["out_ifindex"] + 4], "little") == 0x11111111
     assert int.from_bytes(v[o["flow_slot"]:o["flow_slot"] + 4], "little") == 0x2222
@@ -120,12 +119,9 @@ def test_l4_structs_pack_at_the_header_offsets(probe):
     assert v[o["dst_mac"]:o["dst_mac"] + 6] == b"\xaa" * 6
     assert v[o["src_mac"]:o["src_mac"] + 6] == b"\xbb" * 6
     assert int.from_bytes(v[o["mtu"]:o["mtu"] + 2], "little") == 0x4444
-    assert int.from_bytes(v[o["out_face_slot"]:o["out_face_slot"] + 2], "little") == 0x55
-    assert int.from_bytes(v[o["prefix_slot"]:o["prefix_slot"] + 4], "little") == 0x666
     assert int.from_bytes(v[o["priority"]:o["priority"] + 4], "little") == 0x77777777
     assert v[o["snat_addr"]:o["snat_addr"] + 4] == bytes([192, 0, 2, 9])
     assert int.from_bytes(v[o["hdr_len"]:o["hdr_len"] + 2], "little") == 60
-    assert v[o["pad"]:o["pad"] + 2] == b"\0\0"
     assert v[o["hdr"]:] == hdr + bytes(layout.FP_L4_HDR_MAX - 60)
     k = layout.l4_key("10.200.1.2", bytes([10, 96, 0, 10]), 40000, 8080, layout.IPPROTO_TCP)
     ko = layout.OFFSETS["fp_l4_key"]
@@ -135,20 +131,22 @@ def test_l4_structs_pack_at_the_header_offsets(probe):
     assert k[ko["sport"]:ko["sport"] + 2] == (40000).to_bytes(2, "big")   # as on the wire
     assert k[ko["dport"]:ko["dport"] + 2] == (8080).to_bytes(2, "big")
     assert k[ko["proto"]] == 6 and k[ko["pad"]:] == b"\0\0\0"
-    p = layout.pod_value("10.200.1.2", 7)
+    p = layout.pod_value("10.200.1.2")
     po = layout.OFFSETS["fp_pod"]
     assert len(p) == sizes["fp_pod"]
     assert p[po["addr"]:po["addr"] + 4] == bytes([10, 200, 1, 2])
-    assert int.from_bytes(p[po["face_slot"]:po["face_slot"] + 4], "little") == 7
-    assert offs["fp_flow_stats.tcp_flags"] == 24
+    st = layout.FLOW_STATS.pack(1, 2, 3, 4, 5, 6)
+    so = layout.OFFSETS["fp_flow_stats"]
+    assert [int.from_bytes(st[so[f]:so[f] + 8], "little") for f in layout.FlowStats._fields] == \
+        [1, 2, 3, 4, 5, 6]
+    assert sizes["fp_flow_stats"] == 64 and st[so["pad"]:] == bytes(16)   # one cache line
 
 
 def test_constants_match_header(probe):
     _, _, c = probe
     python_side = {"FP_KEY_MAX": layout.FP_KEY_MAX, "FP_FLOWS_MAX": layout.FP_FLOWS_MAX,
-                   "FP_FACES_MAX": layout.FP_FACES_MAX, "FP_PREFIXES_MAX": layout.FP_PREFIXES_MAX,
-                   "FP_VERDICTS_MAX": layout.FP_VERDICTS_MAX, "FP_NO_PREFIX": layout.NO_PREFIX,
-                   "FP_FACE_DOWN": layout.FACE_DOWN, "FP_V__COUNT": len(layout.VERDICTS),
+                   "FP_VERDICTS_MAX": layout.FP_VERDICTS_MAX, "FP_FLOW_PEER": layout.FLOW_PEER,
+                   "FP_V__COUNT": len(layout.VERDICTS),
                    "FP_PODS_MAX": layout.FP_PODS_MAX, "FP_L4_HDR_MAX": layout.FP_L4_HDR_MAX,
                    "FP_ACT_FORWARD": layout.ACT_FORWARD, "FP_ACT_DECAP": layout.ACT_DECAP,
                    "FP_TYPE_IPV4": layout.TYPE_IPV4, "FP_MARK_GATEWAY": layout.MARK_GATEWAY}
@@ -226,33 +224,28 @@ def test_flow_key_is_the_name_block():
 def test_flow_value_roundtrip_and_checks():
     v = layout.flow_value(5, 9, 3, "02:00:00:00:00:01", bytes(6), 1500, 2, priority=4)
     f = layout.decode_flow(v)
-    assert f == layout.Flow(5, 9, 3, bytes.fromhex("020000000001"), bytes(6), 1500, 2,
-                            layout.NO_PREFIX, 4)
-    for bad in (dict(flow_slot=layout.FP_FLOWS_MAX), dict(out_face_slot=layout.FP_FACES_MAX),
-                dict(prefix_slot=layout.FP_PREFIXES_MAX), dict(mtu=70000),
+    assert f == layout.Flow(5, 9, 3, bytes.fromhex("020000000001"), bytes(6), 1500, 0, 2, 4)
+    for bad in (dict(flow_slot=layout.FP_FLOWS_MAX), dict(flags=0x2), dict(mtu=70000),
                 dict(dst_mac=b"\0" * 5)):
         args = dict(out_ifindex=1, flow_slot=0, gen=0, dst_mac=bytes(6), src_mac=bytes(6),
-                    mtu=1500, out_face_slot=0)
+                    mtu=1500, in_ifindex=3)
         args.update(bad)
         with pytest.raises(ValueError):
             layout.flow_value(**args)
 
 
 def test_stats_decoders():
-    # a flow's record is one for all CPUs; the others are summed over CPUs
-    assert layout.decode_flow_stats(layout.FLOW_STATS.pack(3, 30, 900, 0x13)) == \
-        layout.FlowStats(3, 30, 900, 0x13)
-    one = [0] * (layout.FP_VERDICTS_MAX + 4 * layout.FP_FACES_MAX)
-    one[0], one[layout.C_VIA_PEER] = 5, 2                  # redirected, via peer
-    one[layout.FP_VERDICTS_MAX + 4 * 3:layout.FP_VERDICTS_MAX + 4 * 4] = [1, 2, 3, 4]  # face 3
+    # a flow's record is one for all CPUs; the verdicts are summed over CPUs
+    assert layout.decode_flow_stats(layout.FLOW_STATS.pack(3, 30, 33, 900, 0x13, 2)) == \
+        layout.FlowStats(3, 30, 33, 900, 0x13, 2)
+    one = [0] * layout.FP_VERDICTS_MAX
+    one[1], one[7] = 5, 2                                  # not_dmsc, miss
     other = list(one)
-    other[layout.FP_VERDICTS_MAX + 4 * 3] = 10
-    verdicts, faces = layout.decode_cpu_stats([layout.CPU_STATS.pack(*one),
-                                               layout.CPU_STATS.pack(*other)])
-    assert verdicts[0] == 10 and verdicts[layout.C_VIA_PEER] == 4
-    assert faces[3] == layout.FaceStats(11, 4, 6, 8) and faces[2] == layout.FaceStats()
-    assert layout.decode_prefix_stats([layout.PREFIX_STATS.pack(1, 7)] * 3) == \
-        layout.PrefixStats(3, 21)
+    other[7] = 10
+    verdicts = layout.decode_verdicts([layout.VERDICT_COUNTS.pack(*one),
+                                       layout.VERDICT_COUNTS.pack(*other)])
+    assert verdicts[1] == 10 and verdicts[7] == 12 and verdicts[0] == 0
+    assert layout.decode_verdicts([]) == [0] * layout.FP_VERDICTS_MAX
     d = layout.verdict_dict([1, 2])
     assert d["redirected"] == 1 and d["not_dmsc"] == 2 and d["miss"] == 0
     assert list(d) == list(layout.VERDICTS)
@@ -260,8 +253,7 @@ def test_stats_decoders():
 
 def test_flow_value_actions():
     assert layout.decode_flow(layout.flow_value(1, 2, 3, bytes(6), bytes(6), 1500, 4)) == \
-        layout.Flow(1, 2, 3, bytes(6), bytes(6), 1500, 4, layout.NO_PREFIX, 0,
-                    layout.ACT_FORWARD, bytes(4))
+        layout.Flow(1, 2, 3, bytes(6), bytes(6), 1500, 0, 4, 0, layout.ACT_FORWARD, bytes(4))
     f = layout.decode_flow(layout.flow_value(1, 2, 3, bytes(6), bytes(6), 1500, 4,
                                              action=layout.ACT_DECAP, nat_addr=b"\x0a\0\0\x07"))
     assert (f.action, f.nat_addr) == (layout.ACT_DECAP, bytes([10, 0, 0, 7]))
@@ -285,23 +277,33 @@ def test_l4_key_value_pod_roundtrip_and_checks():
         with pytest.raises(ValueError):
             layout.l4_key(*bad)
     hdr = packet(type_=6, dst="/svc/web", src="/pod/a")
-    v = layout.l4_value(5, 6, 7, "02:00:00:00:00:01", bytes(6), 1500, 1, layout.NO_PREFIX, 3,
-                        None, hdr)
+    v = layout.l4_value(5, 6, 7, "02:00:00:00:00:01", bytes(6), 1500, 3, None, hdr)
     e = layout.decode_l4(v)
-    assert e == layout.L4Flow(5, 6, 7, bytes.fromhex("020000000001"), bytes(6), 1500, 1,
-                              layout.NO_PREFIX, 3, bytes(4), hdr)
-    assert layout.decode_l4(layout.l4_value(5, 6, 7, bytes(6), bytes(6), 1500, 1, 0, 0,
+    assert e == layout.L4Flow(5, 6, 7, bytes.fromhex("020000000001"), bytes(6), 1500, 3,
+                              bytes(4), hdr)
+    assert layout.decode_l4(layout.l4_value(5, 6, 7, bytes(6), bytes(6), 1500, 0,
                                             "10.96.0.10", hdr)).snat_addr == bytes([10, 96, 0, 10])
-    args = (5, 6, 7, bytes(6), bytes(6), 1500, 1, layout.NO_PREFIX, 0, None)
-    assert len(layout.l4_value(*args, bytes(40))) == 176            # the shortest header
-    assert len(layout.l4_value(*args, bytes(128))) == 176           # the longest
+    args = (5, 6, 7, bytes(6), bytes(6), 1500, 0, None)
+    assert len(layout.l4_value(*args, bytes(40))) == 168            # the shortest header
+    assert len(layout.l4_value(*args, bytes(128))) == 168           # the longest
     for header in (bytes(39), bytes(129), b""):
         with pytest.raises(ValueError):
             layout.l4_value(*args, header)
     with pytest.raises(ValueError):
-        layout.l4_value(5, layout.FP_FLOWS_MAX, 7, bytes(6), bytes(6), 1500, 1,
-                        layout.NO_PREFIX, 0, None, hdr)
-    assert layout.decode_pod(layout.pod_value(bytes([10, 200, 1, 2]), 9)) == ("10.200.1.2", 9)
-    for bad in (("0.0.0.0", 1), ("10.0.0.1", layout.FP_FACES_MAX), ("10.0.0.256", 1)):
+        layout.l4_value(5, layout.FP_FLOWS_MAX, 7, bytes(6), bytes(6), 1500, 0, None, hdr)
+    assert layout.decode_pod(layout.pod_value(bytes([10, 200, 1, 2]))) == "10.200.1.2"
+    for bad in ("0.0.0.0", "10.0.0.256", bytes(3)):
         with pytest.raises(ValueError):
-            layout.pod_value(*bad)
+            layout.pod_value(bad)
+
+
+def test_tcx_attach_type_matches_the_running_kernel():
+    """BPF_TCX_INGRESS is newer than libbpf 1.1's headers: libbpf.py carries the number,
+    checked here against the kernel's own BTF."""
+    bpftool = shutil.which("bpftool")
+    if bpftool is None or not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("needs bpftool and the kernel's BTF")
+    out = subprocess.run([bpftool, "btf", "dump", "file", "/sys/kernel/btf/vmlinux"],
+                         capture_output=True, text=True, check=True).stdout
+    m = re.search(r"'BPF_TCX_INGRESS' val=(\d+)", out)
+    assert m and int(m.group(1)) == libbpf.BPF_TCX_INGRESS

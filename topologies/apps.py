@@ -92,8 +92,9 @@ class ForwarderApp(Proc):
     def dataplane_records(self) -> List[dict]:
         """Before a forwarder that may load the kernel fast path starts: mount the pin
         root in this (the root) mount namespace, so that the node's pins are visible
-        to `make clean` and bpftool; return the records of its pins and tc filters
-        (once per app; the caller writes them, many nodes under one fsync)."""
+        to `make clean` and bpftool; return the record of its pin folder, which holds
+        its maps and its tcx links (once per app; the caller writes it, many nodes
+        under one fsync)."""
         if self.node_config.dataplane == "python" or self._dataplane_recorded:
             return []
         from forwarder.dataplane.fastpath import pins
@@ -102,17 +103,15 @@ class ForwarderApp(Proc):
         except OSError:
             return []  # the forwarder will say why it runs the Python data plane
         self._dataplane_recorded = True
-        return ([{"kind": "bpf_pins", "path": pins.pin_dir_for(self.workdir)}]
-                + [{"kind": "tc_filter", "dev": f.interface, "netns": self.netns}
-                   for f in self.node_config.faces if f.type == "ether"])
+        return [{"kind": "bpf_pins", "path": pins.pin_dir_for(self.workdir)}]
 
     def stop(self, timeout: float = STOP_GRACE_S) -> None:
         super().stop(timeout)
         self._forget_pins()
 
     def kill(self) -> None:
-        """SIGKILL: a crash. Its tc programs stay attached in the node's namespace (as
-        after a real crash); its pinned maps, which only it would have removed, go."""
+        """SIGKILL: a crash. Its pins (maps and tcx links), which only it would have
+        removed, go with it, and with the last link reference its programs detach."""
         super().kill()
         self._forget_pins()
 

@@ -12,7 +12,8 @@ Per run: SIGTERM each recorded process that is still the same process (pid
 process that led its own process group (``pgid == pid``, as
 ``NsNode.popen`` starts them) is signalled as a group, and only while the
 leader itself is verified alive, so a reused pid is never hit.  Then delete
-recorded tc filters (the kernel fast path's), links and namespaces that still
+recorded tc filters (the kernel fast path's, from runs before it used pinned
+tcx links), links and namespaces that still
 exist, and the recorded folders of pinned BPF maps; append ``{"kind": "done"}``.
 Nothing that is not recorded is ever signalled or deleted; unlike ``mn -c``
 this is safe on a shared machine.
@@ -150,9 +151,10 @@ class _Cleaner:
                 self.fail(f"{text}: {res.stderr.strip()}")
 
     def delete_filters(self, entries: list[dict]) -> None:
-        """The fast path's tc filters (clsact ingress and egress, pref 1 handle 1) on
-        interfaces that outlive a crashed forwarder (an interface deleted with its
-        namespace takes them along)."""
+        """The fast path's classic tc filters (clsact ingress and egress, pref 1
+        handle 1) recorded by runs made before it attached through pinned tcx links
+        (those go with the pin folder, delete_pins), on interfaces that outlive a
+        crashed forwarder (an interface deleted with its namespace takes them along)."""
         for e in entries:
             if e.get("kind") != "tc_filter" or not link_exists(e["dev"], e.get("netns")):
                 continue

@@ -232,19 +232,15 @@ class Records:
                 "argv0": argv0 if argv0 is not None else _argv0(pid),
                 "pgid": pgid if pgid is not None else process_group(pid)}
 
-    def tc_filter(self, dev: str, netns: Optional[str]) -> None:
-        """Record that a process of ours attaches the kernel fast path's tc filter to
-        `dev` (clsact ingress and egress); call before starting it."""
-        self._append({"kind": "tc_filter", "dev": dev, "netns": netns})
-
     def netns_etc(self, path: str) -> None:
         """Record an /etc/netns/<namespace> folder we write (a pod's resolv.conf); call
         before writing it. `clean` removes it."""
         self._append({"kind": "netns_etc", "path": str(path)})
 
     def bpf_pins(self, path: str) -> None:
-        """Record the bpffs folder where a process of ours pins its maps; call before
-        starting it. `clean` unlinks the pins in it and removes it."""
+        """Record the bpffs folder where a process of ours pins its maps and tcx links;
+        call before starting it. `clean` unlinks the pins in it (a link that loses its
+        last pin detaches its program) and removes it."""
         self._append({"kind": "bpf_pins", "path": str(path)})
 
     def done(self) -> None:

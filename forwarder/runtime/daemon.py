@@ -611,9 +611,7 @@ class Daemon:
         self.face_events[face.name] = {"up": up, "time": now, "source": source}
         self.events.emit("carrier", face=face.name, up=up, source=source)
         self.core.set_face_state(fid, up, now)
-        if self.offload is not None:
-            self.offload.face_state(fid, up)
-        self._kernel_generation()
+        self._kernel_generation()   # the kernel's entries are decided again, as Python's are
         io = self.io.get(fid)
         if not up and isinstance(io, EtherFace):
             io.learn(b"\xff" * 6)

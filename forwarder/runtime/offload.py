@@ -12,9 +12,11 @@ repeat (forwarder.dataplane.pipeline). This module, on the event loop:
   packet goes up to be decided again, exactly as a Python flow entry would;
 * deletes the kernel entries of flows the pipeline forgot (idle expiry,
   eviction, a face removed, a stale choice dropped);
-* merges the kernel's per-CPU counters into the pipeline's (flows, with their
-  idle times; faces; prefixes), so /counters, /flows, /metrics and the SCSC's
-  reports count what the kernel forwarded.
+* merges the kernel's counters into the pipeline's: the kernel counts a hit in
+  its flow slot's record only (one cache line per packet), and this module, which
+  knows each slot's entry, adds the differences to the flow (with its idle time),
+  its in and out faces, its prefix and the verdict counts, so /counters, /flows,
+  /metrics and the SCSC's reports count what the kernel forwarded.
 
 Modes (configuration `dataplane`): `python` never loads the program; `ebpf`
 requires it (the forwarder refuses to start without it); `auto` (the default)
@@ -30,7 +32,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from ..dataplane.counters import PrefixCounters
 from ..dataplane.facetable import ETHER
 from ..dataplane.flows import FlowEntry
 from ..dataplane.pipeline import ENCAP, FORWARD, Forwarder, Offload
@@ -38,8 +39,8 @@ from ..dataplane.pipeline import ENCAP, FORWARD, Forwarder, Offload
 log = logging.getLogger("dmsc.offload")
 
 MODES = ("auto", "ebpf", "python")
-KERNEL_FLOWS = 8192     # flow slots in the kernel per forwarder (its per-CPU counters are
-                        # allocated up front: 8192 x 24 B x CPUs; more flows stay in Python)
+KERNEL_FLOWS = 8192     # flow slots in the kernel per forwarder (their counter records are
+                        # allocated up front: 8192 x 64 B; more flows stay in Python)
 HIGH_PRIORITY = 6       # classes 6 and 7 leave with skb->priority 7, as faces.EtherFace does
 
 
@@ -70,10 +71,9 @@ class _KernelFlow:
     pkey: bytes                       # the pipeline's flow key (names only)
     # (map, kernel key) -> (generation written, how to write it again at a generation)
     keys: Dict[Tuple[str, bytes], Tuple[int, Callable[[int], None]]] = field(default_factory=dict)
-    packets: int = 0                  # kernel counts merged into the flow so far
-    bytes: int = 0
-    last_ns: int = 0
-    tcp_flags: int = 0
+    in_face: int = -1                 # the face id the kernel takes the flow's packets on
+    verdict: str = "redirected"       # what a hit is: redirected, encapsulated, decapsulated
+    seen: object = None               # the slot's FlowStats merged so far
     conn: object = None               # a carried connection's Conn (ENCAP, DECAP)
     from_pod: bool = False
 
@@ -90,10 +90,11 @@ class KernelOffload:
         self.flows_max = flows_max
         self._free = list(range(flows_max - 1, -1, -1))  # pop() gives 0 first
         self._flows: Dict[int, _KernelFlow] = {}          # id(FlowEntry) -> its kernel entries
-        self._prefix_slots: Dict[int, Tuple[int, PrefixCounters]] = {}  # id(pc) -> slot
-        self._prefix_seen: Dict[int, Tuple[int, int]] = {}   # slot -> (packets, bytes) merged
-        self._face_seen: Dict[int, Tuple[int, int, int, int]] = {}  # face slot -> merged
         self._ifindex: Dict[int, int] = {}                   # face id -> ifindex
+        self._peer: Dict[int, bool] = {}                     # face id -> veth, peer elsewhere
+        # the kernel's hits, merged from the flow slots: {verdict: packets}, via the peer
+        self.hits: Dict[str, int] = {v: 0 for v in self.layout.HANDLED}
+        self.hits_via_peer = 0
         self.served: set = set()   # served ports (proto, pod address, port); see served_ports
         self.gen = -1
         self.stats = {"installed": 0, "reinstalled": 0, "deleted": 0, "no_slot": 0,
@@ -110,17 +111,14 @@ class KernelOffload:
         self.fp.attach([ifindex])
         if peer_elsewhere is None:
             peer_elsewhere = interface in veths_with_peer_elsewhere()
-        flags = (0 if up else self.layout.FACE_DOWN) | \
-            (self.layout.FACE_PEER if peer_elsewhere else 0)
-        self.fp.set_face(ifindex, face_id, flags)
+        self._peer[face_id] = peer_elsewhere
         self._ifindex[face_id] = ifindex
 
     def add_pod(self, face_id: int, interface: str, address: str) -> None:
         """Attach the pod program to a pod's veth; only `address` may be its source."""
         ifindex = _ifindex(interface)
         self.fp.attach_pods([ifindex])
-        self.fp.set_face(ifindex, face_id, 0)
-        self.fp.set_pod(ifindex, address, face_id)
+        self.fp.set_pod(ifindex, address)
         self._ifindex[face_id] = ifindex
 
     def served_ports(self, want: set) -> None:
@@ -134,18 +132,14 @@ class KernelOffload:
             self.fp.delete_l4(self.layout.served_key(addr, port, proto))
         self.served = set(want)
 
-    def face_state(self, face_id: int, up: bool) -> None:
-        ifindex = self._ifindex.get(face_id)
-        if ifindex is not None:
-            self.fp.set_face_down(ifindex, face_id, not up)
-
     # -------------------------------------------------------------- decisions
     def install(self, off: Offload, out_io, in_io, l4: Optional[L4Spec] = None) -> bool:
         """Repeat one pipeline decision in the kernel; False (and counted) when it
         cannot be: the packet then stays on the Python path, which is never wrong."""
         lay, fe = self.layout, off.flow
         out_ifindex = self._ifindex.get(fe.face_id)
-        if out_ifindex is None or off.in_face not in self._ifindex:
+        in_ifindex = self._ifindex.get(off.in_face)
+        if out_ifindex is None or in_ifindex is None:
             self.stats["not_a_kernel_face"] += 1
             return False
         if off.kind != FORWARD and l4 is None:
@@ -164,32 +158,40 @@ class KernelOffload:
             slot = self._free.pop()
             self.fp.reset_flow_stats([slot])
             dlen, slen = off.key[8], off.key[9]        # dst_len, src_len (offsets 28, 29)
-            kf = self._flows[id(fe)] = _KernelFlow(fe, slot, off.key[:20 + dlen + slen])
+            kf = self._flows[id(fe)] = _KernelFlow(fe, slot, off.key[:20 + dlen + slen],
+                                                   seen=lay.FlowStats())
+        if kf.in_face != off.in_face:
+            if kf.in_face >= 0:
+                self._merge_flows([kf])   # what came in on the old face is counted there
+            kf.in_face = off.in_face
         prio = 7 if fe.priority >= HIGH_PRIORITY else 0
         if off.kind == FORWARD:
+            kf.verdict = "redirected"
+            flags = lay.FLOW_PEER if self._peer.get(fe.face_id) else 0
+
             def write(gen: int) -> None:
                 # as the Python path sends: the out face's addresses as they are now (the
                 # neighbour's may still be broadcast, as Python's own frames are)
                 self.fp.install(key, lay.flow_value(
                     out_ifindex, kf.slot, gen, out_io.peer_mac, out_io.mac, fe.out.mtu,
-                    fe.face_id, self._prefix_slot(fe), prio))
+                    in_ifindex, flags, prio))
             mkey = ("flows", key)
         elif off.kind == ENCAP:
-            kf.conn, kf.from_pod = l4.conn, True
+            kf.conn, kf.from_pod, kf.verdict = l4.conn, True, "encapsulated"
             mkey = ("l4", lay.l4_key(l4.pod_addr, l4.peer_addr, l4.pod_port, l4.peer_port,
                                      l4.proto))
 
             def write(gen: int) -> None:
                 self.fp.install_l4(mkey[1], lay.l4_value(
                     out_ifindex, kf.slot, gen, out_io.peer_mac, out_io.mac, fe.out.mtu,
-                    fe.face_id, self._prefix_slot(fe), prio, l4.snat, off.header))
+                    prio, l4.snat, off.header))
         else:  # DECAP: to the pod behind fe.face_id
-            kf.conn, kf.from_pod = l4.conn, False
+            kf.conn, kf.from_pod, kf.verdict = l4.conn, False, "decapsulated"
 
             def write(gen: int) -> None:
                 self.fp.install(key, lay.flow_value(
-                    out_ifindex, kf.slot, gen, l4.pod_mac, out_io.mac, l4.mtu, fe.face_id,
-                    self._prefix_slot(fe), prio, action=lay.ACT_DECAP, nat_addr=l4.dnat))
+                    out_ifindex, kf.slot, gen, l4.pod_mac, out_io.mac, l4.mtu, in_ifindex,
+                    priority=prio, action=lay.ACT_DECAP, nat_addr=l4.dnat))
             mkey = ("flows", key)
         self.stats["reinstalled" if mkey in kf.keys else "installed"] += 1
         write(self.core.generation)
@@ -215,19 +217,6 @@ class KernelOffload:
             return
         self.install(Offload(pkey, fe, face_id), out_io, in_io)
 
-    def _prefix_slot(self, fe: FlowEntry) -> int:
-        pc = fe.prefix_counters
-        if pc is None:
-            return self.layout.NO_PREFIX
-        got = self._prefix_slots.get(id(pc))
-        if got is not None and got[1] is pc:
-            return got[0]
-        slot = len(self._prefix_slots)
-        if slot >= self.layout.FP_PREFIXES_MAX:
-            return self.layout.NO_PREFIX
-        self._prefix_slots[id(pc)] = (slot, pc)
-        return slot
-
     def sync_generation(self) -> None:
         """Make every kernel entry decided under older tables stale (cheap when unchanged)."""
         g = self.core.generation
@@ -239,42 +228,40 @@ class KernelOffload:
     def merge(self) -> None:
         """Add what the kernel forwarded since the last merge to the pipeline's counters."""
         if self._flows:
-            stats = self.fp.read_flow_stats([kf.slot for kf in self._flows.values()])
-            now_wall, now_ns = time.time(), time.monotonic_ns()
-            for kf in self._flows.values():
-                st = stats.get(kf.slot)
-                if st is None:
-                    continue
-                fe = kf.flow
-                dp, db = st.packets - kf.packets, st.bytes - kf.bytes
-                if dp:
-                    fe.packets += dp
-                    fe.bytes += db
-                    kf.packets, kf.bytes = st.packets, st.bytes
-                if st.last_ns > kf.last_ns:
-                    last = now_wall - (now_ns - st.last_ns) / 1e9
-                    fe.last_used = max(fe.last_used, last)
-                    kf.last_ns = st.last_ns
-                    if kf.conn is not None:   # a carried connection's idle time and state
-                        kf.conn.kernel_saw(st.tcp_flags, kf.from_pod, dp, db, last)
-        by_slot = {slot: pc for slot, pc in self._prefix_slots.values()}
-        for slot, st in self.fp.read_prefix_stats(by_slot).items():
-            pc = by_slot.get(slot)
-            seen = self._prefix_seen.get(slot, (0, 0))
-            if pc is not None and (st.packets, st.bytes) != seen:
-                pc.packets += st.packets - seen[0]
-                pc.bytes += st.bytes - seen[1]
-                self._prefix_seen[slot] = (st.packets, st.bytes)
+            self._merge_flows(list(self._flows.values()))
+
+    def _merge_flows(self, kfs: List[_KernelFlow]) -> None:
+        """Each slot's new counts go to its flow (packets, bytes, idle time; a carried
+        connection's state), the flow's in face (received) and out face (sent), its
+        prefix, and the verdict its entry's kind stands for."""
+        stats = self.fp.read_flow_stats([kf.slot for kf in kfs])
+        now_wall, now_ns = time.time(), time.monotonic_ns()
         faces = self.core.counters.faces
-        for slot, st in self.fp.read_face_stats().items():
-            seen = self._face_seen.get(slot, (0, 0, 0, 0))
-            if tuple(st) != seen:
-                fc = faces[slot]
-                fc.rx_packets += st.rx_packets - seen[0]
-                fc.rx_bytes += st.rx_bytes - seen[1]
-                fc.tx_packets += st.tx_packets - seen[2]
-                fc.tx_bytes += st.tx_bytes - seen[3]
-                self._face_seen[slot] = tuple(st)
+        for kf in kfs:
+            st = stats.get(kf.slot)
+            if st is None or st == kf.seen:
+                continue
+            fe, seen = kf.flow, kf.seen
+            dp, db, drx = st.packets - seen.packets, st.bytes - seen.bytes, st.rx_bytes - seen.rx_bytes
+            if dp:
+                fe.packets += dp
+                fe.bytes += db
+                rx, tx = faces[kf.in_face], faces[fe.face_id]
+                rx.rx_packets += dp
+                rx.rx_bytes += drx
+                tx.tx_packets += dp
+                tx.tx_bytes += db
+                if fe.prefix_counters is not None:
+                    fe.prefix_counters.packets += dp
+                    fe.prefix_counters.bytes += db
+                self.hits[kf.verdict] += dp
+                self.hits_via_peer += st.peer_packets - seen.peer_packets
+            if st.last_ns > seen.last_ns:
+                last = now_wall - (now_ns - st.last_ns) / 1e9
+                fe.last_used = max(fe.last_used, last)
+                if kf.conn is not None:   # a carried connection's idle time and state
+                    kf.conn.kernel_saw(st.tcp_flags, kf.from_pod, dp, db, last)
+            kf.seen = st
 
     def prune(self) -> int:
         """Delete the kernel entries of flows the pipeline no longer holds (after a
@@ -295,8 +282,15 @@ class KernelOffload:
                 "flow_slots": self.flows_max, "pin_dir": self.pin_dir,
                 "attached": {fid: ifx for fid, ifx in sorted(self._ifindex.items())},
                 "served_ports": len(self.served),
-                "offload": dict(self.stats), "verdicts": self.fp.read_verdicts(),
-                "redirected_to_peer": self.fp.read_via_peer()}
+                "offload": dict(self.stats), "verdicts": self.verdicts(),
+                "redirected_to_peer": self.hits_via_peer}
+
+    def verdicts(self) -> Dict[str, int]:
+        """Every verdict's frames: those passed up or dropped as the kernel counts them,
+        the hits as merged from the flow slots (as of the last merge)."""
+        out = self.fp.read_verdicts()
+        out.update(self.hits)
+        return out
 
     def close(self) -> None:
         """Detach from every interface, unpin, free the maps."""

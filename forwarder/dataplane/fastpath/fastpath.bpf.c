@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * DMSC kernel fast path (tc clsact, direct action): two programs.
+ * DMSC kernel fast path (tc programs at tcx ingress, attached through BPF links):
+ * two programs.
  *
  * fp_ingress (network faces) repeats in the kernel the flow-table hit of the
  * Python forwarder (Forwarder.fast_forward): user space decides everything and
@@ -18,16 +19,21 @@
  * Before a redirect, the out interface's own state is read from the kernel
  * (struct net_device, through CO-RE): an interface that is down or has no carrier
  * gets nothing, the frame is passed up for the Python forwarder to route around
- * it, even in the milliseconds before user space hears of the cut and flags the
- * face. A FORWARD frame goes straight to the neighbour's ingress
- * (bpf_redirect_peer) where the out face is a veth whose peer is in another
- * namespace and nothing on the out interface would see the frame leave: no queue
+ * it, even in the milliseconds before user space hears of the cut and changes
+ * the generation. A FORWARD frame goes straight to the neighbour's ingress
+ * (bpf_redirect_peer) where the entry says its out face is a veth whose peer is in
+ * another namespace (FP_FLOW_PEER) and nothing on the out interface would see the frame leave: no queue
  * (noqueue, the veth default), no packet capture on it or on the namespace.
  * Otherwise, and always for encap/decap (the EtherType changes, and the receiving
  * side must parse it again), it goes through the out interface (bpf_redirect).
  *
+ * Counting: a hit adds to its flow's fp_flow_stats record and touches no other
+ * counter (one cache line); user space, which knows each slot's entry, adds the
+ * differences to the face, prefix and verdict counters. A face going down or
+ * up changes the pipeline's generation, so no per-face state is read here.
+ *
  * Anything a check refuses is passed up unchanged (TC_ACT_OK) to the Python
- * side, with the reason counted in fp_cpu_stats. Every check is made before the
+ * side, with the reason counted in fp_verdicts. Every check is made before the
  * first write; a helper failing after it drops the frame (TC_ACT_SHOT, counted)
  * rather than passing up a half rewritten one (the FORWARD rewrite keeps its
  * older rule: its writes cannot fail half way). The one deliberate drop:
@@ -89,14 +95,6 @@ struct sk_buff___fp {
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
-/* ifindex -> face (this forwarder's network faces). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, FP_FACES_MAX);
-	__type(key, __u32);
-	__type(value, struct fp_face);
-} fp_faces SEC(".maps");
-
 /* Exact flow key -> decision. Not preallocated: a forwarder pays for the
  * entries it installs, not for 65536 x 300 bytes up front. */
 struct {
@@ -141,31 +139,26 @@ struct {
 	__type(value, __u64);
 } fp_gen SEC(".maps");
 
-/* Per-flow counters: one record per flow slot, shared by the CPUs and counted with
- * atomic adds. A flow's packets arrive on one CPU at a time, so the record's line
+/* Per-flow counters: one 64-byte record per flow slot, shared by the CPUs and counted
+ * with atomic adds. A flow's packets arrive on one CPU at a time, so the record's line
  * stays where it is used; a per-CPU record would cost one more cold line per packet
- * (the slot's pointer to its per-CPU copies). */
+ * (the slot's pointer to its per-CPU copies). Mmapable: the values start on a page,
+ * so each record is exactly one cache line. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, FP_FLOWS_MAX);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct fp_flow_stats);
 } fp_flow_stats SEC(".maps");
 
-/* Verdicts and faces: one record per CPU, plain increments. */
+/* What was passed up or dropped, and why: one record per CPU, plain increments. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct fp_cpu_stats);
-} fp_cpu_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, FP_PREFIXES_MAX);
-	__type(key, __u32);
-	__type(value, struct fp_prefix_stats);
-} fp_prefix_stats SEC(".maps");
+	__type(value, struct fp_verdicts);
+} fp_verdicts SEC(".maps");
 
 /* Per-CPU memory: the flow key, the encap/decap copy buffer. */
 struct {
@@ -175,72 +168,32 @@ struct {
 	__type(value, struct fp_scratch);
 } fp_scratch SEC(".maps");
 
-static __always_inline struct fp_cpu_stats *cpu_stats(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&fp_cpu_stats, &zero);
-}
-
 static __always_inline void count(__u32 verdict)
 {
-	struct fp_cpu_stats *cs = cpu_stats();
+	__u32 zero = 0;
+	struct fp_verdicts *v = bpf_map_lookup_elem(&fp_verdicts, &zero);
 
-	if (cs && verdict < FP_VERDICTS_MAX)
-		cs->verdicts[verdict] += 1;
+	if (v && verdict < FP_VERDICTS_MAX)
+		v->verdicts[verdict] += 1;
 }
 
-/* Counters: the flow's record with atomic adds (its last_ns and tcp_flags too: an
- * OR only when it adds a bit); the others per-CPU records with plain increments.
- * An out-of-range slot counts nothing. */
-static __always_inline void count_flow(__u32 slot, __u32 bytes, __u64 tcp_flags)
+/* A hit's counts, all in its flow's record, with atomic adds (last_ns a plain store;
+ * tcp_flags an OR only when it adds a bit). An out-of-range slot counts nothing. */
+static __always_inline void count_flow(__u32 slot, __u32 bytes, __u32 rx_bytes,
+				       __u64 tcp_flags, int via_peer)
 {
 	struct fp_flow_stats *fs = bpf_map_lookup_elem(&fp_flow_stats, &slot);
 
 	if (fs) {
 		__sync_fetch_and_add(&fs->packets, 1);
 		__sync_fetch_and_add(&fs->bytes, bytes);
+		__sync_fetch_and_add(&fs->rx_bytes, rx_bytes);
 		fs->last_ns = bpf_ktime_get_ns();
 		if ((fs->tcp_flags & tcp_flags) != tcp_flags)
 			__sync_fetch_and_or(&fs->tcp_flags, tcp_flags);
+		if (via_peer)
+			__sync_fetch_and_add(&fs->peer_packets, 1);
 	}
-}
-
-static __always_inline void count_faces(__u32 in_slot, __u32 rx_bytes, __u32 out_slot,
-					__u32 tx_bytes)
-{
-	struct fp_cpu_stats *cs = cpu_stats();
-
-	if (!cs)
-		return;
-	if (in_slot < FP_FACES_MAX) {
-		cs->faces[in_slot].rx_packets += 1;
-		cs->faces[in_slot].rx_bytes += rx_bytes;
-	}
-	if (out_slot < FP_FACES_MAX) {
-		cs->faces[out_slot].tx_packets += 1;
-		cs->faces[out_slot].tx_bytes += tx_bytes;
-	}
-}
-
-static __always_inline void count_prefix(__u32 prefix_slot, __u32 bytes)
-{
-	if (prefix_slot == FP_NO_PREFIX)
-		return;
-	struct fp_prefix_stats *ps = bpf_map_lookup_elem(&fp_prefix_stats, &prefix_slot);
-
-	if (ps) {
-		ps->packets += 1;
-		ps->bytes += bytes;
-	}
-}
-
-/* The out face's flags (FP_FACE_*); FP_FACE_DOWN if it is not one of ours. */
-static __always_inline __u32 out_face_flags(__u32 out_ifindex)
-{
-	struct fp_face *out = bpf_map_lookup_elem(&fp_faces, &out_ifindex);
-
-	return out ? out->flags : FP_FACE_DOWN;
 }
 
 /* The interface `ifindex` of the namespace the frame came in on, found the way
@@ -280,18 +233,17 @@ static __always_inline int list_empty___fp(struct list_head___fp *head, __u64 at
 /* How a frame may leave by `out_ifindex`. */
 enum fp_out { FP_OUT_DOWN, FP_OUT_XMIT, FP_OUT_PEER };
 
+/* `may_peer`: a FORWARD entry whose out face is a veth with its peer elsewhere. */
 static __always_inline enum fp_out out_path(struct __sk_buff *skb, __u32 out_ifindex,
-					    __u32 face_flags, int may_peer)
+					    int may_peer)
 {
-	if (face_flags & FP_FACE_DOWN)
-		return FP_OUT_DOWN;
 	struct net_device___fp *dev = out_dev(skb, out_ifindex);
 
 	if (!dev)
 		return FP_OUT_DOWN;
 	if (!(dev->flags & FP_IFF_UP) || (dev->state & FP_LINK_NOCARRIER))
 		return FP_OUT_DOWN;
-	if (!may_peer || !(face_flags & FP_FACE_PEER))
+	if (!may_peer)
 		return FP_OUT_XMIT;
 	/* Straight to the peer would skip the out interface's queue (a shaper, the
 	 * priority classes) and its captures: only where it has neither. */
@@ -358,14 +310,7 @@ int fp_ingress(struct __sk_buff *skb)
 	if (klen > FP_KEY_MAX)
 		PASS(FP_V_KEY_TOO_LONG);
 
-	/* 3. One of this forwarder's faces. */
-	struct fp_face *in = bpf_map_lookup_elem(&fp_faces, &ifindex);
-
-	if (!in)
-		PASS(FP_V_UNKNOWN_FACE);
-	__u32 in_slot = in->face_slot;
-
-	/* 4. Exact match on the whole name block [20, header_length): a short block
+	/* 3. Exact match on the whole name block [20, header_length): a short block
 	 * in fp_flows_short (its key on the stack), a longer one in fp_flows (its key
 	 * in per-CPU scratch memory: too big for the stack beside the rest). */
 	struct fp_flow *fl;
@@ -402,7 +347,9 @@ int fp_ingress(struct __sk_buff *skb)
 
 	/* Copy the decision once: user space may replace the entry meanwhile. */
 	__u32 out_ifindex = fl->out_ifindex;
+	__u32 in_ifindex = fl->in_ifindex;
 	__u32 flow_slot = fl->flow_slot;
+	__u32 flow_flags = fl->flags;
 	__u64 gen = fl->gen;
 	struct {
 		__u8 macs[12];
@@ -411,13 +358,13 @@ int fp_ingress(struct __sk_buff *skb)
 
 	__builtin_memcpy(eth.macs, fl->dst_mac, 12);
 	__u32 mtu = fl->mtu;
-	__u32 out_slot = fl->out_face_slot;
-	__u32 prefix_slot = fl->prefix_slot;
 	__u32 priority = fl->priority;
 	__u32 action = fl->action;
 	__be32 nat_addr = fl->nat_addr;
 
-	/* 5. Not stale. */
+	/* 4. Decided for this in face, not stale. */
+	if (in_ifindex != ifindex)
+		PASS(FP_V_IN_FACE);
 	__u64 *cur = bpf_map_lookup_elem(&fp_gen, &zero);
 
 	if (!cur || *cur != gen)
@@ -427,18 +374,14 @@ int fp_ingress(struct __sk_buff *skb)
 	if (action != FP_ACT_FORWARD)
 		PASS(FP_V_MISS);     /* an action this program does not know: no usable entry */
 
-	/* 6. Out face, hop limit, MTU, and the out interface as the kernel has it now. */
+	/* 5. Out face, hop limit, MTU, and the out interface as the kernel has it now. */
 	if (out_ifindex == ifindex)
 		PASS(FP_V_SAME_FACE);
-	__u32 out_flags = out_face_flags(out_ifindex);
-
-	if (out_flags & FP_FACE_DOWN)
-		PASS(FP_V_OUT_DOWN);
 	if (h.hop_limit <= 1)
 		PASS(FP_V_HOP_LIMIT);
 	if (total > mtu)
 		PASS(FP_V_TOO_BIG);
-	enum fp_out path = out_path(skb, out_ifindex, out_flags, 1);
+	enum fp_out path = out_path(skb, out_ifindex, flow_flags & FP_FLOW_PEER);
 
 	if (path == FP_OUT_DOWN)
 		PASS(FP_V_OUT_DOWN);
@@ -467,16 +410,11 @@ int fp_ingress(struct __sk_buff *skb)
 	if (rc != TC_ACT_REDIRECT)
 		PASS(FP_V_REDIRECT_ERROR);
 
-	count_flow(flow_slot, total, 0);
-	count_faces(in_slot, len - FP_ETH_HLEN, out_slot, total);
-	count_prefix(prefix_slot, total);
-	count(FP_V_REDIRECTED);
-	if (path == FP_OUT_PEER)
-		count(FP_C_VIA_PEER);
+	count_flow(flow_slot, total, len - FP_ETH_HLEN, 0, path == FP_OUT_PEER);
 	return TC_ACT_REDIRECT;
 
 decap:
-	/* 6d. Type 6 carrying exactly one IPv4 packet: [14 + hlen, 14 + total). */
+	/* 5d. Type 6 carrying exactly one IPv4 packet: [14 + hlen, 14 + total). */
 	if (h.type != FP_TYPE_IPV4)
 		PASS(FP_V_BAD_INNER);
 	__u32 ip_len = total - hlen;
@@ -513,7 +451,7 @@ decap:
 			csum_flags |= BPF_F_MARK_MANGLED_0;   /* a UDP checksum of 0 stays 0 */
 		}
 	}
-	if (out_path(skb, out_ifindex, out_face_flags(out_ifindex), 0) == FP_OUT_DOWN)
+	if (out_path(skb, out_ifindex, 0) == FP_OUT_DOWN)
 		PASS(FP_V_OUT_DOWN);
 	if (ip_len > mtu)
 		PASS(FP_V_TOO_BIG);
@@ -574,10 +512,7 @@ decap:
 	if (bpf_redirect(out_ifindex, 0) != TC_ACT_REDIRECT)
 		DROP(FP_V_REDIRECT_ERROR);
 
-	count_flow(flow_slot, ip_len, tcp_flags);
-	count_faces(in_slot, len - FP_ETH_HLEN, out_slot, ip_len);
-	count_prefix(prefix_slot, ip_len);
-	count(FP_V_DECAPSULATED);
+	count_flow(flow_slot, ip_len, len - FP_ETH_HLEN, tcp_flags, 0);
 	return TC_ACT_REDIRECT;
 up:
 	count(verdict);
@@ -620,7 +555,6 @@ int fp_pod_ingress(struct __sk_buff *skb)
 	if (!pod)
 		PASS(FP_V_UNKNOWN_FACE);
 	__be32 pod_addr = pod->addr;
-	__u32 pod_slot = pod->face_slot;
 
 	/* 3. A whole IPv4 packet. */
 	if (len < FP_ETH_HLEN + FP_IP_HLEN ||
@@ -694,8 +628,6 @@ int fp_pod_ingress(struct __sk_buff *skb)
 	__u32 flow_slot = e->flow_slot;
 	__u64 gen = e->gen;
 	__u32 mtu = e->mtu;
-	__u32 out_slot = e->out_face_slot;
-	__u32 prefix_slot = e->prefix_slot;
 	__u32 priority = e->priority;
 	__be32 snat_addr = e->snat_addr;
 	__u32 hdr_len = e->hdr_len;
@@ -710,7 +642,7 @@ int fp_pod_ingress(struct __sk_buff *skb)
 
 	if (!cur || *cur != gen)
 		PASS(FP_V_STALE);
-	if (out_path(skb, out_ifindex, out_face_flags(out_ifindex), 0) == FP_OUT_DOWN)
+	if (out_path(skb, out_ifindex, 0) == FP_OUT_DOWN)
 		PASS(FP_V_OUT_DOWN);
 	if (hdr_len < FP_HDR_LEN || hdr_len > FP_L4_HDR_MAX || hdr_len + ip_len > mtu)
 		PASS(FP_V_TOO_BIG);
@@ -778,10 +710,7 @@ int fp_pod_ingress(struct __sk_buff *skb)
 	if (bpf_redirect(out_ifindex, 0) != TC_ACT_REDIRECT)
 		DROP(FP_V_REDIRECT_ERROR);
 
-	count_flow(flow_slot, total, tcp_flags);
-	count_faces(pod_slot, ip_len, out_slot, total);
-	count_prefix(prefix_slot, total);
-	count(FP_V_ENCAPSULATED);
+	count_flow(flow_slot, total, ip_len, tcp_flags, 0);
 	return TC_ACT_REDIRECT;
 up:
 	if (!quiet)

@@ -16,12 +16,9 @@
 #define FP_KEY_MAX        256        /* longest flow key (header_length - 20) handled */
 #define FP_KEY_SHORT      60         /* flow keys this long or shorter live in fp_flows_short */
 #define FP_FLOWS_MAX      65536      /* fp_flows entries and fp_flow_stats slots */
-#define FP_FACES_MAX      256        /* fp_faces entries and fp_cpu_stats.faces slots */
-#define FP_PREFIXES_MAX   4096       /* fp_prefix_stats slots */
-#define FP_VERDICTS_MAX   32         /* fp_cpu_stats.verdicts slots */
+#define FP_VERDICTS_MAX   32         /* fp_verdicts slots */
 #define FP_PODS_MAX       256        /* fp_pods entries (pod-facing veths) */
 #define FP_L4_HDR_MAX     128        /* longest DMSC header an fp_l4 entry puts in front */
-#define FP_NO_PREFIX      0xFFFFFFFFu/* fp_flow.prefix_slot: no prefix counters */
 
 #define FP_ETHERTYPE      0x88B5
 #define FP_ETH_HLEN       14
@@ -58,12 +55,15 @@
 #define FP_ACT_FORWARD    0          /* rewrite the DMSC frame and redirect it */
 #define FP_ACT_DECAP      1          /* type 6: strip Ethernet + DMSC, deliver the IPv4 packet */
 
-/* fp_face.flags */
-#define FP_FACE_DOWN      0x1        /* not usable as an output face (carrier down) */
-#define FP_FACE_PEER      0x2        /* a veth whose peer is in another network namespace:
-				      * bpf_redirect_peer may hand a frame straight to it */
+/* fp_flow.flags */
+#define FP_FLOW_PEER      0x1        /* the out face is a veth whose peer is in another
+				      * network namespace: bpf_redirect_peer may hand a
+				      * FORWARD frame straight to it */
 
-/* Verdicts: index into fp_cpu_stats.verdicts; names in layout.VERDICTS, same order. */
+/* Verdicts: index into fp_verdicts; names in layout.VERDICTS, same order. The three
+ * that hand a frame on (REDIRECTED, ENCAPSULATED, DECAPSULATED) are not counted
+ * here but in the flow's fp_flow_stats record (user space adds them up by entry
+ * kind): a hit touches its flow's record and nothing else. */
 enum fp_verdict {
 	FP_V_REDIRECTED = 0,     /* rewritten and redirected */
 	FP_V_NOT_DMSC,           /* EtherType is not 0x88B5, or a VLAN tag is present */
@@ -71,11 +71,11 @@ enum fp_verdict {
 	FP_V_NOT_FAST,           /* version != 1, type not 1..5, flags != 0, bad fragment fields */
 	FP_V_BAD_LENGTH,         /* header_length/total_length inconsistent or past the frame */
 	FP_V_KEY_TOO_LONG,       /* header_length - 20 > FP_KEY_MAX */
-	FP_V_UNKNOWN_FACE,       /* ingress ifindex not in fp_faces */
+	FP_V_UNKNOWN_FACE,       /* fp_pod_ingress: ingress ifindex not in fp_pods */
 	FP_V_MISS,               /* flow key not in fp_flows */
 	FP_V_STALE,              /* entry generation != fp_gen[0] */
 	FP_V_SAME_FACE,          /* out_ifindex == ingress ifindex */
-	FP_V_OUT_DOWN,           /* out face not in fp_faces, or flagged FP_FACE_DOWN */
+	FP_V_OUT_DOWN,           /* out interface down or without carrier (the kernel's state) */
 	FP_V_HOP_LIMIT,          /* hop_limit <= 1 */
 	FP_V_TOO_BIG,            /* total_length > entry mtu */
 	FP_V_REWRITE_ERROR,      /* bpf_skb_change_tail / bpf_skb_store_bytes failed */
@@ -88,13 +88,9 @@ enum fp_verdict {
 	FP_V_NOT_L4,             /* fp_pod_ingress: not TCP/UDP, or its header past the packet */
 	FP_V_GSO,                /* fp_pod_ingress: skb->gso_segs > 1 */
 	FP_V_BAD_INNER,          /* not IPv4 v4/IHL >= 5, or lengths inconsistent; DECAP of a non-6 type */
+	FP_V_IN_FACE,            /* fp_ingress: the entry was decided for another in face */
 	FP_V__COUNT
 };
-
-/* Not a verdict: a second count in fp_cpu_stats.verdicts, of the frames counted "redirected" that
- * went straight to the neighbour's ingress (bpf_redirect_peer) rather than through the
- * out interface's transmit path (bpf_redirect). */
-#define FP_C_VIA_PEER     (FP_VERDICTS_MAX - 1)
 
 /* fp_flows key: the packet bytes [20, header_length), zero padded. */
 struct fp_key {
@@ -111,12 +107,6 @@ struct fp_key_short {
 	__u8  bytes[FP_KEY_SHORT];
 };                                   /* 64 bytes */
 
-/* fp_faces value, keyed by ifindex (__u32). */
-struct fp_face {
-	__u32 face_slot;             /*  0: index into fp_cpu_stats.faces */
-	__u32 flags;                 /*  4: FP_FACE_* */
-};                                   /* 8 bytes */
-
 /* fp_flows value. */
 struct fp_flow {
 	__u32 out_ifindex;           /*  0 */
@@ -125,25 +115,32 @@ struct fp_flow {
 	__u8  dst_mac[6];            /* 16: written to the Ethernet header as is */
 	__u8  src_mac[6];            /* 22 */
 	__u16 mtu;                   /* 28: total_length must be <= mtu */
-	__u16 out_face_slot;         /* 30: index into fp_cpu_stats.faces (tx) */
-	__u32 prefix_slot;           /* 32: index into fp_prefix_stats, FP_NO_PREFIX for none */
+	__u16 flags;                 /* 30: FP_FLOW_* */
+	__u32 in_ifindex;            /* 32: the face the pipeline decided for: frames of the
+				      *     flow arriving on another are passed up */
 	__u32 priority;              /* 36: written to skb->priority */
 	__u32 action;                /* 40: FP_ACT_FORWARD, FP_ACT_DECAP */
 	__be32 nat_addr;             /* 44: DECAP: new inner destination address, 0: keep */
 };                                   /* 48 bytes, no implicit padding */
 
+/* fp_flow_stats value: everything the kernel counts of a hit, in one cache line.
+ * User space knows each slot's entry (in and out face, prefix, kind) and adds the
+ * differences to the face, prefix and verdict counters. */
 struct fp_flow_stats {
 	__u64 packets;
-	__u64 bytes;                 /* sum of total_length (DECAP: of the inner IPv4 length) */
-	__u64 last_ns;               /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last hit */
-	__u64 tcp_flags;             /* OR of the inner TCP flags byte (DECAP, encap); 0 otherwise */
-};                                   /* 32 bytes */
+	__u64 bytes;                 /*  8: sent: total_length (DECAP: the inner IPv4 length) */
+	__u64 rx_bytes;              /* 16: received: frame length - 14 (encap: the IPv4 length) */
+	__u64 last_ns;               /* 24: bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last hit */
+	__u64 tcp_flags;             /* 32: OR of the inner TCP flags byte (DECAP, encap) */
+	__u64 peer_packets;          /* 40: of `packets`, those handed straight to the
+				      *     neighbour's ingress (bpf_redirect_peer) */
+	__u64 pad[2];                /* 48: 0; one record per 64-byte line */
+};                                   /* 64 bytes */
 
 /* fp_pods value, keyed by the ifindex (__u32) of a pod-facing veth. */
 struct fp_pod {
 	__be32 addr;                 /* the one source address the pod may use */
-	__u32 face_slot;             /* index into fp_cpu_stats.faces (rx) */
-};                                   /* 8 bytes */
+};                                   /* 4 bytes */
 
 /* fp_l4 key: the inner 5-tuple as the packet arrives from the pod (before SNAT).
  * A key with daddr 0 and dport 0 is a served port: (pod address, port, proto) is the
@@ -166,33 +163,16 @@ struct fp_l4 {
 	__u8  dst_mac[6];            /* 16 */
 	__u8  src_mac[6];            /* 22 */
 	__u16 mtu;                   /* 28: hdr_len + IPv4 total length must be <= mtu */
-	__u16 out_face_slot;         /* 30: index into fp_cpu_stats.faces (tx) */
-	__u32 prefix_slot;           /* 32: index into fp_prefix_stats, FP_NO_PREFIX for none */
-	__u32 priority;              /* 36: written to skb->priority */
-	__be32 snat_addr;            /* 40: new inner source address, 0: keep */
-	__u16 hdr_len;               /* 44: bytes of hdr used, 40..FP_L4_HDR_MAX */
-	__u16 pad;                   /* 46: 0 */
-	__u8  hdr[FP_L4_HDR_MAX];    /* 48: the DMSC header, final but for total_length */
-};                                   /* 176 bytes */
+	__u16 hdr_len;               /* 30: bytes of hdr used, 40..FP_L4_HDR_MAX */
+	__u32 priority;              /* 32: written to skb->priority */
+	__be32 snat_addr;            /* 36: new inner source address, 0: keep */
+	__u8  hdr[FP_L4_HDR_MAX];    /* 40: the DMSC header, final but for total_length */
+};                                   /* 168 bytes */
 
-struct fp_face_stats {
-	__u64 rx_packets;
-	__u64 rx_bytes;              /* frame length - 14 (the packet with its padding) */
-	__u64 tx_packets;
-	__u64 tx_bytes;              /* total_length */
-};                                   /* 32 bytes */
-
-/* fp_cpu_stats value (one per CPU): every verdict's count and every face's. One
- * record, so that the program finds them all through one pointer. */
-struct fp_cpu_stats {
-	__u64 verdicts[FP_VERDICTS_MAX];         /*   0: enum fp_verdict, FP_C_VIA_PEER */
-	struct fp_face_stats faces[FP_FACES_MAX]; /* 256: by face slot */
-};                                   /* 8448 bytes */
-
-struct fp_prefix_stats {
-	__u64 packets;
-	__u64 bytes;                 /* sum of total_length */
-};                                   /* 16 bytes */
+/* fp_verdicts value (one per CPU): how many frames each verdict had. */
+struct fp_verdicts {
+	__u64 verdicts[FP_VERDICTS_MAX];         /* enum fp_verdict */
+};                                   /* 256 bytes */
 
 /* The 14 + 40 bytes the program reads first (from offset 12: EtherType + header). */
 struct fp_wire_head {
@@ -258,17 +238,13 @@ _Static_assert(sizeof(struct fp_ipv4) == FP_IP_HLEN, "fp_ipv4 size");
 _Static_assert(sizeof(struct fp_ip_head) == 2 + FP_IP_HLEN, "fp_ip_head size");
 _Static_assert(sizeof(struct fp_key) == 260, "fp_key size");
 _Static_assert(sizeof(struct fp_key_short) == 64, "fp_key_short size");
-_Static_assert(sizeof(struct fp_face) == 8, "fp_face size");
 _Static_assert(sizeof(struct fp_flow) == 48, "fp_flow size");
-_Static_assert(sizeof(struct fp_flow_stats) == 32, "fp_flow_stats size");
-_Static_assert(sizeof(struct fp_pod) == 8, "fp_pod size");
+_Static_assert(sizeof(struct fp_flow_stats) == 64, "fp_flow_stats size");
+_Static_assert(sizeof(struct fp_pod) == 4, "fp_pod size");
 _Static_assert(sizeof(struct fp_l4_key) == 16, "fp_l4_key size");
-_Static_assert(sizeof(struct fp_l4) == 48 + FP_L4_HDR_MAX, "fp_l4 size");
-_Static_assert(sizeof(struct fp_face_stats) == 32, "fp_face_stats size");
-_Static_assert(sizeof(struct fp_prefix_stats) == 16, "fp_prefix_stats size");
-_Static_assert(sizeof(struct fp_cpu_stats) == 8 * FP_VERDICTS_MAX + 32 * FP_FACES_MAX,
-	       "fp_cpu_stats size");
+_Static_assert(sizeof(struct fp_l4) == 40 + FP_L4_HDR_MAX, "fp_l4 size");
+_Static_assert(sizeof(struct fp_verdicts) == 8 * FP_VERDICTS_MAX, "fp_verdicts size");
 _Static_assert(sizeof(struct fp_wire_head) == 2 + FP_HDR_LEN, "fp_wire_head size");
-_Static_assert(FP_V__COUNT < FP_C_VIA_PEER, "too many verdicts");
+_Static_assert(FP_V__COUNT <= FP_VERDICTS_MAX, "too many verdicts");
 
 #endif /* DMSC_FASTPATH_H */

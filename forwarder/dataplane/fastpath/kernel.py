@@ -3,22 +3,29 @@
     fp = FastPath("/run/dmsc/bpf/<node>")          # load once; maps pinned there
     fp.attach([ifindex, ...])                        # fp_ingress: network faces
     fp.attach_pods([ifindex, ...])                   # fp_pod_ingress: pod-facing veths
-    fp.set_face(ifindex, face_slot)                  # every face, pod-facing ones too
-    fp.set_pod(pod_ifindex, "10.200.1.2", face_slot)
+    fp.set_pod(pod_ifindex, "10.200.1.2")
     fp.set_generation(gen)
     fp.install(layout.key_from_block(key), layout.flow_value(...))   # FORWARD / DECAP
     fp.install_l4(layout.l4_key(...), layout.l4_value(...))          # encap
-    ... fp.read_flow_stats([slot]), fp.read_face_stats(), fp.read_verdicts()
+    ... fp.read_flow_stats([slot]), fp.read_verdicts()
+
+A hit is counted in its flow slot's record only (packets, bytes sent and received,
+how many went to the peer); whoever hands out the slots knows each one's faces,
+prefix and kind and adds them up (forwarder.runtime.offload). read_verdicts()
+counts the frames passed up or dropped.
     fp.close()                                       # detach, unpin, remove the pin dir
 
 `FastPathMaps` is the map half alone: `FastPathMaps.open_pinned(pin_dir)` gives
 another process (a ctl tool, a test) the same maps through their pins.
 
-tc attachments are made in the calling thread's network namespace; call
-attach/detach/close from the forwarder's own namespace. If the process dies
-without close(), its filters keep running on the maps they hold (pins stay too)
-until the interfaces go away or a new FastPath with the same pin_dir replaces
-them (BPF_TC_F_REPLACE on the same handle/priority, stale pins unlinked first).
+Programs are attached at tcx ingress through BPF links (not classic tc filters:
+no clsact qdisc, filter chain or cls_bpf between the device and the program, on
+every frame), made in the calling thread's network namespace; call
+attach/detach/close from the forwarder's own namespace. Each link is pinned in
+pin_dir beside the maps (link_<ifindex>). If the process dies without close(),
+its programs keep running on the maps they hold until the pins go: `make clean`
+(pins.remove_pin_dir) or a new FastPath with the same pin_dir unlinks them, and a
+link with no pin and no fd detaches itself.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ BPF_MAP_TYPE_ARRAY = 2
 CAP_SYS_ADMIN = 21
 CAP_BPF = 39
 CAP_NET_ADMIN = 12
+LINK_PIN = "link_"    # pin_dir/link_<ifindex>: a tcx link of ours
 
 
 class FastPathMaps:
@@ -80,38 +88,6 @@ class FastPathMaps:
                     pass
         self.fds = {}
 
-    # -- faces ---------------------------------------------------------------
-    def set_face(self, ifindex: int, face_slot: int, flags: int = 0) -> None:
-        """Make `ifindex` one of this forwarder's faces (counted in `face_slot`);
-        flags: layout.FACE_DOWN, layout.FACE_PEER."""
-        libbpf.map_update(self.fds["fp_faces"], layout.U32.pack(ifindex),
-                          layout.face_value(face_slot, flags), what="fp_faces")
-
-    def face(self, ifindex: int) -> Optional[layout.Face]:
-        v = libbpf.map_lookup(self.fds["fp_faces"], layout.U32.pack(ifindex), layout.FACE.size,
-                              "fp_faces")
-        return layout.decode_face(v) if v is not None else None
-
-    def set_face_down(self, ifindex: int, face_slot: int, down: bool) -> None:
-        """Flag a face unusable as output (hits towards it are passed up); its other
-        flags stay."""
-        cur = self.face(ifindex)
-        flags = (cur.flags if cur is not None else 0) & ~layout.FACE_DOWN
-        self.set_face(ifindex, face_slot, flags | (layout.FACE_DOWN if down else 0))
-
-    def remove_face(self, ifindex: int) -> bool:
-        return libbpf.map_delete(self.fds["fp_faces"], layout.U32.pack(ifindex), what="fp_faces")
-
-    def faces(self) -> Dict[int, Tuple[int, int]]:
-        """{ifindex: (face_slot, flags)}"""
-        fd, out = self.fds["fp_faces"], {}
-        for k in libbpf.map_keys(fd, layout.U32.size, "fp_faces"):
-            v = libbpf.map_lookup(fd, k, layout.FACE.size, "fp_faces")
-            if v is not None:
-                f = layout.decode_face(v)
-                out[layout.U32.unpack(k)[0]] = (f.face_slot, f.flags)
-        return out
-
     # -- flows ---------------------------------------------------------------
     @staticmethod
     def _key(key: bytes) -> bytes:
@@ -154,18 +130,17 @@ class FastPathMaps:
         return n
 
     # -- pods (pod-facing veths) -------------------------------------------
-    def set_pod(self, ifindex: int, addr: layout.AddrLike, face_slot: int) -> None:
+    def set_pod(self, ifindex: int, addr: layout.AddrLike) -> None:
         """Make `ifindex` a pod-facing veth whose pod may only send from `addr`
-        (dotted string or 4 bytes); its encapsulated packets count as rx on
-        `face_slot`. Register it with set_face too when DECAP entries deliver to it."""
+        (dotted string or 4 bytes)."""
         libbpf.map_update(self.fds["fp_pods"], layout.U32.pack(ifindex),
-                          layout.pod_value(addr, face_slot), what="fp_pods")
+                          layout.pod_value(addr), what="fp_pods")
 
     def remove_pod(self, ifindex: int) -> bool:
         return libbpf.map_delete(self.fds["fp_pods"], layout.U32.pack(ifindex), what="fp_pods")
 
-    def pods(self) -> Dict[int, Tuple[str, int]]:
-        """{ifindex: (address, face_slot)}"""
+    def pods(self) -> Dict[int, str]:
+        """{ifindex: address}"""
         fd, out = self.fds["fp_pods"], {}
         for k in libbpf.map_keys(fd, layout.U32.size, "fp_pods"):
             v = libbpf.map_lookup(fd, k, layout.POD.size, "fp_pods")
@@ -219,22 +194,6 @@ class FastPathMaps:
         return layout.U64.unpack(v)[0] if v else 0
 
     # -- counters ------------------------------------------------------------
-    def _percpu(self, name: str, slot: int) -> List[bytes]:
-        _, vs, _, _ = layout.MAPS[name]
-        vals = libbpf.map_lookup_percpu(self.fds[name], layout.U32.pack(slot), vs, name)
-        return vals or []
-
-    def _percpu_all(self, name: str) -> List[Tuple[int, List[bytes]]]:
-        ks, vs, n, _ = layout.MAPS[name]
-        rows = libbpf.map_lookup_batch(self.fds[name], ks, vs, n, percpu=True, what=name)
-        return [(layout.U32.unpack(k)[0], v) for k, v in rows]
-
-    def _zero(self, name: str, slots: Iterable[int]) -> None:
-        _, vs, _, _ = layout.MAPS[name]
-        zero = bytes(libbpf.percpu_value_size(vs) * libbpf.num_possible_cpus())
-        for s in slots:
-            libbpf.map_update(self.fds[name], layout.U32.pack(s), zero, what=name)
-
     def read_flow_stats(self, slots: Iterable[int]) -> Dict[int, layout.FlowStats]:
         """{slot: FlowStats} for the given slots."""
         fd, size, out = self.fds["fp_flow_stats"], layout.FLOW_STATS.size, {}
@@ -249,60 +208,22 @@ class FastPathMaps:
         for s in slots:
             libbpf.map_update(fd, layout.U32.pack(s), zero, what="fp_flow_stats")
 
-    def _cpu_stats(self) -> Tuple[List[int], List[layout.FaceStats]]:
-        return layout.decode_cpu_stats(self._percpu("fp_cpu_stats", 0))
-
-    def _reset_cpu_stats(self, keep) -> None:
-        """Rewrite every CPU's fp_cpu_stats record with `keep(values)` (tests' resets:
-        a count the program makes meanwhile may be lost)."""
-        per_cpu = self._percpu("fp_cpu_stats", 0)
-        step = libbpf.percpu_value_size(layout.CPU_STATS.size)
-        blob = b"".join(layout.CPU_STATS.pack(*keep(list(layout.CPU_STATS.unpack_from(raw))))
-                        .ljust(step, b"\0") for raw in per_cpu)
-        libbpf.map_update(self.fds["fp_cpu_stats"], layout.U32.pack(0), blob, what="fp_cpu_stats")
-
-    def read_face_stats(self) -> Dict[int, layout.FaceStats]:
-        """{face slot: FaceStats} for the slots with any count."""
-        return {slot: st for slot, st in enumerate(self._cpu_stats()[1]) if any(st)}
-
-    def read_prefix_stats(self, slots: Optional[Iterable[int]] = None
-                          ) -> Dict[int, layout.PrefixStats]:
-        """{prefix slot: PrefixStats} for the slots with any count: among `slots` (one
-        lookup each: what a forwarder merging the few slots it handed out wants), or
-        all FP_PREFIXES_MAX of them (one batch)."""
-        rows = self._percpu_all("fp_prefix_stats") if slots is None else \
-            [(s, self._percpu("fp_prefix_stats", s)) for s in slots]
-        out = {}
-        for slot, vals in rows:
-            st = layout.decode_prefix_stats(vals)
-            if any(st):
-                out[slot] = st
-        return out
-
-    def reset_prefix_stats(self, slots: Iterable[int]) -> None:
-        self._zero("fp_prefix_stats", slots)
-
-    def reset_face_stats(self, slots: Iterable[int]) -> None:
-        drop = {s for s in slots if 0 <= s < layout.FP_FACES_MAX}
-
-        def keep(v: List[int]) -> List[int]:
-            for s in drop:
-                base = layout.FP_VERDICTS_MAX + 4 * s
-                v[base:base + 4] = [0, 0, 0, 0]
-            return v
-        self._reset_cpu_stats(keep)
+    def _verdict_copies(self) -> List[bytes]:
+        _, vs, _, _ = layout.MAPS["fp_verdicts"]
+        return libbpf.map_lookup_percpu(self.fds["fp_verdicts"], layout.U32.pack(0), vs,
+                                        "fp_verdicts") or []
 
     def reset_verdicts(self) -> None:
-        self._reset_cpu_stats(lambda v: [0] * layout.FP_VERDICTS_MAX + v[layout.FP_VERDICTS_MAX:])
+        """Zero every CPU's verdict counts (tests: a count made meanwhile may be lost)."""
+        n = len(self._verdict_copies()) or libbpf.num_possible_cpus()
+        blob = bytes(libbpf.percpu_value_size(layout.VERDICT_COUNTS.size) * n)
+        libbpf.map_update(self.fds["fp_verdicts"], layout.U32.pack(0), blob, what="fp_verdicts")
 
     def read_verdicts(self) -> Dict[str, int]:
-        """{verdict name: frames} for every name in layout.VERDICTS."""
-        return layout.verdict_dict(self._cpu_stats()[0])
-
-    def read_via_peer(self) -> int:
-        """Of the frames counted "redirected", those handed straight to the neighbour's
-        ingress (bpf_redirect_peer) rather than sent through the out interface."""
-        return self._cpu_stats()[0][layout.C_VIA_PEER]
+        """{verdict name: frames} for every name in layout.VERDICTS. The kernel counts
+        what it passed up or dropped; the HANDLED verdicts are its flows' packets, which
+        only the slots' owner can add up (they read 0 here)."""
+        return layout.verdict_dict(layout.decode_verdicts(self._verdict_copies()))
 
 
 class FastPath(FastPathMaps):
@@ -310,21 +231,18 @@ class FastPath(FastPathMaps):
 
     def __init__(self, pin_dir: str, obj_path: Optional[str] = None, *,
                  flows_max: Optional[int] = None, reuse_pins: bool = False,
-                 handle: int = 1, priority: int = 1, build_if_stale: bool = False,
-                 log_level: int = 0) -> None:
+                 build_if_stale: bool = False, log_level: int = 0) -> None:
         """`pin_dir`: a directory in a bpffs, normally PIN_ROOT/<node> (the pin root is
         mounted if missing). Maps pinned there by an earlier process are unlinked
         first unless `reuse_pins` (then libbpf reuses them if compatible).
-        `flows_max` shrinks fp_flows/fp_flow_stats/fp_l4: the kernel allocates a per-CPU
-        array element by element, so the default 65536 slots cost 65536 x 24 B x
-        CPUs of memory and ~60 ms of load time on a quiet machine, but seconds
-        (2.5-4 s seen) when hundreds of processes contend for the allocator.
+        `flows_max` shrinks fp_flows/fp_flow_stats/fp_l4: the counter records are
+        allocated up front (the default 65536 slots: 4 MB; a forwarder asks for
+        runtime.offload.KERNEL_FLOWS).
         `log_level` 1/4 keeps the verifier log/stats in `verifier_logs` (by program
         name; `verifier_log` is fp_ingress's)."""
         self.pin_dir = str(pin_dir)
         self.flows_max = flows_max or layout.FP_FLOWS_MAX
-        self.handle, self.priority = handle, priority
-        self._attached: Dict[int, bool] = {}   # ifindex -> we created its clsact qdisc
+        self._links: Dict[int, int] = {}   # ifindex -> its tcx link's fd (pinned)
         self._pins: List[str] = []
         self._made_dir = False
         self._obj: Optional[libbpf.BpfObject] = None
@@ -374,12 +292,18 @@ class FastPath(FastPathMaps):
         if not os.path.isdir(self.pin_dir):
             os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
             self._made_dir = True
+        # links of an earlier process with this pin_dir go (their programs detach)
+        stale = [n for n in os.listdir(self.pin_dir) if n.startswith(LINK_PIN)]
         if not reuse:
-            for name in layout.MAP_NAMES:  # our own paths from an earlier run
-                try:
-                    os.unlink(os.path.join(self.pin_dir, name))
-                except FileNotFoundError:
-                    pass
+            stale += list(layout.MAP_NAMES)  # our own paths from an earlier run
+        for name in stale:
+            try:
+                os.unlink(os.path.join(self.pin_dir, name))
+            except FileNotFoundError:
+                pass
+
+    def _link_pin(self, ifindex: int) -> str:
+        return os.path.join(self.pin_dir, f"{LINK_PIN}{ifindex}")
 
     def _cleanup_pins(self) -> None:
         for name in layout.MAP_NAMES:
@@ -390,47 +314,50 @@ class FastPath(FastPathMaps):
         except OSError:
             pass
 
-    # -- tc ------------------------------------------------------------------
+    # -- tcx -----------------------------------------------------------------
     def attach(self, ifindexes: Iterable[int]) -> None:
-        """Attach fp_ingress at clsact ingress of each ifindex (network faces; this
+        """Attach fp_ingress at tcx ingress of each ifindex (network faces; this
         thread's netns)."""
         self._attach(ifindexes, self.prog_fd)
 
     def attach_pods(self, ifindexes: Iterable[int]) -> None:
-        """Attach fp_pod_ingress at clsact ingress of each pod-facing veth (this
-        thread's netns). Same handle/priority as attach(): an ifindex holds one
-        of the two programs, the later call's."""
+        """Attach fp_pod_ingress at tcx ingress of each pod-facing veth (this thread's
+        netns). An ifindex holds one of the two programs, the later call's."""
         self._attach(ifindexes, self.pod_prog_fd)
 
     def _attach(self, ifindexes: Iterable[int], prog_fd: int) -> None:
         for ifindex in ifindexes:
-            created = libbpf.tc_hook_create(ifindex)
+            fd = self._links.get(ifindex)
+            if fd is not None:
+                libbpf.link_update(fd, prog_fd)
+                continue
+            fd = libbpf.tcx_link(ifindex, prog_fd)
             try:
-                libbpf.tc_attach(ifindex, prog_fd, self.handle, self.priority, replace=True)
+                libbpf.obj_pin(fd, self._link_pin(ifindex))
             except BpfError:
-                if created:
-                    libbpf.tc_hook_destroy(ifindex)
+                os.close(fd)   # the only reference: the program detaches
                 raise
-            self._attached[ifindex] = self._attached.get(ifindex, False) or created
+            self._links[ifindex] = fd
 
     def attached(self) -> List[int]:
-        return sorted(self._attached)
+        return sorted(self._links)
 
     def detach(self, ifindex: int) -> bool:
-        """Remove our filter (and the clsact qdisc if we created it)."""
-        created = self._attached.pop(ifindex, False)
-        found = libbpf.tc_detach(ifindex, self.handle, self.priority)
-        if created and found:
-            try:
-                libbpf.tc_hook_destroy(ifindex)
-            except BpfError as exc:
-                if exc.errno not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
-                    raise
-        return found
+        """Detach our program from `ifindex` (unpin and release its link); False if we
+        had not attached it."""
+        fd = self._links.pop(ifindex, None)
+        if fd is None:
+            return False
+        try:
+            libbpf.unpin(self._link_pin(ifindex))
+            libbpf.link_detach(fd)
+        finally:
+            os.close(fd)
+        return True
 
     def detach_all(self) -> None:
         errors = []
-        for ifindex in list(self._attached):
+        for ifindex in list(self._links):
             try:
                 self.detach(ifindex)
             except BpfError as exc:
@@ -506,6 +433,13 @@ def available(obj_path: Optional[str] = None, pin_root: str = pins.PIN_ROOT) -> 
         return False, f"bpf() not permitted: {exc.strerror.splitlines()[0]}"
     if not (_has_cap(CAP_NET_ADMIN) or _has_cap(CAP_SYS_ADMIN)):
         return False, "no CAP_NET_ADMIN: cannot attach tc programs"
+    release = os.uname().release
+    try:
+        version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        version = (0, 0)
+    if version < (6, 6):
+        return False, f"kernel {release} has no tcx attachment (Linux 6.6 or later needed)"
     if not pins.is_bpffs(pin_root):
         if not pins.bpffs_supported():
             return False, "kernel has no bpf filesystem (bpffs) for pins"

@@ -16,14 +16,11 @@ from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 FP_KEY_MAX = 256
 FP_KEY_SHORT = 60          # keys of at most this many bytes live in fp_flows_short
 FP_FLOWS_MAX = 65536
-FP_FACES_MAX = 256
-FP_PREFIXES_MAX = 4096
 FP_VERDICTS_MAX = 32
 FP_PODS_MAX = 256
 FP_L4_HDR_MAX = 128        # longest DMSC header an fp_l4 entry carries
-NO_PREFIX = 0xFFFFFFFF
-FACE_DOWN = 0x1            # fp_face.flags: not usable as an output face
-FACE_PEER = 0x2            # fp_face.flags: a veth whose peer is in another namespace
+FLOW_PEER = 0x1            # fp_flow.flags: the out face is a veth whose peer is in another namespace
+FLOW_FLAGS = FLOW_PEER
 
 ETHERTYPE = 0x88B5
 ETH_HLEN = 14
@@ -45,10 +42,12 @@ VIP_NET, VIP_MASK = 0x0A600000, 0xFFF00000   # 10.96.0.0/12 (forwarder.gateway.a
 PROG_NAME = "fp_ingress"          # SEC("tc") program for network faces
 POD_PROG_NAME = "fp_pod_ingress"  # SEC("tc") program for pod-facing veths
 PROG_NAMES = (PROG_NAME, POD_PROG_NAME)
-MAP_NAMES = ("fp_faces", "fp_flows", "fp_flows_short", "fp_gen", "fp_flow_stats",
-             "fp_cpu_stats", "fp_prefix_stats", "fp_pods", "fp_l4")
+MAP_NAMES = ("fp_flows", "fp_flows_short", "fp_gen", "fp_flow_stats", "fp_verdicts",
+             "fp_pods", "fp_l4")
 
-# fp_cpu_stats.verdicts slots, in index order (enum fp_verdict).
+# fp_verdicts slots, in index order (enum fp_verdict). The three HANDLED ones are not
+# counted by the kernel: a hit counts in its flow's record only, and user space adds
+# them up by entry kind (forwarder.runtime.offload).
 VERDICTS = (
     "redirected",      # 0: rewritten and redirected
     "not_dmsc",        # EtherType not 0x88B5, or a VLAN tag present
@@ -56,11 +55,11 @@ VERDICTS = (
     "not_fast",        # version != 1, type not 1..5 (control, unknown), flags != 0, bad fragment
     "bad_length",      # header_length < 40 + names, > total_length, total_length > bytes present
     "key_too_long",    # header_length - 20 > FP_KEY_MAX
-    "unknown_face",    # ingress ifindex not in fp_faces
+    "unknown_face",    # fp_pod_ingress: ingress ifindex not in fp_pods
     "miss",            # flow key not installed
     "stale",           # entry gen != fp_gen
     "same_face",       # out_ifindex == ingress ifindex
-    "out_down",        # out ifindex not in fp_faces, or flagged FACE_DOWN
+    "out_down",        # out interface down or without carrier (the kernel's own state)
     "hop_limit",       # hop_limit <= 1
     "too_big",         # total_length > entry mtu
     "rewrite_error",   # bpf_skb_change_tail / bpf_skb_store_bytes failed
@@ -73,6 +72,7 @@ VERDICTS = (
     "not_l4",          # fp_pod_ingress: not TCP/UDP, or its header (20/8 bytes) past the packet
     "gso",             # fp_pod_ingress: skb->gso_segs > 1
     "bad_inner",       # not IPv4 (version, IHL >= 5), lengths inconsistent; DECAP of a type != 6
+    "in_face",         # fp_ingress: the entry was decided for another in face
 )
 VERDICT = {name: i for i, name in enumerate(VERDICTS)}
 # Frames the programs hand on (redirect) and frames they drop; the rest is passed up
@@ -81,62 +81,49 @@ VERDICT = {name: i for i, name in enumerate(VERDICTS)}
 HANDLED = ("redirected", "encapsulated", "decapsulated")
 DROPPED = ("spoofed",)
 PASSED_UP = tuple(v for v in VERDICTS if v not in HANDLED and v not in DROPPED)
-# Not a verdict: fp_cpu_stats.verdicts slot FP_C_VIA_PEER counts which of the "redirected" frames
-# went straight to the neighbour's ingress (bpf_redirect_peer).
-C_VIA_PEER = FP_VERDICTS_MAX - 1
-assert len(VERDICTS) < C_VIA_PEER
+assert len(VERDICTS) <= FP_VERDICTS_MAX
 
 # ---------------------------------------------------------------- structs
 U32 = struct.Struct("=I")                       # array/hash keys: slot, ifindex
 U64 = struct.Struct("=Q")                       # fp_gen value
 KEY = struct.Struct(f"=HH{FP_KEY_MAX}s")        # struct fp_key
 KEY_SHORT = struct.Struct(f"=HH{FP_KEY_SHORT}s")  # struct fp_key_short
-FACE = struct.Struct("=II")                     # struct fp_face
 FLOW = struct.Struct("=IIQ6s6sHHIII4s")        # struct fp_flow
-FLOW_STATS = struct.Struct("=QQQQ")             # struct fp_flow_stats
-FACE_STATS = struct.Struct("=QQQQ")             # struct fp_face_stats
-PREFIX_STATS = struct.Struct("=QQ")             # struct fp_prefix_stats
-CPU_STATS = struct.Struct(f"={FP_VERDICTS_MAX}Q{4 * FP_FACES_MAX}Q")  # struct fp_cpu_stats
-POD = struct.Struct("=4sI")                     # struct fp_pod
+FLOW_STATS = struct.Struct("=6Q16x")            # struct fp_flow_stats
+VERDICT_COUNTS = struct.Struct(f"={FP_VERDICTS_MAX}Q")  # struct fp_verdicts
+POD = struct.Struct("=4s")                      # struct fp_pod
 L4_KEY = struct.Struct("!4s4sHHB3x")            # struct fp_l4_key (all network order)
-L4_VALUE = struct.Struct(f"=IIQ6s6sHHII4sHH{FP_L4_HDR_MAX}s")  # struct fp_l4
+L4_VALUE = struct.Struct(f"=IIQ6s6sHHI4s{FP_L4_HDR_MAX}s")  # struct fp_l4
 
 # What test_layout checks against the compiled header.
-SIZES = {"fp_key": 260, "fp_key_short": 64, "fp_face": 8, "fp_flow": 48, "fp_flow_stats": 32,
-         "fp_face_stats": 32, "fp_prefix_stats": 16, "fp_cpu_stats": 8448, "fp_pod": 8, "fp_l4_key": 16,
-         "fp_l4": 176}
+SIZES = {"fp_key": 260, "fp_key_short": 64, "fp_flow": 48, "fp_flow_stats": 64,
+         "fp_verdicts": 256, "fp_pod": 4, "fp_l4_key": 16, "fp_l4": 168}
 OFFSETS = {
     "fp_key": {"len": 0, "pad": 2, "bytes": 4},
     "fp_key_short": {"len": 0, "pad": 2, "bytes": 4},
-    "fp_face": {"face_slot": 0, "flags": 4},
     "fp_flow": {"out_ifindex": 0, "flow_slot": 4, "gen": 8, "dst_mac": 16, "src_mac": 22,
-                "mtu": 28, "out_face_slot": 30, "prefix_slot": 32, "priority": 36,
+                "mtu": 28, "flags": 30, "in_ifindex": 32, "priority": 36,
                 "action": 40, "nat_addr": 44},
-    "fp_flow_stats": {"packets": 0, "bytes": 8, "last_ns": 16, "tcp_flags": 24},
-    "fp_face_stats": {"rx_packets": 0, "rx_bytes": 8, "tx_packets": 16, "tx_bytes": 24},
-    "fp_prefix_stats": {"packets": 0, "bytes": 8},
-    "fp_cpu_stats": {"verdicts": 0, "faces": 256},
-    "fp_pod": {"addr": 0, "face_slot": 4},
+    "fp_flow_stats": {"packets": 0, "bytes": 8, "rx_bytes": 16, "last_ns": 24, "tcp_flags": 32,
+                      "peer_packets": 40, "pad": 48},
+    "fp_verdicts": {"verdicts": 0},
+    "fp_pod": {"addr": 0},
     "fp_l4_key": {"saddr": 0, "daddr": 4, "sport": 8, "dport": 10, "proto": 12, "pad": 13},
     "fp_l4": {"out_ifindex": 0, "flow_slot": 4, "gen": 8, "dst_mac": 16, "src_mac": 22,
-              "mtu": 28, "out_face_slot": 30, "prefix_slot": 32, "priority": 36,
-              "snat_addr": 40, "hdr_len": 44, "pad": 46, "hdr": 48},
+              "mtu": 28, "hdr_len": 30, "priority": 32, "snat_addr": 36, "hdr": 40},
 }
-for _name, _st in (("fp_key", KEY), ("fp_key_short", KEY_SHORT), ("fp_face", FACE), ("fp_flow", FLOW),
-                   ("fp_flow_stats", FLOW_STATS), ("fp_face_stats", FACE_STATS),
-                   ("fp_prefix_stats", PREFIX_STATS), ("fp_cpu_stats", CPU_STATS), ("fp_pod", POD),
+for _name, _st in (("fp_key", KEY), ("fp_key_short", KEY_SHORT), ("fp_flow", FLOW),
+                   ("fp_flow_stats", FLOW_STATS), ("fp_verdicts", VERDICT_COUNTS), ("fp_pod", POD),
                    ("fp_l4_key", L4_KEY), ("fp_l4", L4_VALUE)):
     assert _st.size == SIZES[_name], _name
 
 # map name -> (key size, value size, max_entries, per-CPU)
 MAPS = {
-    "fp_faces": (U32.size, FACE.size, FP_FACES_MAX, False),
     "fp_flows": (KEY.size, FLOW.size, FP_FLOWS_MAX, False),
     "fp_flows_short": (KEY_SHORT.size, FLOW.size, FP_FLOWS_MAX, False),
     "fp_gen": (U32.size, U64.size, 1, False),
     "fp_flow_stats": (U32.size, FLOW_STATS.size, FP_FLOWS_MAX, False),
-    "fp_cpu_stats": (U32.size, CPU_STATS.size, 1, True),
-    "fp_prefix_stats": (U32.size, PREFIX_STATS.size, FP_PREFIXES_MAX, True),
+    "fp_verdicts": (U32.size, VERDICT_COUNTS.size, 1, True),
     "fp_pods": (U32.size, POD.size, FP_PODS_MAX, False),
     "fp_l4": (L4_KEY.size, L4_VALUE.size, FP_FLOWS_MAX, False),
 }
@@ -227,13 +214,9 @@ def ipv4_str(raw: bytes) -> str:
     return ".".join(str(b) for b in raw)
 
 
-def _check_slots(flow_slot: int, out_face_slot: int, prefix_slot: int, mtu: int) -> None:
+def _check_slot(flow_slot: int, mtu: int) -> None:
     if not 0 <= flow_slot < FP_FLOWS_MAX:
         raise ValueError(f"flow_slot {flow_slot} outside 0..{FP_FLOWS_MAX - 1}")
-    if not 0 <= out_face_slot < FP_FACES_MAX:
-        raise ValueError(f"out_face_slot {out_face_slot} outside 0..{FP_FACES_MAX - 1}")
-    if prefix_slot != NO_PREFIX and not 0 <= prefix_slot < FP_PREFIXES_MAX:
-        raise ValueError(f"prefix_slot {prefix_slot} outside 0..{FP_PREFIXES_MAX - 1}")
     if not 0 <= mtu <= 0xFFFF:
         raise ValueError(f"mtu {mtu}")
 
@@ -246,34 +229,39 @@ class Flow(NamedTuple):
     dst_mac: bytes
     src_mac: bytes
     mtu: int
-    out_face_slot: int
-    prefix_slot: int = NO_PREFIX
+    flags: int
+    in_ifindex: int
     priority: int = 0
     action: int = ACT_FORWARD
     nat_addr: bytes = NO_ADDR   # 4 bytes, network order; 0.0.0.0: no DNAT
 
 
 def flow_value(out_ifindex: int, flow_slot: int, gen: int, dst_mac: MacLike, src_mac: MacLike,
-               mtu: int, out_face_slot: int, prefix_slot: int = NO_PREFIX,
-               priority: int = 0, action: int = ACT_FORWARD,
-               nat_addr: Optional[AddrLike] = None) -> bytes:
-    """Pack a struct fp_flow. Slots must be below the map sizes (the program
+               mtu: int, in_ifindex: int, flags: int = 0, priority: int = 0,
+               action: int = ACT_FORWARD, nat_addr: Optional[AddrLike] = None) -> bytes:
+    """Pack a struct fp_flow. The slot must be below the map size (the program
     skips counting on an out-of-range slot; it still forwards).
 
+    `in_ifindex`: the face the pipeline decided the flow for; its frames arriving
+    on any other are passed up (verdict in_face). `flags`: FLOW_PEER when the out
+    face is a veth with its peer in another namespace (a FORWARD frame may then go
+    straight to the peer's ingress).
     ACT_FORWARD: rewrite and redirect the DMSC frame (types 1..6); `mtu` bounds
     its total_length. ACT_DECAP: a type-6 frame's IPv4 packet is delivered in
     an Ethernet header (dst_mac, src_mac, 0x0800) to out_ifindex (a pod-facing
-    veth, registered with set_face); `mtu` bounds the IPv4 packet; `nat_addr`
-    (dotted string or 4 bytes), when given, replaces its destination address.
-    A FORWARD entry ignores nat_addr: give none."""
-    _check_slots(flow_slot, out_face_slot, prefix_slot, mtu)
+    veth); `mtu` bounds the IPv4 packet; `nat_addr` (dotted string or 4 bytes),
+    when given, replaces its destination address. A FORWARD entry ignores
+    nat_addr: give none."""
+    _check_slot(flow_slot, mtu)
     if action not in ACTIONS:
         raise ValueError(f"action {action}: not ACT_FORWARD or ACT_DECAP")
+    if flags & ~FLOW_FLAGS:
+        raise ValueError(f"unknown flow flags {flags:#x}")
     nat = ipv4_bytes(nat_addr)
     if action == ACT_FORWARD and nat != NO_ADDR:
         raise ValueError("nat_addr is for ACT_DECAP entries")
     return FLOW.pack(out_ifindex, flow_slot, gen, mac_bytes(dst_mac), mac_bytes(src_mac),
-                     mtu, out_face_slot, prefix_slot, priority & 0xFFFFFFFF, action, nat)
+                     mtu, flags, in_ifindex, priority & 0xFFFFFFFF, action, nat)
 
 
 def decode_flow(value: bytes) -> Flow:
@@ -281,20 +269,17 @@ def decode_flow(value: bytes) -> Flow:
 
 
 # ---------------------------------------------------------------- pods and L4 flows
-def pod_value(addr: AddrLike, face_slot: int) -> bytes:
-    """Pack a struct fp_pod: the pod's one allowed source address, its face slot."""
-    if not 0 <= face_slot < FP_FACES_MAX:
-        raise ValueError(f"face_slot {face_slot} outside 0..{FP_FACES_MAX - 1}")
+def pod_value(addr: AddrLike) -> bytes:
+    """Pack a struct fp_pod: the pod's one allowed source address."""
     raw = ipv4_bytes(addr)
     if raw == NO_ADDR:
         raise ValueError("a pod's address cannot be 0.0.0.0")
-    return POD.pack(raw, face_slot)
+    return POD.pack(raw)
 
 
-def decode_pod(value: bytes) -> Tuple[str, int]:
-    """(address as a dotted string, face_slot)"""
-    raw, slot = POD.unpack(value)
-    return ipv4_str(raw), slot
+def decode_pod(value: bytes) -> str:
+    """The pod's address as a dotted string."""
+    return ipv4_str(POD.unpack(value)[0])
 
 
 class L4Key(NamedTuple):
@@ -336,56 +321,34 @@ class L4Flow(NamedTuple):
     dst_mac: bytes
     src_mac: bytes
     mtu: int
-    out_face_slot: int
-    prefix_slot: int
     priority: int
     snat_addr: bytes            # 4 bytes, network order; 0.0.0.0: no SNAT
     header: bytes
 
 
 def l4_value(out_ifindex: int, flow_slot: int, gen: int, dst_mac: MacLike, src_mac: MacLike,
-             mtu: int, out_face_slot: int, prefix_slot: int, priority: int,
-             snat_addr: Optional[AddrLike], header: bytes) -> bytes:
+             mtu: int, priority: int, snat_addr: Optional[AddrLike], header: bytes) -> bytes:
     """Pack a struct fp_l4. `header`: the DMSC header (40..FP_L4_HDR_MAX bytes)
     to put in front of the pod's IPv4 packet, every field final except
     total_length (bytes 4..5), which the program writes per packet. `mtu`
     bounds len(header) + the IPv4 total length. `snat_addr` (dotted string or
     4 bytes; None or 0.0.0.0: none) replaces the inner source address."""
-    _check_slots(flow_slot, out_face_slot, prefix_slot, mtu)
+    _check_slot(flow_slot, mtu)
     header = bytes(header)
     if not HDR_LEN <= len(header) <= FP_L4_HDR_MAX:
         raise ValueError(f"DMSC header of {len(header)} bytes: outside "
                          f"{HDR_LEN}..{FP_L4_HDR_MAX}")
     return L4_VALUE.pack(out_ifindex, flow_slot, gen, mac_bytes(dst_mac), mac_bytes(src_mac), mtu,
-                   out_face_slot, prefix_slot, priority & 0xFFFFFFFF, ipv4_bytes(snat_addr),
-                   len(header), 0, header)
+                         len(header), priority & 0xFFFFFFFF, ipv4_bytes(snat_addr), header)
 
 
 SERVED_VALUE = bytes(L4_VALUE.size)   # a served port's value: only its key matters
 
 
 def decode_l4(value: bytes) -> L4Flow:
-    (out_ifindex, flow_slot, gen, dst, src, mtu, out_slot, prefix_slot, priority, snat, hlen,
-     _pad, hdr) = L4_VALUE.unpack(value)
-    return L4Flow(out_ifindex, flow_slot, gen, dst, src, mtu, out_slot, prefix_slot, priority,
-              snat, hdr[:hlen])
-
-
-class Face(NamedTuple):
-    face_slot: int
-    flags: int                   # FACE_DOWN, FACE_PEER
-
-
-def face_value(face_slot: int, flags: int = 0) -> bytes:
-    if not 0 <= face_slot < FP_FACES_MAX:
-        raise ValueError(f"face_slot {face_slot} outside 0..{FP_FACES_MAX - 1}")
-    if flags & ~(FACE_DOWN | FACE_PEER):
-        raise ValueError(f"unknown face flags {flags:#x}")
-    return FACE.pack(face_slot, flags)
-
-
-def decode_face(value: bytes) -> Face:
-    return Face(*FACE.unpack(value))
+    (out_ifindex, flow_slot, gen, dst, src, mtu, hlen, priority, snat,
+     hdr) = L4_VALUE.unpack(value)
+    return L4Flow(out_ifindex, flow_slot, gen, dst, src, mtu, priority, snat, hdr[:hlen])
 
 
 # ---------------------------------------------------------------- per-CPU stats
@@ -394,21 +357,11 @@ M64 = (1 << 64) - 1
 
 class FlowStats(NamedTuple):
     packets: int = 0
-    bytes: int = 0
+    bytes: int = 0       # sent: total_length (DECAP: the inner IPv4 length)
+    rx_bytes: int = 0    # received: frame length - 14 (encap: the pod's IPv4 length)
     last_ns: int = 0     # CLOCK_MONOTONIC ns (time.monotonic_ns()), 0 if never hit
     tcp_flags: int = 0   # OR of the inner TCP flags bytes (encap, decap); 0 for FORWARD
-
-
-class FaceStats(NamedTuple):
-    rx_packets: int = 0
-    rx_bytes: int = 0
-    tx_packets: int = 0
-    tx_bytes: int = 0
-
-
-class PrefixStats(NamedTuple):
-    packets: int = 0
-    bytes: int = 0
+    peer_packets: int = 0  # of `packets`, those handed straight to the neighbour's ingress
 
 
 def decode_flow_stats(raw: bytes) -> FlowStats:
@@ -416,23 +369,12 @@ def decode_flow_stats(raw: bytes) -> FlowStats:
     return FlowStats(*FLOW_STATS.unpack_from(raw))
 
 
-def decode_prefix_stats(per_cpu: Iterable[bytes]) -> PrefixStats:
-    p = b = 0
-    for raw in per_cpu:
-        cp, cb = PREFIX_STATS.unpack_from(raw)
-        p += cp
-        b += cb
-    return PrefixStats(p & M64, b & M64)
-
-
-def decode_cpu_stats(per_cpu: Iterable[bytes]) -> Tuple[List[int], List[FaceStats]]:
-    """fp_cpu_stats summed over CPUs: (verdict slots, FaceStats by face slot)."""
-    copies = [CPU_STATS.unpack_from(raw) for raw in per_cpu]
+def decode_verdicts(per_cpu: Iterable[bytes]) -> List[int]:
+    """fp_verdicts summed over CPUs: the count of every verdict slot."""
+    copies = [VERDICT_COUNTS.unpack_from(raw) for raw in per_cpu]
     if not copies:
-        copies = [(0,) * (FP_VERDICTS_MAX + 4 * FP_FACES_MAX)]
-    tot = [sum(v) & M64 for v in zip(*copies)]
-    faces = tot[FP_VERDICTS_MAX:]
-    return tot[:FP_VERDICTS_MAX], [FaceStats(*faces[4 * i:4 * i + 4]) for i in range(FP_FACES_MAX)]
+        return [0] * FP_VERDICTS_MAX
+    return [sum(v) & M64 for v in zip(*copies)]
 
 
 def verdict_dict(counts: Sequence[int]) -> dict:

@@ -1,8 +1,8 @@
 """A thin ctypes wrapper over Debian's libbpf.so.1 (libbpf 1.1): what the fast path needs.
 
 No bcc, no compilation at run time, no pyroute2: open an object file, pin its
-maps by our own paths, load it, work on map fds, attach to tc (clsact ingress and
-egress) and run BPF_PROG_TEST_RUN. The ctypes structures below copy libbpf 1.1's
+maps by our own paths, load it, work on map fds, attach at tcx ingress through
+pinned BPF links and run BPF_PROG_TEST_RUN. The ctypes structures below copy libbpf 1.1's
 headers (/usr/include/bpf/libbpf.h, bpf.h; every *_opts struct starts with
 ``size_t sz``); tests/test_layout.py compiles a probe against those headers and
 compares sizes and offsets.
@@ -29,9 +29,9 @@ LIBBPF_SONAME = "libbpf.so.1"
 
 # enum bpf_map_update flags
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
-# enum bpf_tc_attach_point, bpf_tc_flags
-BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
-BPF_TC_F_REPLACE = 1
+# enum bpf_attach_type: tcx ingress (Linux 6.6+), newer than libbpf 1.1's own headers;
+# libbpf 1.1 passes it to the kernel as given (bpf_link_create, bpf_prog_query)
+BPF_TCX_INGRESS = 46
 # libbpf_print_level
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 # tc actions (linux/pkt_cls.h)
@@ -59,16 +59,6 @@ class LibbpfUnavailable(BpfError):
 
 
 # --------------------------------------------------------------------------- structs
-class bpf_tc_hook(Structure):
-    _fields_ = [("sz", c_size_t), ("ifindex", c_int), ("attach_point", c_int),
-                ("parent", c_uint32)]          # + size_t :0  -> 24 bytes
-
-
-class bpf_tc_opts(Structure):
-    _fields_ = [("sz", c_size_t), ("prog_fd", c_int), ("flags", c_uint32),
-                ("prog_id", c_uint32), ("handle", c_uint32), ("priority", c_uint32)]  # 32
-
-
 class bpf_test_run_opts(Structure):
     _fields_ = [("sz", c_size_t), ("data_in", c_void_p), ("data_out", c_void_p),
                 ("data_size_in", c_uint32), ("data_size_out", c_uint32),
@@ -89,9 +79,8 @@ class bpf_map_create_opts(Structure):
                 ("numa_node", c_uint32), ("map_ifindex", c_uint32)]  # 48
 
 
-STRUCT_SIZES = {"bpf_tc_hook": 24, "bpf_tc_opts": 32, "bpf_test_run_opts": 80,
-                "bpf_map_batch_opts": 24, "bpf_map_create_opts": 48}
-for _s in (bpf_tc_hook, bpf_tc_opts, bpf_test_run_opts, bpf_map_batch_opts, bpf_map_create_opts):
+STRUCT_SIZES = {"bpf_test_run_opts": 80, "bpf_map_batch_opts": 24, "bpf_map_create_opts": 48}
+for _s in (bpf_test_run_opts, bpf_map_batch_opts, bpf_map_create_opts):
     assert sizeof(_s) == STRUCT_SIZES[_s.__name__], _s.__name__
 
 # struct __sk_buff (linux/bpf.h): the fields BPF_PROG_TEST_RUN accepts in ctx_in.
@@ -185,11 +174,12 @@ _SIGNATURES = {
                                      POINTER(c_uint32), POINTER(bpf_map_batch_opts)]),
     "bpf_obj_get": (c_int, [c_char_p]),
     "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, POINTER(c_uint32)]),
-    "bpf_tc_hook_create": (c_int, [POINTER(bpf_tc_hook)]),
-    "bpf_tc_hook_destroy": (c_int, [POINTER(bpf_tc_hook)]),
-    "bpf_tc_attach": (c_int, [POINTER(bpf_tc_hook), POINTER(bpf_tc_opts)]),
-    "bpf_tc_detach": (c_int, [POINTER(bpf_tc_hook), POINTER(bpf_tc_opts)]),
-    "bpf_tc_query": (c_int, [POINTER(bpf_tc_hook), POINTER(bpf_tc_opts)]),
+    "bpf_obj_pin": (c_int, [c_int, c_char_p]),
+    "bpf_link_create": (c_int, [c_int, c_int, c_int, c_void_p]),
+    "bpf_link_update": (c_int, [c_int, c_int, c_void_p]),
+    "bpf_link_detach": (c_int, [c_int]),
+    "bpf_prog_query": (c_int, [c_int, c_int, c_uint32, POINTER(c_uint32), POINTER(c_uint32),
+                               POINTER(c_uint32)]),
     "bpf_prog_test_run_opts": (c_int, [c_int, POINTER(bpf_test_run_opts)]),
 }
 
@@ -506,63 +496,51 @@ def prog_info(fd: int) -> ProgInfo:
                     _u32(raw, o["verified_insns"]))
 
 
-# --------------------------------------------------------------------------- tc
-def _hook(ifindex: int, attach_point: int = BPF_TC_INGRESS) -> bpf_tc_hook:
-    return bpf_tc_hook(sz=sizeof(bpf_tc_hook), ifindex=ifindex, attach_point=attach_point)
+# --------------------------------------------------------------------------- tcx
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a map, program or link at `path` (in a bpffs)."""
+    _check(lib().bpf_obj_pin(fd, str(path).encode()), f"bpf_obj_pin({path})")
 
 
-def tc_hook_create(ifindex: int) -> bool:
-    """Create the clsact qdisc on `ifindex` (this netns); False if it was there already."""
+def tcx_link(ifindex: int, prog_fd: int) -> int:
+    """Attach a program at tcx ingress of `ifindex` (this netns) through a BPF link;
+    returns the link's fd. The program stays attached while the link lives: while an
+    fd or a pin holds it, or until the interface goes away."""
     with capture() as lines:
-        rc = lib().bpf_tc_hook_create(byref(_hook(ifindex)))
-    if rc == -17:  # EEXIST
+        rc = lib().bpf_link_create(prog_fd, ifindex, BPF_TCX_INGRESS, None)
+    return _check(rc, f"bpf_link_create(ifindex {ifindex}, tcx ingress)", lines)
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Put another program on an existing link (atomically, in place)."""
+    with capture() as lines:
+        rc = lib().bpf_link_update(link_fd, prog_fd, None)
+    _check(rc, "bpf_link_update", lines)
+
+
+def link_detach(link_fd: int) -> bool:
+    """Detach a link's program now, whoever else holds the link; False if its interface
+    was already gone (the kernel detached it then)."""
+    rc = lib().bpf_link_detach(link_fd)
+    if rc in (-19, -67):  # ENODEV, ENOLINK: the interface went away
         return False
-    _check(rc, f"bpf_tc_hook_create(ifindex {ifindex})", lines)
+    _check(rc, "bpf_link_detach")
     return True
 
 
-def tc_hook_destroy(ifindex: int) -> None:
-    """Delete the clsact qdisc on `ifindex` (with every filter on it)."""
-    with capture() as lines:
-        rc = lib().bpf_tc_hook_destroy(byref(_hook(ifindex, BPF_TC_INGRESS | BPF_TC_EGRESS)))
-    _check(rc, f"bpf_tc_hook_destroy(ifindex {ifindex})", lines)
-
-
-def tc_attach(ifindex: int, prog_fd: int, handle: int = 1, priority: int = 1,
-              replace: bool = True, attach_point: int = BPF_TC_INGRESS) -> int:
-    """Attach a direct-action cls_bpf filter at clsact ingress (or egress); returns
-    the prog id."""
-    opts = bpf_tc_opts(sz=sizeof(bpf_tc_opts), prog_fd=prog_fd, handle=handle,
-                       priority=priority, flags=BPF_TC_F_REPLACE if replace else 0)
-    with capture() as lines:
-        rc = lib().bpf_tc_attach(byref(_hook(ifindex, attach_point)), byref(opts))
-    _check(rc, f"bpf_tc_attach(ifindex {ifindex}, handle {handle}, priority {priority})", lines)
-    return opts.prog_id
-
-
-def tc_detach(ifindex: int, handle: int = 1, priority: int = 1,
-              attach_point: int = BPF_TC_INGRESS) -> bool:
-    """Remove our filter; False if it was not there (or the device is gone)."""
-    opts = bpf_tc_opts(sz=sizeof(bpf_tc_opts), handle=handle, priority=priority)
-    with capture() as lines:
-        rc = lib().bpf_tc_detach(byref(_hook(ifindex, attach_point)), byref(opts))
-    if rc in (-2, -19, -22):  # ENOENT; ENODEV (device gone); EINVAL (no clsact qdisc)
-        return False
-    _check(rc, f"bpf_tc_detach(ifindex {ifindex}, handle {handle}, priority {priority})", lines)
-    return True
-
-
-def tc_query(ifindex: int, handle: int = 1, priority: int = 1,
-             attach_point: int = BPF_TC_INGRESS) -> Optional[int]:
-    """The prog id attached at (handle, priority), or None."""
-    opts = bpf_tc_opts(sz=sizeof(bpf_tc_opts), handle=handle, priority=priority)
+def tcx_query(ifindex: int) -> List[int]:
+    """The ids of the programs attached at tcx ingress of `ifindex` (this netns), in
+    the order they run; [] if none (or no such interface)."""
+    ids = (c_uint32 * 64)()
+    cnt = c_uint32(len(ids))
+    flags = c_uint32(0)
     with capture():
-        rc = lib().bpf_tc_query(byref(_hook(ifindex, attach_point)), byref(opts))
+        rc = lib().bpf_prog_query(ifindex, BPF_TCX_INGRESS, 0, byref(flags), ids, byref(cnt))
     if rc < 0:
-        if -rc in (2, 19, 22):
-            return None
-        raise BpfError(f"bpf_tc_query(ifindex {ifindex})", -rc)
-    return opts.prog_id
+        if -rc in (2, 19):  # ENOENT, ENODEV
+            return []
+        raise BpfError(f"bpf_prog_query(ifindex {ifindex}, tcx ingress)", -rc)
+    return list(ids[:cnt.value])
 
 
 # --------------------------------------------------------------------------- test run

@@ -67,8 +67,9 @@ def pin_dir_for(workdir: "os.PathLike | str", root: str = PIN_ROOT) -> str:
 
 
 def remove_pin_dir(path: "os.PathLike | str") -> bool:
-    """Unpin a node's maps (its folder's files) and remove the folder: what a forwarder
-    does when it stops, for one that could not (killed). True if there was one."""
+    """Unpin a node's maps and tcx links (its folder's files) and remove the folder:
+    what a forwarder does when it stops, for one that could not (killed). A link
+    nothing else holds detaches its program. True if there was one."""
     d = os.fspath(path)
     if not os.path.isdir(d):
         return False
