@@ -166,6 +166,53 @@ def test_counts_equal_a_known_number_of_frames(fan):
     assert c1["prefixes"]["/svc"]["packets"] - c0["prefixes"]["/svc"]["packets"] == n
 
 
+def test_a_flow_arriving_on_another_face_moves_its_entry_there(fan):
+    """r's kernel holds the flow for the face it was decided on (from a). Its frames
+    arriving from c go up (in_face) and are forwarded by Python; the forwarder moves the
+    entry to c's face, and from then on r's kernel forwards them from there."""
+    fn, cli = fan
+    _hit_in_kernel(fn, cli, 5)
+    net = fn.net
+    c_if, rc, b_if = intf_between(net, "c", "r"), intf_between(net, "r", "c"), intf_between(net, "b", "r")
+    pkt = wire.Packet(wire.PacketType.DATA, Name.parse("/svc/x"), Name.parse("/node/a/_app/1"),
+                      b"other-face", flow_id=99, seq=8, hop_limit=20).encode()
+    frame = wire.ethernet_frame(bytes.fromhex(net.node("r").mac(rc).replace(":", "")),
+                                bytes.fromhex(net.node("c").mac(c_if).replace(":", "")), pkt)
+    sent = pkt[:3] + bytes([pkt[3] - 1]) + pkt[4:]
+    rx = socket_in(net.node("b").netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+    rx.bind((b_if, 0x88B5))
+    rx.settimeout(HANG_S)
+    tx = socket_in(net.node("c").netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
+    tx.bind((c_if, 0))
+
+    def arrive(k: int) -> None:
+        got = 0
+        while got < k:
+            data, addr = rx.recvfrom(2048)
+            if addr[2] != socket.PACKET_OUTGOING and data[14:14 + len(sent)] == sent:
+                got += 1
+    n = 50
+    try:
+        v0, off0 = _verdicts(fn["r"]), _kernel(fn["r"])["offload"]
+        tx.send(frame)
+        arrive(1)
+        wait_for(lambda: _kernel(fn["r"])["offload"]["reinstalled"] > off0["reinstalled"], HANG_S,
+                 what="the entry to move to c's face")
+        for _ in range(n):
+            tx.send(frame)
+        arrive(n)
+    finally:
+        rx.close()
+        tx.close()
+    wait_for(lambda: _verdicts(fn["r"])["redirected"] - v0["redirected"] >= n, HANG_S,
+             what="the kernel's count")
+    v1 = _verdicts(fn["r"])
+    assert (v1["in_face"] - v0["in_face"], v1["redirected"] - v0["redirected"]) == (1, n), v1
+    c1 = fn["r"].counters()["faces"][rc]
+    assert c1["rx_packets"] >= n + 1      # the kernel's n counted on c's face, with Python's one
+
+
 # --------------------------------------------------------------- coherence
 def test_a_better_route_takes_established_flows_at_once(fan):
     fn, cli = fan

@@ -209,11 +209,15 @@ class KernelOffload:
     def python_hit(self, face_id: int, frame: bytes, out_io, in_io) -> None:
         """The Python fast path forwarded a frame of a flow the kernel does not hold
         (its install was refused earlier, e.g. before the neighbour's MAC was
-        known): offer the flow again."""
+        known), or holds for another in face (the flow now arrives on `face_id`:
+        the kernel passed the frame up, verdict in_face): offer the flow again."""
         dlen, slen = frame[14 + 28], frame[14 + 29]
         pkey = bytes(frame[34:54 + dlen + slen])
         fe = self.core.flows.get(pkey)
-        if fe is None or id(fe) in self._flows:
+        if fe is None:
+            return
+        kf = self._flows.get(id(fe))
+        if kf is not None and kf.flow is fe and (kf.in_face == face_id or kf.verdict != "redirected"):
             return
         self.install(Offload(pkey, fe, face_id), out_io, in_io)
 
