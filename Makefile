@@ -33,7 +33,7 @@ bench-forwarder: setup ## one hop: Python forwarder, eBPF fast path, kernel forw
 	@mkdir -p bench/results
 	$(PY) bench/bench_forwarder.py $(ARGS)
 
-bench-chain: setup ## one SR hop: Python vs eBPF vs kernel, chains of 2 and 8 SRs -> bench/results/chain.json
+bench-chain: setup ## one SR hop: Python vs eBPF vs kernel (eBPF and kernel side by side), paths of 2 and 8 SRs -> bench/results/chain.json
 	@mkdir -p bench/results
 	$(PY) bench/bench_chain.py $(ARGS)
 
