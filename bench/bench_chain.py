@@ -72,7 +72,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from forwarder.apps.client import Client  # noqa: E402
-from topologies.fwd_net import ForwarderNet, intf_between, line_routes  # noqa: E402
+from topologies.fwd_net import ForwarderNet, intf_between  # noqa: E402
 from topologies.measure import loadavg, machine_facts, percentile, wait_for, write_result  # noqa: E402
 from topologies.netns import NetnsNetwork  # noqa: E402
 from topologies.nsenter import socket_in  # noqa: E402

@@ -8,7 +8,6 @@ which node answered, kernel verdict counts, queue counters and flow tables.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -112,43 +111,61 @@ def test_established_flows_leave_python_and_every_view_counts_them(fan):
     assert 'prefix="/svc"' in metrics
 
 
+class _RawFlow:
+    """DATA frames of the fan's flow (/svc/x from /node/a/_app/1), sent from `src`'s
+    interface to r by a packet socket, and taken off b's interface as r forwarded them
+    (hop limit one less) by b's packet socket (0x88B5). DATA: b delivers them without
+    answering, so no traffic comes back."""
+
+    def __init__(self, net, src: str, payload: bytes, seq: int) -> None:
+        src_if, r_if = intf_between(net, src, "r"), intf_between(net, "r", src)
+        self.pkt = wire.Packet(wire.PacketType.DATA, Name.parse("/svc/x"),
+                               Name.parse("/node/a/_app/1"), payload, flow_id=99, seq=seq,
+                               hop_limit=20).encode()
+        mac = lambda node, intf: bytes.fromhex(net.node(node).mac(intf).replace(":", ""))
+        self.frame = wire.ethernet_frame(mac("r", r_if), mac(src, src_if), self.pkt)
+        self.sent = self.pkt[:3] + bytes([self.pkt[3] - 1]) + self.pkt[4:]
+        self.rx = socket_in(net.node("b").netns, socket.AF_PACKET, socket.SOCK_RAW,
+                            socket.htons(0x88B5))
+        self.rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)  # all of them wait here
+        self.rx.bind((intf_between(net, "b", "r"), 0x88B5))
+        self.rx.settimeout(HANG_S)
+        self.tx = socket_in(net.node(src).netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self.tx.bind((src_if, 0))
+
+    def send(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.tx.send(self.frame)
+
+    def arrive(self, n: int) -> None:
+        """Wait until n more of them reached b (the hang detector: HANG_S per frame)."""
+        got = 0
+        while got < n:
+            data, addr = self.rx.recvfrom(2048)
+            if addr[2] != socket.PACKET_OUTGOING and data[14:14 + len(self.sent)] == self.sent:
+                got += 1
+
+    def __enter__(self) -> "_RawFlow":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.rx.close()
+        self.tx.close()
+
+
 def test_counts_equal_a_known_number_of_frames(fan):
     """N raw frames of an established flow: the kernel forwards exactly N, and the flow,
-    both faces and the prefix count exactly N more. They are DATA packets (the flow key
-    does not cover the type), which b delivers without answering: no traffic back."""
+    both faces and the prefix count exactly N more."""
     fn, cli = fan
     _hit_in_kernel(fn, cli, 5)
-    net = fn.net
-    a_if, ra, rb, b_if = (intf_between(net, "a", "r"), intf_between(net, "r", "a"),
-                          intf_between(net, "r", "b"), intf_between(net, "b", "r"))
-    pkt = wire.Packet(wire.PacketType.DATA, Name.parse("/svc/x"), Name.parse("/node/a/_app/1"),
-                      b"raw-frame", flow_id=99, seq=7, hop_limit=20).encode()
-    r_mac = bytes.fromhex(net.node("r").mac(ra).replace(":", ""))
-    a_mac = bytes.fromhex(net.node("a").mac(a_if).replace(":", ""))
-    frame = wire.ethernet_frame(r_mac, a_mac, pkt)
+    ra, rb = intf_between(fn.net, "r", "a"), intf_between(fn.net, "r", "b")
     flows = lambda: {(f["dst"], f["src"]): f for f in fn["r"].api("GET", "/flows")["flows"]}
     f0, c0, v0 = flows()[("/svc/x", "/node/a/_app/1")], fn["r"].counters(), _verdicts(fn["r"])
     peer0 = _kernel(fn["r"])["redirected_to_peer"]
-    # b's packet socket (0x88B5) counts what arrives; a's sends
-    rx = socket_in(net.node("b").netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
-    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)  # all n wait here
-    rx.bind((b_if, 0x88B5))
-    rx.settimeout(HANG_S)
-    tx = socket_in(net.node("a").netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.bind((a_if, 0))
     n = 300
-    try:
-        for _ in range(n):
-            tx.send(frame)
-        got = 0
-        while got < n:
-            data, addr = rx.recvfrom(2048)
-            if addr[2] != socket.PACKET_OUTGOING and data[14:14 + len(pkt)] == pkt[:3] + bytes(
-                    [pkt[3] - 1]) + pkt[4:]:
-                got += 1
-    finally:
-        rx.close()
-        tx.close()
+    with _RawFlow(fn.net, "a", b"raw-frame", 7) as raw:
+        raw.send(n)
+        raw.arrive(n)
     wait_for(lambda: _verdicts(fn["r"])["redirected"] - v0["redirected"] >= n, HANG_S,
              what="the kernel's count")
     v1 = _verdicts(fn["r"])
@@ -158,7 +175,7 @@ def test_counts_equal_a_known_number_of_frames(fan):
     # every frame went straight to b's ingress, and b's packet socket took it as sent
     assert _kernel(fn["r"])["redirected_to_peer"] - peer0 == n
     f1, c1 = flows()[("/svc/x", "/node/a/_app/1")], fn["r"].counters()
-    total = len(pkt)
+    total = len(raw.pkt)
     assert f1["packets"] - f0["packets"] == n and f1["bytes"] - f0["bytes"] == n * total
     assert c1["faces"][ra]["rx_packets"] - c0["faces"][ra]["rx_packets"] == n
     assert c1["faces"][rb]["tx_packets"] - c0["faces"][rb]["tx_packets"] == n
@@ -172,39 +189,16 @@ def test_a_flow_arriving_on_another_face_moves_its_entry_there(fan):
     entry to c's face, and from then on r's kernel forwards them from there."""
     fn, cli = fan
     _hit_in_kernel(fn, cli, 5)
-    net = fn.net
-    c_if, rc, b_if = intf_between(net, "c", "r"), intf_between(net, "r", "c"), intf_between(net, "b", "r")
-    pkt = wire.Packet(wire.PacketType.DATA, Name.parse("/svc/x"), Name.parse("/node/a/_app/1"),
-                      b"other-face", flow_id=99, seq=8, hop_limit=20).encode()
-    frame = wire.ethernet_frame(bytes.fromhex(net.node("r").mac(rc).replace(":", "")),
-                                bytes.fromhex(net.node("c").mac(c_if).replace(":", "")), pkt)
-    sent = pkt[:3] + bytes([pkt[3] - 1]) + pkt[4:]
-    rx = socket_in(net.node("b").netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
-    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
-    rx.bind((b_if, 0x88B5))
-    rx.settimeout(HANG_S)
-    tx = socket_in(net.node("c").netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.bind((c_if, 0))
-
-    def arrive(k: int) -> None:
-        got = 0
-        while got < k:
-            data, addr = rx.recvfrom(2048)
-            if addr[2] != socket.PACKET_OUTGOING and data[14:14 + len(sent)] == sent:
-                got += 1
+    rc = intf_between(fn.net, "r", "c")
     n = 50
-    try:
+    with _RawFlow(fn.net, "c", b"other-face", 8) as raw:
         v0, off0 = _verdicts(fn["r"]), _kernel(fn["r"])["offload"]
-        tx.send(frame)
-        arrive(1)
+        raw.send()
+        raw.arrive(1)
         wait_for(lambda: _kernel(fn["r"])["offload"]["reinstalled"] > off0["reinstalled"], HANG_S,
                  what="the entry to move to c's face")
-        for _ in range(n):
-            tx.send(frame)
-        arrive(n)
-    finally:
-        rx.close()
-        tx.close()
+        raw.send(n)
+        raw.arrive(n)
     wait_for(lambda: _verdicts(fn["r"])["redirected"] - v0["redirected"] >= n, HANG_S,
              what="the kernel's count")
     v1 = _verdicts(fn["r"])

@@ -18,7 +18,7 @@ import pytest
 
 from fastpath_helpers import (DST_MAC, Namespaces, Name, addr, build, checksums_ok, dmsc_header,
                               eth_ipv4, frame, ifindex, in_netns, ipv4_packet, kernel, layout,
-                              libbpf, mac, names, packet, patch, pins, require_kernel, sh,
+                              libbpf, mac, packet, patch, pins, require_kernel, sh,
                               tcp_packet, udp_packet, wire, with_total_length)
 
 pytestmark = pytest.mark.netns

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .apps import ForwarderApp, ScscApp
 from .measure import wait_for
 from .netns import MgmtNetwork, NetnsNetwork
 
-__all__ = ["ForwarderNet", "ScscNode", "intf_between", "line_routes", "wait_for"]
+__all__ = ["ForwarderNet", "ScscNode", "intf_between", "wait_for"]
 
 
 class ForwarderNet:
@@ -125,18 +125,6 @@ class ScscNode:
         if p is not None:
             self.returncode = p.returncode
         self.rest.close()
-
-
-def line_routes(names: List[str], intf_of) -> Dict[str, List[dict]]:
-    """Static routes for a line a - b - c ...: every node reaches every /node/<x> and default both ways."""
-    routes: Dict[str, List[dict]] = {n: [] for n in names}
-    for i, n in enumerate(names):
-        for j, m in enumerate(names):
-            if i == j:
-                continue
-            face = intf_of(n, names[i + 1] if j > i else names[i - 1])
-            routes[n].append({"prefix": f"/node/{m}", "face": face})
-    return routes
 
 
 def intf_between(net: NetnsNetwork, a: str, b: str) -> str:

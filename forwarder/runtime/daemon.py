@@ -196,7 +196,7 @@ class Daemon:
         """Load the kernel fast path on the Ethernet faces, or say why not (`dataplane`)."""
         from ..dataplane.fastpath.pins import pin_dir_for
         from .offload import choose
-        faces = [(f.face_id, self.io[f.face_id].interface, f.up, f.kind)
+        faces = [(f.face_id, self.io[f.face_id].interface, f.kind)
                  for f in self.core.faces if f.kind == ETHER and f.face_id in self.io]
         pods = [(p.face_id, self.io[p.face_id].interface, p.address)
                 for p in self.pods.gateway.pods.values()] if self.pods is not None else []

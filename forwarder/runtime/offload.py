@@ -102,7 +102,7 @@ class KernelOffload:
         self.sync_generation()
 
     # ------------------------------------------------------------------ faces
-    def add_face(self, face_id: int, interface: str, up: bool,
+    def add_face(self, face_id: int, interface: str,
                  peer_elsewhere: Optional[bool] = None) -> None:
         """Attach the program to a network face's interface (this process's netns).
         `peer_elsewhere`: whether it is a veth with its peer in another namespace
@@ -330,11 +330,12 @@ def veths_with_peer_elsewhere() -> set:
             if link.get("linkinfo", {}).get("info_kind") == "veth" and "link_netnsid" in link}
 
 
-def choose(mode: str, core: Forwarder, pin_dir: str, faces: List[Tuple[int, str, bool, str]],
+def choose(mode: str, core: Forwarder, pin_dir: str, faces: List[Tuple[int, str, str]],
            pods: List[Tuple[int, str, str]] = ()) -> Tuple[Optional[KernelOffload], str]:
     """The data plane for this process: (the offload or None, why). `faces` are the
-    network faces as (face id, interface, up, kind); `pods` the pod faces as (face id,
-    interface, the pod's address). `ebpf` raises DataplaneError when the kernel fast
+    network faces as (face id, interface, kind) (whether one is up is the pipeline's
+    to know: a face going down or up changes its generation); `pods` the pod faces as
+    (face id, interface, the pod's address). `ebpf` raises DataplaneError when the kernel fast
     path cannot run; `auto` falls back to Python instead."""
     if mode not in MODES:
         raise ValueError(f"dataplane {mode!r} is not one of {', '.join(MODES)}")
@@ -347,9 +348,9 @@ def choose(mode: str, core: Forwarder, pin_dir: str, faces: List[Tuple[int, str,
         try:
             off = KernelOffload(core, pin_dir)
             peers = veths_with_peer_elsewhere()
-            for face_id, interface, up, kind in faces:
+            for face_id, interface, kind in faces:
                 if kind == ETHER:
-                    off.add_face(face_id, interface, up, interface in peers)
+                    off.add_face(face_id, interface, interface in peers)
             for face_id, interface, address in pods:
                 off.add_pod(face_id, interface, address)
         except (OSError, ValueError) as exc:  # libbpf's BpfError is an OSError

@@ -22,8 +22,9 @@
  * it, even in the milliseconds before user space hears of the cut and changes
  * the generation. A FORWARD frame goes straight to the neighbour's ingress
  * (bpf_redirect_peer) where the entry says its out face is a veth whose peer is in
- * another namespace (FP_FLOW_PEER) and nothing on the out interface would see the frame leave: no queue
- * (noqueue, the veth default), no packet capture on it or on the namespace.
+ * another namespace (FP_FLOW_PEER) and nothing on the out interface would see the
+ * frame leave: no queue (noqueue, the veth default), no packet capture on it or on
+ * the namespace.
  * Otherwise, and always for encap/decap (the EtherType changes, and the receiving
  * side must parse it again), it goes through the out interface (bpf_redirect).
  *
@@ -114,7 +115,7 @@ struct {
 	__type(value, struct fp_flow);
 } fp_flows_short SEC(".maps");
 
-/* ifindex of a pod-facing veth -> the pod (its address, its face slot). */
+/* ifindex of a pod-facing veth -> the pod (the one source address it may use). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, FP_PODS_MAX);
